@@ -1,0 +1,91 @@
+"""The Backend interface: every backend streams the same internal events (gateway.events)."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from gateway.anthropic import MessagesRequest
+from gateway.config import BackendConfig
+from gateway.events import Event
+
+
+@dataclass(slots=True)
+class BackendRequest:
+    """A normalized request bound to one backend model, max_tokens already clamped."""
+
+    request: MessagesRequest
+    model: str
+    max_tokens: int
+    session_id: str | None = None
+
+
+@dataclass(slots=True)
+class TokenCount:
+    tokens: int
+    exact: bool  # False: an estimate (the backend has no tokenizer endpoint)
+
+
+@dataclass(slots=True)
+class ModelInfo:
+    id: str
+    created: int | None = None  # unix seconds, when the backend says
+    context_window: int | None = None
+
+
+@dataclass
+class BackendHealth:
+    ok: bool
+    detail: str = ""
+    models: list[str] = field(default_factory=list)
+    context_window: int | None = None
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot be reached now; requests will fail until it comes back."""
+
+
+class Backend(ABC):
+    """One configured backend: a remote server or an in-process engine."""
+
+    def __init__(self, config: BackendConfig):
+        self.config = config
+        self.name = config.name
+
+    async def start(self) -> None:
+        """Probe or load; raise BackendUnavailable for a server that is not there (yet)."""
+
+    @abstractmethod
+    def stream(self, req: BackendRequest) -> AsyncIterator[Event]:
+        """Generate: yields Started first, then content events, usage and Stop."""
+
+    @abstractmethod
+    async def count_tokens(self, req: BackendRequest) -> TokenCount:
+        """Prompt tokens of `req` as this backend would render it."""
+
+    @abstractmethod
+    async def context_window(self, model: str) -> int | None:
+        """The model's context length in tokens, None when unknown."""
+
+    @abstractmethod
+    async def models(self) -> list[ModelInfo]:
+        """The models this backend serves (configured and discovered)."""
+
+    @abstractmethod
+    async def health(self) -> BackendHealth:
+        """Is the backend usable now, and what does it serve."""
+
+    async def close(self) -> None:
+        """Release connections, engines and threads."""
+
+    def configured_models(self) -> list[str]:
+        """Backend model names named in config (default model first, then mapping values)."""
+        names = [self.config.model] if self.config.model else []
+        for value in self.config.model_mapping.values():
+            if value not in names:
+                names.append(value)
+        return names
+
+
+class BackendStartError(Exception):
+    """The backend cannot start at all (bad model path, missing engine): the server must not run."""

@@ -1,0 +1,275 @@
+"""Any OpenAI-compatible chat-completions server, through the official openai SDK.
+
+Chunks are read from the raw streamed response and decoded with orjson: the SDK still does
+transport, auth and status-error mapping, but no per-chunk pydantic objects are built.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import AsyncIterator
+
+import aiohttp
+import httpx2
+import openai
+import orjson
+import structlog
+
+from backends.base import Backend, BackendHealth, BackendRequest, BackendUnavailable, ModelInfo, TokenCount
+from backends.translate import ChunkTranslator, Dialect, UpstreamStreamError, to_openai
+from gateway.config import BackendConfig
+from gateway.errors import GatewayError, from_upstream
+from gateway.events import Event, Started
+from gateway.tokens import estimate_tokens
+
+log = structlog.get_logger("backends.openai")
+
+DISCOVERY_TTL_S = 30.0
+PROBE_TIMEOUT_S = 3.0
+_CONTEXT_RE = re.compile(
+    r"maximum context length is (\d+).*?(?:(\d+) (?:tokens )?in the messages|prompt contains at least (\d+))",
+    re.S)
+
+
+def split_base_url(url: str) -> tuple[str, str]:
+    """(server root, OpenAI API base): accepts the URL with or without a trailing /v1."""
+    url = url.rstrip("/")
+    root = url[:-3] if url.endswith("/v1") else url
+    return root, root + "/v1"
+
+
+class OpenAIBackend(Backend):
+    """A remote OpenAI-compatible server; vLLM and llama.cpp subclass it for their extras."""
+
+    dialect = Dialect()
+
+    def __init__(self, config: BackendConfig):
+        super().__init__(config)
+        self.root, self.api_base = split_base_url(config.base_url or "")
+        self.dialect = Dialect(top_k=self.dialect.top_k, vision=config.vision,
+                               thinking_switch=self.dialect.thinking_switch)
+        key = config.resolved_api_key()
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.client = openai.AsyncOpenAI(
+            api_key=key or "not-needed", base_url=self.api_base, max_retries=0,
+            timeout=openai.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s)),
+            http_client=openai.DefaultAioHttpClient(),
+        )
+        self._http: aiohttp.ClientSession | None = None
+        self._discovered: list[ModelInfo] = []
+        self._discovered_at = 0.0
+        self._discovery_lock = asyncio.Lock()
+        self.reachable: bool | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """Session for the server's own endpoints beyond chat completions."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(headers=self._headers)
+        return self._http
+
+    async def start(self) -> None:
+        await self._discover(force=True)
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self._http is not None:
+            await self._http.close()
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def extra_fields(self, breq: BackendRequest) -> dict:
+        """Server-specific request fields (subclasses add theirs)."""
+        return {}
+
+    async def stream(self, breq: BackendRequest) -> AsyncIterator[Event]:
+        extra = dict(self.config.extra_body)
+        extra.update(self.extra_fields(breq))
+        body = to_openai(breq, self.dialect, extra)
+        try:
+            resp = await self.client.post(
+                "/chat/completions", cast_to=httpx2.Response,
+                content=orjson.dumps(body), options={"headers": {"Content-Type": "application/json"}},
+                stream=True)
+        except openai.APIStatusError as exc:
+            raise self._status_error(exc) from None
+        except openai.APITimeoutError:
+            raise GatewayError(500, f"backend '{self.name}' ({self.api_base}) did not answer within "
+                                    f"{self.config.timeout_s:g} s") from None
+        except openai.APIConnectionError as exc:
+            self.reachable = False
+            raise GatewayError(500, f"backend '{self.name}' at {self.api_base} is not reachable: "
+                                    f"{_cause(exc)}") from None
+        self.reachable = True
+        yield Started()
+        translator = ChunkTranslator(breq.request)
+        finished = False
+        try:
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    finished = True
+                    break
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise GatewayError(500, f"backend '{self.name}' sent a malformed stream chunk: "
+                                            f"{data[:200]!r}") from None
+                if not isinstance(chunk, dict):
+                    raise GatewayError(500, f"backend '{self.name}' sent a non-object stream chunk: {data[:200]!r}")
+                for ev in translator.feed(chunk):
+                    yield ev
+                if translator.done:
+                    finished = True
+                    break
+                if chunk.get("choices") and chunk["choices"][0].get("finish_reason"):
+                    finished = True
+            if not finished:
+                raise GatewayError(500, f"backend '{self.name}' closed its stream before finishing")
+            for ev in translator.finish():
+                yield ev
+        except UpstreamStreamError as exc:
+            raise self._context_error(from_upstream(exc.status or 500, f"backend '{self.name}': {exc}")) from None
+        except httpx2.TimeoutException:
+            raise GatewayError(500, f"backend '{self.name}' stopped sending for {self.config.timeout_s:g} s") from None
+        except httpx2.HTTPError as exc:
+            raise GatewayError(500, f"backend '{self.name}' connection failed mid-stream: {exc or type(exc).__name__}") from None
+        finally:
+            await resp.aclose()
+
+    def _status_error(self, exc: openai.APIStatusError) -> GatewayError:
+        message = _error_message(exc)
+        err = from_upstream(exc.status_code, f"backend '{self.name}' answered {exc.status_code}: {message}",
+                            exc.response.headers.get("retry-after"))
+        return self._context_error(err)
+
+    @staticmethod
+    def _context_error(err: GatewayError) -> GatewayError:
+        """Upstream context-overflow messages become the text Claude Code reacts to."""
+        text = err.message.lower()
+        if err.status == 400 and any(s in text for s in ("context length", "context size", "context window",
+                                                           "maximum context", "too long")):
+            m = _CONTEXT_RE.search(err.message)
+            if m:
+                prompt = m.group(2) or m.group(3)
+                return GatewayError(400, f"prompt is too long: {prompt} tokens > {m.group(1)} maximum")
+            return GatewayError(400, f"prompt is too long for the backend's context window ({err.message})")
+        return err
+
+    # -- tokens and models --------------------------------------------------------------------
+
+    async def count_tokens(self, breq: BackendRequest) -> TokenCount:
+        return TokenCount(estimate_tokens(breq.request), exact=False)
+
+    async def context_window(self, model: str) -> int | None:
+        if self.config.context_window:
+            return self.config.context_window
+        for info in await self._models_cached():
+            if info.id == model and info.context_window:
+                return info.context_window
+        return None
+
+    async def models(self) -> list[ModelInfo]:
+        known = {m.id: m for m in await self._models_cached()}
+        out = [known.pop(name, ModelInfo(name, context_window=self.config.context_window))
+               for name in self.configured_models()]
+        out.extend(known.values())
+        return out
+
+    async def health(self) -> BackendHealth:
+        try:
+            models = await self._discover(force=True)
+        except BackendUnavailable as exc:
+            return BackendHealth(False, str(exc))
+        ctx = self.config.context_window or next((m.context_window for m in models if m.context_window), None)
+        return BackendHealth(True, "ok", [m.id for m in models], ctx)
+
+    async def _models_cached(self) -> list[ModelInfo]:
+        """Discovered models; refreshed in the background once stale so callers never wait long."""
+        if time.monotonic() - self._discovered_at > DISCOVERY_TTL_S and not self._discovery_lock.locked():
+            if self._discovered_at == 0.0:
+                try:
+                    await self._discover(force=True)
+                except BackendUnavailable:
+                    pass
+            else:
+                asyncio.get_running_loop().create_task(self._refresh_quietly())
+        return self._discovered
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self._discover(force=True)
+        except BackendUnavailable:
+            pass
+
+    async def _discover(self, force: bool = False) -> list[ModelInfo]:
+        async with self._discovery_lock:
+            if not force and time.monotonic() - self._discovered_at < DISCOVERY_TTL_S:
+                return self._discovered
+            self._discovered_at = time.monotonic()
+            try:
+                payload = await self.get_json(self.api_base + "/models")
+            except BackendUnavailable:
+                self.reachable = False
+                raise
+            self.reachable = True
+            self._discovered = [self._model_info(item) for item in payload.get("data", [])
+                                if isinstance(item, dict) and isinstance(item.get("id"), str)]
+            await self.after_discovery()
+            return self._discovered
+
+    async def after_discovery(self) -> None:
+        """Hook: fetch server facts that /v1/models does not carry."""
+
+    def _model_info(self, item: dict) -> ModelInfo:
+        created = item.get("created") if isinstance(item.get("created"), int) else None
+        return ModelInfo(item["id"], created, self.config.context_window or _int(item.get("max_model_len")))
+
+    async def get_json(self, url: str, *, body: dict | None = None, timeout: float = PROBE_TIMEOUT_S) -> dict:
+        """GET (or POST when `body`) a JSON endpoint of the server; BackendUnavailable on any failure."""
+        try:
+            if body is None:
+                req = self.http.get(url, timeout=aiohttp.ClientTimeout(total=timeout))
+            else:
+                req = self.http.post(url, data=orjson.dumps(body), headers={"Content-Type": "application/json"},
+                                     timeout=aiohttp.ClientTimeout(total=timeout))
+            async with req as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise BackendUnavailable(f"{url} answered {resp.status}: {raw[:200].decode(errors='replace')}")
+                data = orjson.loads(raw)
+        except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError, OSError) as exc:
+            raise BackendUnavailable(f"{url}: {type(exc).__name__} {exc}".strip()) from None
+        if not isinstance(data, dict):
+            raise BackendUnavailable(f"{url} did not return a JSON object")
+        return data
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _cause(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    return f"{cause}" if cause else f"{exc}"
+
+
+def _error_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"]
+        if isinstance(body.get("message"), str):
+            return body["message"]
+        if isinstance(body.get("detail"), str):
+            return body["detail"]
+    try:
+        return exc.response.text[:500] or exc.message
+    except Exception:  # a streamed error body may not be readable
+        return exc.message

@@ -1,0 +1,107 @@
+"""Incremental filters over generated text: inline <think> tags and stop sequences.
+
+Both see text in arbitrary fragments (a tag or a stop string can be split across chunks at any
+character) and hold back only the few characters that could still turn out to be a match.
+"""
+from __future__ import annotations
+
+from gateway.events import TextDelta, ThinkingDelta
+
+OPEN_TAG = "<think>"
+CLOSE_TAG = "</think>"
+
+
+def _partial_suffix(buf: str, tag: str) -> int:
+    """Length of the longest suffix of `buf` that is a proper prefix of `tag`."""
+    for n in range(min(len(tag) - 1, len(buf)), 0, -1):
+        if buf.endswith(tag[:n]):
+            return n
+    return 0
+
+
+class ThinkTagParser:
+    """Splits text containing <think>…</think> into ThinkingDelta and TextDelta events."""
+
+    def __init__(self, start_in_thinking: bool = False):
+        self.thinking = start_in_thinking
+        self._held = ""  # a possible partial tag, or whitespace inside thinking
+        self._strip_leading = start_in_thinking  # whitespace right after a tag is template noise
+
+    def feed(self, text: str) -> list[TextDelta | ThinkingDelta]:
+        """Events for one fragment of generated text."""
+        if not self._held and not self.thinking and "<" not in text and not self._strip_leading:
+            return [TextDelta(text)] if text else []
+        buf = self._held + text
+        self._held = ""
+        out: list[TextDelta | ThinkingDelta] = []
+        while buf:
+            tag = CLOSE_TAG if self.thinking else OPEN_TAG
+            pos = buf.find(tag)
+            if pos < 0:
+                keep = _partial_suffix(buf, tag)
+                body, self._held = (buf[:-keep], buf[-keep:]) if keep else (buf, "")
+                if self.thinking:
+                    # Trailing whitespace before </think> is template noise: hold it until
+                    # more thinking shows it was inside the reasoning after all.
+                    stripped = body.rstrip()
+                    self._held = body[len(stripped):] + self._held
+                    body = stripped
+                self._emit(body, out)
+                break
+            self._emit(buf[:pos] if not self.thinking else buf[:pos].rstrip(), out)
+            buf = buf[pos + len(tag):]
+            self.thinking = not self.thinking
+            self._strip_leading = True
+        return out
+
+    def flush(self) -> list[TextDelta | ThinkingDelta]:
+        """Whatever was held back, at the end of generation."""
+        held, self._held = self._held, ""
+        out: list[TextDelta | ThinkingDelta] = []
+        if held and not (self.thinking and held.isspace()):
+            self._emit(held, out)
+        return out
+
+    def _emit(self, body: str, out: list) -> None:
+        if self._strip_leading:
+            body = body.lstrip()
+            if not body:
+                return
+            self._strip_leading = False
+        if body:
+            out.append(ThinkingDelta(body) if self.thinking else TextDelta(body))
+
+
+class StopSequenceMatcher:
+    """Cuts generated text at the first requested stop sequence, even one split across chunks."""
+
+    def __init__(self, stop_sequences: list[str]):
+        self.stops = [s for s in stop_sequences if s]
+        self._buf = ""
+        self.matched: str | None = None
+
+    def feed(self, text: str) -> str:
+        """The text that is safe to emit now; sets `matched` when a stop sequence fired."""
+        if self.matched is not None:
+            return ""
+        buf = self._buf + text
+        first, which = -1, None
+        for s in self.stops:
+            pos = buf.find(s)
+            if pos >= 0 and (first < 0 or pos < first):
+                first, which = pos, s
+        if which is not None:
+            self.matched = which
+            self._buf = ""
+            return buf[:first]
+        keep = max(_partial_suffix(buf, s) for s in self.stops) if self.stops else 0
+        if keep:
+            self._buf = buf[-keep:]
+            return buf[:-keep]
+        self._buf = ""
+        return buf
+
+    def flush(self) -> str:
+        """Held-back text once generation ended without a match."""
+        out, self._buf = self._buf, ""
+        return out if self.matched is None else ""

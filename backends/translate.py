@@ -1,0 +1,249 @@
+"""Anthropic Messages ⇄ OpenAI chat completions, for every OpenAI-style backend.
+
+`to_openai` builds the chat-completions body; `ChunkTranslator` turns streamed chunks (decoded
+JSON) into internal events. Tool-call argument fragments pass through untouched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from backends.base import BackendRequest
+from backends.text_filters import StopSequenceMatcher, ThinkTagParser
+from gateway.anthropic import (
+    ImageBlock, Message, MessagesRequest, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock,
+)
+from gateway.errors import invalid
+from gateway.events import (
+    Event, Stop, TextDelta, ThinkingDelta, ToolCallDelta, ToolCallEnd, ToolCallStart, UsageReport,
+)
+
+FINISH_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
+                  "function_call": "tool_use", "content_filter": "end_turn"}
+
+
+@dataclass(slots=True)
+class Dialect:
+    """What an OpenAI-style server accepts beyond the common core."""
+
+    top_k: bool = False  # vLLM and llama.cpp take top_k; OpenAI proper rejects it
+    vision: bool = False
+    thinking_switch: bool = False  # chat_template_kwargs.enable_thinking (Qwen3-style templates)
+
+
+def _image_part(block: ImageBlock) -> dict:
+    url = block.url if block.url else f"data:{block.media_type};base64,{block.data}"
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _user_content(blocks: list, vision: bool, model: str) -> str | list[dict]:
+    """A user message body: one string when it is all text, content parts when images come along."""
+    if all(type(b) is TextBlock for b in blocks):
+        return "\n".join(b.text for b in blocks)
+    if not vision:
+        raise invalid(f"model '{model}' does not accept images on this backend; "
+                      "set vision = true in its [backends.*] table if the model has vision")
+    return [_image_part(b) if type(b) is ImageBlock else {"type": "text", "text": b.text} for b in blocks]
+
+
+def _tool_message(block: ToolResultBlock) -> tuple[dict, list[ImageBlock]]:
+    texts = [b.text for b in block.content if type(b) is TextBlock]
+    images = [b for b in block.content if type(b) is ImageBlock]
+    text = "\n".join(texts)
+    if block.is_error:
+        text = "Error: " + text if text else "Error"
+    return {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}, images
+
+
+def _assistant(msg: Message) -> dict:
+    texts: list[str] = []
+    calls: list[dict] = []
+    for b in msg.content:
+        if type(b) is TextBlock:
+            texts.append(b.text)
+        elif type(b) is ToolUseBlock:
+            calls.append({"id": b.id, "type": "function",
+                          "function": {"name": b.name, "arguments": orjson.dumps(b.input or {}).decode()}})
+        # Thinking blocks stay out: the backend must not see earlier reasoning as visible text.
+    out: dict = {"role": "assistant", "content": "".join(texts)}
+    if calls:
+        out["tool_calls"] = calls
+    return out
+
+
+def to_openai_messages(req: MessagesRequest, dialect: Dialect, model: str) -> list[dict]:
+    """The chat `messages` array: system first, tool results right after the call they answer."""
+    out: list[dict] = []
+    if req.system:
+        out.append({"role": "system", "content": "\n\n".join(b.text for b in req.system)})
+    for msg in req.messages:
+        if msg.role == "assistant":
+            out.append(_assistant(msg))
+            continue
+        if msg.role == "system":
+            out.append({"role": "system", "content": "\n".join(b.text for b in msg.content if type(b) is TextBlock)})
+            continue
+        rest: list = []
+        images: list[ImageBlock] = []
+        for b in msg.content:
+            if type(b) is ToolResultBlock:
+                tool_msg, tool_images = _tool_message(b)
+                out.append(tool_msg)
+                images.extend(tool_images)
+            elif type(b) is not ThinkingBlock:
+                rest.append(b)
+        rest = images + rest  # images a tool returned go to the model right after the results
+        if rest or not any(type(b) is ToolResultBlock for b in msg.content):
+            out.append({"role": "user", "content": _user_content(rest, dialect.vision, req.model)})
+    return out
+
+
+def to_openai_tools(req: MessagesRequest) -> list[dict]:
+    return [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                              "parameters": t.input_schema}} for t in req.tools]
+
+
+def to_openai(breq: BackendRequest, dialect: Dialect, extra_body: dict | None = None) -> dict:
+    """The full chat-completions body (always streamed; non-streaming answers are aggregated)."""
+    req = breq.request
+    body: dict = {
+        "model": breq.model,
+        "messages": to_openai_messages(req, dialect, breq.model),
+        "max_tokens": breq.max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if req.tools:
+        body["tools"] = to_openai_tools(req)
+    if req.tool_choice is not None and req.tools:
+        tc = req.tool_choice
+        body["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}.get(tc.type) or \
+            {"type": "function", "function": {"name": tc.name}}
+        if tc.disable_parallel_tool_use:
+            body["parallel_tool_calls"] = False
+    if req.stop_sequences:
+        body["stop"] = req.stop_sequences
+    if req.temperature is not None:
+        body["temperature"] = req.temperature
+    if req.top_p is not None:
+        body["top_p"] = req.top_p
+    if req.top_k is not None and dialect.top_k:
+        body["top_k"] = req.top_k
+    if req.json_schema is not None:
+        body["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": "output", "schema": req.json_schema, "strict": True}}
+    if dialect.thinking_switch:
+        body["chat_template_kwargs"] = {"enable_thinking": req.thinking_enabled}
+    if extra_body:
+        body.update(extra_body)
+    return body
+
+
+class UpstreamStreamError(Exception):
+    """An error object that arrived inside the upstream's event stream."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class ChunkTranslator:
+    """Per-request state turning OpenAI stream chunks into internal events."""
+
+    def __init__(self, req: MessagesRequest):
+        self.think = ThinkTagParser()
+        self.stops = StopSequenceMatcher(req.stop_sequences) if req.stop_sequences else None
+        self.stop_sequences = req.stop_sequences
+        self._tool_index: int | None = None
+        self._finish: str | None = None
+        self._upstream_stop: str | None = None
+        self.done = False  # a stop sequence fired: read no further
+
+    def feed(self, chunk: dict) -> list[Event]:
+        """Events for one decoded chunk."""
+        if "error" in chunk and not chunk.get("choices"):
+            err = chunk["error"]
+            message = err.get("message") if isinstance(err, dict) else str(err)
+            status = err.get("code") if isinstance(err, dict) and isinstance(err.get("code"), int) else None
+            raise UpstreamStreamError(message or "upstream error", status)
+        out: list[Event] = []
+        choices = chunk.get("choices")
+        if choices:
+            choice = choices[0]
+            delta = choice.get("delta") or {}
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if reasoning:
+                out.append(ThinkingDelta(reasoning))
+            content = delta.get("content")
+            if content:
+                self._text(content, out)
+            calls = delta.get("tool_calls")
+            if calls:
+                self._tool_calls(calls, out)
+            if choice.get("finish_reason"):
+                self._finish = choice["finish_reason"]
+                stop = choice.get("stop_reason")  # vLLM: the stop string that ended generation
+                if isinstance(stop, str) and stop in self.stop_sequences:
+                    self._upstream_stop = stop
+        usage = chunk.get("usage")
+        if usage:
+            details = usage.get("prompt_tokens_details") or {}
+            out.append(UsageReport(input_tokens=usage.get("prompt_tokens"),
+                                   output_tokens=usage.get("completion_tokens"),
+                                   cache_read_tokens=details.get("cached_tokens")))
+        return out
+
+    def _text(self, content: str, out: list[Event]) -> None:
+        if self._tool_index is not None:
+            out.append(ToolCallEnd())
+            self._tool_index = None
+        for ev in self.think.feed(content):
+            if type(ev) is TextDelta and self.stops is not None:
+                self._stop_filtered(ev.text, out)
+            else:
+                out.append(ev)
+
+    def _stop_filtered(self, text: str, out: list[Event]) -> None:
+        if self.done:
+            return
+        safe = self.stops.feed(text)
+        if safe:
+            out.append(TextDelta(safe))
+        if self.stops.matched is not None:
+            self.done = True
+
+    def _tool_calls(self, calls: list[dict], out: list[Event]) -> None:
+        for call in calls:
+            index = call.get("index", 0)
+            fn = call.get("function") or {}
+            if index != self._tool_index and (fn.get("name") or self._tool_index is None):
+                if self._tool_index is not None:
+                    out.append(ToolCallEnd())
+                self._tool_index = index
+                out.append(ToolCallStart(name=fn.get("name") or "", id=call.get("id")))
+            args = fn.get("arguments")
+            if args:
+                out.append(ToolCallDelta(args))
+
+    def finish(self) -> list[Event]:
+        """Trailing events once the upstream stream ended (or a stop sequence cut it)."""
+        out: list[Event] = []
+        for ev in self.think.flush():
+            if type(ev) is TextDelta and self.stops is not None:
+                self._stop_filtered(ev.text, out)
+            else:
+                out.append(ev)
+        if self.stops is not None and not self.done:
+            tail = self.stops.flush()
+            if tail:
+                out.append(TextDelta(tail))
+        if self._tool_index is not None:
+            out.append(ToolCallEnd())
+            self._tool_index = None
+        matched = (self.stops.matched if self.stops else None) or self._upstream_stop
+        if matched is not None:
+            out.append(Stop("stop_sequence", matched))
+        else:
+            out.append(Stop(FINISH_REASONS.get(self._finish or "stop", "end_turn")))
+        return out

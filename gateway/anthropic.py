@@ -1,0 +1,392 @@
+"""Anthropic Messages protocol types and request validation.
+
+`parse_messages_request` turns a decoded JSON body into typed dataclasses, or raises a 400
+`GatewayError` naming the offending field. Unknown top-level fields are ignored on purpose:
+Claude Code adds new ones with every release.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+from gateway.errors import invalid
+
+Role = Literal["user", "assistant", "system"]
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
+
+
+@dataclass(slots=True)
+class TextBlock:
+    text: str
+    type: Literal["text"] = "text"
+
+
+@dataclass(slots=True)
+class ImageBlock:
+    media_type: str | None
+    data: str | None = None  # base64, for source.type == "base64"
+    url: str | None = None  # for source.type == "url"
+    type: Literal["image"] = "image"
+
+
+@dataclass(slots=True)
+class ToolUseBlock:
+    id: str
+    name: str
+    input: Any
+    type: Literal["tool_use"] = "tool_use"
+
+
+@dataclass(slots=True)
+class ToolResultBlock:
+    tool_use_id: str
+    content: list[TextBlock | ImageBlock]
+    is_error: bool = False
+    type: Literal["tool_result"] = "tool_result"
+
+
+@dataclass(slots=True)
+class ThinkingBlock:
+    thinking: str
+    signature: str = ""
+    redacted: bool = False
+    type: Literal["thinking"] = "thinking"
+
+
+ContentBlock = Union[TextBlock, ImageBlock, ToolUseBlock, ToolResultBlock, ThinkingBlock]
+
+
+@dataclass(slots=True)
+class Message:
+    role: Role
+    content: list[ContentBlock]
+
+
+@dataclass(slots=True)
+class Tool:
+    name: str
+    description: str
+    input_schema: dict
+
+
+@dataclass(slots=True)
+class ToolChoice:
+    type: Literal["auto", "any", "none", "tool"]
+    name: str | None = None
+    disable_parallel_tool_use: bool = False
+
+
+@dataclass(slots=True)
+class Thinking:
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.type != "disabled"
+
+
+@dataclass(slots=True)
+class MessagesRequest:
+    """A validated /v1/messages (or count_tokens) body."""
+
+    model: str
+    messages: list[Message]
+    max_tokens: int | None = None
+    system: list[TextBlock] = field(default_factory=list)
+    tools: list[Tool] = field(default_factory=list)
+    tool_choice: ToolChoice | None = None
+    stop_sequences: list[str] = field(default_factory=list)
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stream: bool = False
+    thinking: Thinking | None = None
+    effort: str | None = None
+    json_schema: dict | None = None  # output_config.format json_schema → schema
+    metadata_user_id: str | None = None
+
+    @property
+    def thinking_enabled(self) -> bool:
+        return self.thinking is not None and self.thinking.enabled
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+        }
+
+
+# Content blocks produced by Anthropic-hosted server tools. They mean nothing to a local model
+# and are dropped from history instead of failing the whole request.
+_SERVER_BLOCK_SUFFIXES = ("_tool_result", "server_tool_use", "mcp_tool_use")
+
+
+def _expect(cond: bool, message: str) -> None:
+    if not cond:
+        raise invalid(message)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _text_blocks(value: Any, where: str) -> list[TextBlock]:
+    """A string or a list of text blocks (system prompt, tool_result content)."""
+    if isinstance(value, str):
+        return [TextBlock(value)]
+    _expect(isinstance(value, list), f"{where}: expected a string or a list of text blocks")
+    out = []
+    for i, block in enumerate(value):
+        _expect(isinstance(block, dict), f"{where}.{i}: expected an object")
+        _expect(block.get("type") == "text", f"{where}.{i}.type: expected 'text'")
+        text = block.get("text")
+        _expect(isinstance(text, str), f"{where}.{i}.text: expected a string")
+        out.append(TextBlock(text))
+    return out
+
+
+def _image(block: dict, where: str) -> ImageBlock:
+    source = block.get("source")
+    _expect(isinstance(source, dict), f"{where}.source: expected an object")
+    kind = source.get("type")
+    if kind == "base64":
+        data = source.get("data")
+        _expect(isinstance(data, str), f"{where}.source.data: expected a base64 string")
+        media = source.get("media_type")
+        _expect(isinstance(media, str), f"{where}.source.media_type: expected a string")
+        return ImageBlock(media_type=media, data=data)
+    if kind == "url":
+        url = source.get("url")
+        _expect(isinstance(url, str), f"{where}.source.url: expected a string")
+        return ImageBlock(media_type=None, url=url)
+    raise invalid(f"{where}.source.type: expected 'base64' or 'url'")
+
+
+def _tool_result_content(value: Any, where: str) -> list[TextBlock | ImageBlock]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [TextBlock(value)]
+    _expect(isinstance(value, list), f"{where}: expected a string or a list of blocks")
+    out: list[TextBlock | ImageBlock] = []
+    for i, block in enumerate(value):
+        _expect(isinstance(block, dict), f"{where}.{i}: expected an object")
+        kind = block.get("type")
+        if kind == "text":
+            text = block.get("text")
+            _expect(isinstance(text, str), f"{where}.{i}.text: expected a string")
+            out.append(TextBlock(text))
+        elif kind == "image":
+            out.append(_image(block, f"{where}.{i}"))
+        elif kind == "document":
+            out.extend(_document(block, f"{where}.{i}"))
+        else:
+            raise invalid(f"{where}.{i}.type: unsupported block type {kind!r} in tool_result")
+    return out
+
+
+def _document(block: dict, where: str) -> list[TextBlock]:
+    """Plain-text documents become text; other document kinds need a model that reads them."""
+    source = block.get("source")
+    if isinstance(source, dict) and source.get("type") == "text" and isinstance(source.get("data"), str):
+        return [TextBlock(source["data"])]
+    if isinstance(source, dict) and source.get("type") == "content":
+        return _text_blocks(source.get("content"), f"{where}.source.content")
+    raise invalid(f"{where}: only text documents are supported by this gateway's backends")
+
+
+def _content(value: Any, where: str, role: str) -> list[ContentBlock]:
+    if isinstance(value, str):
+        return [TextBlock(value)]
+    _expect(isinstance(value, list), f"{where}: expected a string or a list of content blocks")
+    out: list[ContentBlock] = []
+    for i, block in enumerate(value):
+        at = f"{where}.{i}"
+        _expect(isinstance(block, dict), f"{at}: expected an object")
+        kind = block.get("type")
+        if kind == "text":
+            text = block.get("text")
+            _expect(isinstance(text, str), f"{at}.text: expected a string")
+            out.append(TextBlock(text))
+        elif kind == "image":
+            out.append(_image(block, at))
+        elif kind == "tool_use":
+            tid, name = block.get("id"), block.get("name")
+            _expect(isinstance(tid, str) and tid != "", f"{at}.id: tool_use requires a non-empty string id")
+            _expect(isinstance(name, str) and name != "", f"{at}.name: tool_use requires a non-empty string name")
+            out.append(ToolUseBlock(tid, name, block.get("input", {})))
+        elif kind == "tool_result":
+            tid = block.get("tool_use_id")
+            _expect(isinstance(tid, str) and tid != "",
+                    f"{at}.tool_use_id: tool_result requires a non-empty string tool_use_id")
+            out.append(ToolResultBlock(tid, _tool_result_content(block.get("content"), f"{at}.content"),
+                                       bool(block.get("is_error", False))))
+        elif kind == "thinking":
+            thinking = block.get("thinking", "")
+            _expect(isinstance(thinking, str), f"{at}.thinking: expected a string")
+            signature = block.get("signature", "")
+            out.append(ThinkingBlock(thinking, signature if isinstance(signature, str) else ""))
+        elif kind == "redacted_thinking":
+            out.append(ThinkingBlock("", str(block.get("data", "")), redacted=True))
+        elif kind == "document":
+            out.extend(_document(block, at))
+        elif isinstance(kind, str) and kind.endswith(_SERVER_BLOCK_SUFFIXES):
+            continue
+        else:
+            raise invalid(f"{at}.type: unsupported content block type {kind!r}")
+    return out
+
+
+def _messages(value: Any) -> list[Message]:
+    _expect(value is not None, "messages: field required")
+    _expect(isinstance(value, list), "messages: expected a list")
+    _expect(len(value) > 0, "messages: at least one message is required")
+    out = []
+    for i, msg in enumerate(value):
+        _expect(isinstance(msg, dict), f"messages.{i}: expected an object")
+        role = msg.get("role")
+        _expect(role in ("user", "assistant", "system"),
+                f"messages.{i}.role: expected 'user', 'assistant' or 'system', got {role!r}")
+        _expect("content" in msg, f"messages.{i}.content: field required")
+        out.append(Message(role, _content(msg["content"], f"messages.{i}.content", role)))
+    return out
+
+
+def _tools(value: Any) -> list[Tool]:
+    if value is None:
+        return []
+    _expect(isinstance(value, list), "tools: expected a list")
+    out = []
+    for i, tool in enumerate(value):
+        _expect(isinstance(tool, dict), f"tools.{i}: expected an object")
+        name = tool.get("name")
+        _expect(isinstance(name, str) and name != "", f"tools.{i}.name: expected a non-empty string")
+        schema = tool.get("input_schema")
+        if schema is None and tool.get("type") not in (None, "custom"):
+            # Anthropic-hosted server tools (web_search_2025…) have no schema; a local model
+            # cannot run them, so they are left out rather than failing the request.
+            continue
+        _expect(isinstance(schema, dict), f"tools.{i}.input_schema: expected an object")
+        description = tool.get("description") or ""
+        _expect(isinstance(description, str), f"tools.{i}.description: expected a string")
+        out.append(Tool(name, description, schema))
+    return out
+
+
+def _tool_choice(value: Any) -> ToolChoice | None:
+    if value is None:
+        return None
+    _expect(isinstance(value, dict), "tool_choice: expected an object")
+    kind = value.get("type")
+    _expect(kind in ("auto", "any", "none", "tool"), "tool_choice.type: expected auto, any, none or tool")
+    name = value.get("name")
+    if kind == "tool":
+        _expect(isinstance(name, str) and name != "", "tool_choice.name: required when type is 'tool'")
+    return ToolChoice(kind, name, bool(value.get("disable_parallel_tool_use", False)))
+
+
+def _thinking(value: Any, max_tokens: int | None) -> Thinking | None:
+    if value is None:
+        return None
+    _expect(isinstance(value, dict), "thinking: expected an object")
+    kind = value.get("type")
+    _expect(kind in ("enabled", "disabled", "adaptive"), "thinking.type: expected enabled, disabled or adaptive")
+    budget = value.get("budget_tokens")
+    if kind == "enabled":
+        _expect(_is_int(budget), "thinking.budget_tokens: required (an integer) when thinking is enabled")
+        _expect(budget >= 1024, "thinking.budget_tokens: must be ≥ 1024")
+        if max_tokens is not None:
+            _expect(budget < max_tokens, "thinking.budget_tokens: must be less than max_tokens")
+    return Thinking(kind, budget if _is_int(budget) else None)
+
+
+def _output_schema(body: dict) -> tuple[dict | None, str | None]:
+    cfg = body.get("output_config")
+    if cfg is None:
+        return None, None
+    _expect(isinstance(cfg, dict), "output_config: expected an object")
+    effort = cfg.get("effort") if isinstance(cfg.get("effort"), str) else None
+    fmt = cfg.get("format")
+    if fmt is None:
+        return None, effort
+    _expect(isinstance(fmt, dict), "output_config.format: expected an object")
+    _expect(fmt.get("type") == "json_schema", "output_config.format.type: expected 'json_schema'")
+    schema = fmt.get("schema")
+    _expect(isinstance(schema, dict), "output_config.format.schema: expected an object")
+    return schema, effort
+
+
+def _stop_sequences(value: Any) -> list[str]:
+    if value is None:
+        return []
+    _expect(isinstance(value, list) and all(isinstance(s, str) for s in value),
+            "stop_sequences: expected a list of strings")
+    return [s for s in value if s]
+
+
+def _number(body: dict, key: str, lo: float, hi: float) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    _expect(_is_number(value), f"{key}: expected a number")
+    _expect(lo <= value <= hi, f"{key}: must be between {lo:g} and {hi:g}")
+    return value
+
+
+def parse_messages_request(body: Any, *, count_only: bool = False) -> MessagesRequest:
+    """Validate a /v1/messages body (or a count_tokens body when `count_only`)."""
+    _expect(isinstance(body, dict), "request body: expected a JSON object")
+    model = body.get("model")
+    _expect(model is not None, "model: field required")
+    _expect(isinstance(model, str) and model != "", "model: expected a non-empty string")
+
+    max_tokens = body.get("max_tokens")
+    if count_only:
+        max_tokens = max_tokens if _is_int(max_tokens) and max_tokens > 0 else None
+    else:
+        _expect(max_tokens is not None, "max_tokens: field required")
+        _expect(_is_int(max_tokens), "max_tokens: expected an integer")
+        _expect(max_tokens >= 1, "max_tokens: must be at least 1")
+
+    messages = _messages(body.get("messages"))
+    system = _text_blocks(body["system"], "system") if body.get("system") is not None else []
+    top_k = body.get("top_k")
+    _expect(top_k is None or (_is_int(top_k) and top_k >= 0), "top_k: expected a non-negative integer")
+    stream = body.get("stream", False)
+    _expect(isinstance(stream, bool), "stream: expected a boolean")
+    schema, effort = _output_schema(body)
+    metadata = body.get("metadata")
+    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
+
+    return MessagesRequest(
+        model=model,
+        messages=messages,
+        max_tokens=max_tokens,
+        system=system,
+        tools=_tools(body.get("tools")),
+        tool_choice=_tool_choice(body.get("tool_choice")),
+        stop_sequences=_stop_sequences(body.get("stop_sequences")),
+        temperature=_number(body, "temperature", 0.0, 2.0),
+        top_p=_number(body, "top_p", 0.0, 1.0),
+        top_k=top_k,
+        stream=stream and not count_only,
+        thinking=_thinking(body.get("thinking"), max_tokens if not count_only else None),
+        effort=effort,
+        json_schema=schema,
+        metadata_user_id=user_id if isinstance(user_id, str) else None,
+    )

@@ -1,0 +1,143 @@
+"""`claude-gateway serve | check | models`."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from aiohttp import web
+
+from backends.base import BackendStartError
+from gateway.config import Config, ConfigError, load_config
+from gateway.logs import configure_logging
+from gateway.models_api import catalog
+from gateway.server import create_app
+from gateway.state import Gateway
+
+SHUTDOWN_GRACE_S = 30.0
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"claude-gateway: {message}", file=sys.stderr)
+    return code
+
+
+def _describe(cfg: Config, name: str) -> str:
+    b = cfg.backends[name]
+    return f"{b.type} at {b.base_url}" if b.base_url else f"{b.type} model {b.model}"
+
+
+async def _serve(cfg: Config) -> int:
+    gateway = Gateway(cfg)
+    runner = web.AppRunner(create_app(gateway), handler_cancellation=True, access_log=None,
+                           shutdown_timeout=SHUTDOWN_GRACE_S)
+    try:
+        await runner.setup()
+    except BackendStartError as exc:
+        await gateway.close()
+        return _fail(str(exc), 1)
+    for name, detail in gateway.unavailable.items():
+        print(f"claude-gateway: backend '{name}' ({_describe(cfg, name)}) is not reachable: {detail}. "
+              f"Start that server or fix base_url in [backends.{name}] of {cfg.path}. The gateway runs anyway; "
+              f"requests routed to '{name}' fail with api_error until it answers.", file=sys.stderr)
+    site = web.TCPSite(runner, cfg.server.host, cfg.server.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        return _fail(f"cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror or exc}. "
+                     "Another process may hold the port; pick another with --port.", 1)
+    url = f"http://{cfg.server.host}:{cfg.server.port}"
+    auth = "ANTHROPIC_AUTH_TOKEN=<server.auth_token>" if cfg.server.auth_token else "ANTHROPIC_AUTH_TOKEN=any"
+    print(f"claude-gateway listening on {url}\n  use it: ANTHROPIC_BASE_URL={url} {auth} claude",
+          file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("claude-gateway: shutting down (in-flight requests get "
+          f"{SHUTDOWN_GRACE_S:g} s to finish)", file=sys.stderr, flush=True)
+    await runner.cleanup()
+    return 0
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header] + rows]
+    return "\n".join(lines)
+
+
+async def _check(cfg: Config) -> int:
+    gateway = Gateway(cfg)
+    rows, failed = [], False
+    try:
+        for name, backend in gateway.backends.items():
+            try:
+                await backend.start()
+            except BackendStartError as exc:
+                rows.append([name, backend.config.type, _describe(cfg, name), "FAILED", "-", str(exc)])
+                failed = True
+                continue
+            except Exception as exc:  # noqa: BLE001 — every backend gets probed and reported
+                rows.append([name, backend.config.type, _describe(cfg, name), "unreachable", "-", str(exc)])
+                failed = True
+                continue
+            h = await backend.health()
+            failed |= not h.ok
+            rows.append([name, backend.config.type, _describe(cfg, name), "ok" if h.ok else "unreachable",
+                         str(h.context_window or "-"), ", ".join(h.models) or h.detail])
+    finally:
+        await gateway.close()
+    print(_table(rows, ["BACKEND", "TYPE", "WHERE", "STATUS", "CONTEXT", "MODELS"]))
+    print(f"\nconfig {cfg.path}: valid; " + ("some backends are not usable" if failed else "all backends answer"))
+    return 1 if failed else 0
+
+
+async def _models(cfg: Config) -> int:
+    gateway = Gateway(cfg)
+    try:
+        await gateway.start()
+        entries = await catalog(gateway)
+    finally:
+        await gateway.close()
+    rows = [[e["id"], e["display_name"], str(e.get("max_input_tokens", "-"))] for e in entries]
+    print(_table(rows, ["ID", "DISPLAY NAME", "CONTEXT"]))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `claude-gateway` command."""
+    parser = argparse.ArgumentParser(prog="claude-gateway",
+                                     description="Anthropic Messages API in front of local and self-hosted models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--config", default="config.toml", help="config file (default: ./config.toml)")
+    serve.add_argument("--host", help="listen address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    check = sub.add_parser("check", help="validate the config and probe every backend")
+    check.add_argument("--config", default="config.toml")
+    models = sub.add_parser("models", help="list what /v1/models would list")
+    models.add_argument("--config", default="config.toml")
+    args = parser.parse_args(argv)
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if args.command == "serve":
+        if args.host:
+            cfg.server.host = args.host
+        if args.port is not None:
+            cfg.server.port = args.port
+    configure_logging(cfg.log.level)
+    runner = {"serve": _serve, "check": _check, "models": _models}[args.command]
+    try:
+        return asyncio.run(runner(cfg))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""config.toml: typed configuration, validated with errors that name the key and its line."""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BACKEND_TYPES = ("mlx", "vllm", "llamacpp", "openai")
+
+
+class ConfigError(Exception):
+    """An invalid config; the message is one paragraph a user can act on."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8082
+    auth_token: str | None = None
+    max_body_mb: float = 32
+    ping_interval_s: float = 5.0
+
+
+@dataclass
+class LogConfig:
+    requests: str = "logs/requests.jsonl"
+    bodies: bool = True
+    level: str = "info"
+
+
+@dataclass
+class BackendConfig:
+    name: str
+    type: str
+    model: str | None = None
+    base_url: str | None = None
+    api_key: str | None = None
+    api_key_env: str | None = None
+    timeout_s: float = 900.0
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+    vision: bool = False
+    extra_body: dict = field(default_factory=dict)
+    model_mapping: dict[str, str] = field(default_factory=dict)
+
+    def resolved_api_key(self) -> str | None:
+        """The key from api_key_env (when set and present), else api_key."""
+        if self.api_key_env and os.environ.get(self.api_key_env):
+            return os.environ[self.api_key_env]
+        return self.api_key
+
+
+@dataclass
+class Config:
+    path: Path | None
+    server: ServerConfig = field(default_factory=ServerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    default_backend: str | None = None
+    backends: dict[str, BackendConfig] = field(default_factory=dict)
+
+
+# Keys each table accepts, with the Python types a value may have.
+_SERVER_KEYS = {"host": str, "port": int, "auth_token": str, "max_body_mb": (int, float),
+                "ping_interval_s": (int, float)}
+_LOG_KEYS = {"requests": str, "bodies": bool, "level": str}
+_ROUTING_KEYS = {"default": str}
+_BACKEND_KEYS = {"type": str, "model": str, "base_url": str, "api_key": str, "api_key_env": str,
+                 "timeout_s": (int, float), "context_window": int, "max_output_tokens": int, "vision": bool,
+                 "extra_body": dict, "model_mapping": dict}
+_REMOTE_TYPES = ("vllm", "llamacpp", "openai")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class _Locator:
+    """Finds the line of a key in the TOML text, so errors can point at it."""
+
+    def __init__(self, path: Path | None, text: str):
+        self.path = path
+        self.lines = text.splitlines()
+
+    def line_of(self, table: tuple[str, ...], key: str | None = None) -> int | None:
+        header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(_key_pattern(t) for t in table) + r"\s*\]\s*$")
+        start = None
+        for i, line in enumerate(self.lines):
+            if header.match(line):
+                start = i
+                break
+        if key is None:
+            return start + 1 if start is not None else None
+        key_re = re.compile(r"^\s*" + _key_pattern(key) + r"\s*=")
+        dotted = re.compile(r"^\s*" + _key_pattern(table[-1]) + r"\s*\.\s*" + _key_pattern(key) + r"\s*=") if table else None
+        begin = start + 1 if start is not None else 0
+        for i in range(begin, len(self.lines)):
+            line = self.lines[i]
+            if i > begin and re.match(r"^\s*\[", line) and start is not None:
+                break
+            if key_re.match(line) or (dotted and dotted.match(line)):
+                return i + 1
+        return start + 1 if start is not None else None
+
+    def where(self, table: tuple[str, ...], key: str | None = None) -> str:
+        line = self.line_of(table, key)
+        name = str(self.path) if self.path else "config"
+        return f"{name}:{line}" if line else name
+
+
+def _key_pattern(key: str) -> str:
+    escaped = re.escape(key)
+    return rf"(?:{escaped}|\"{escaped}\"|'{escaped}')"
+
+
+def _check_table(data: dict, allowed: dict, table: tuple[str, ...], loc: _Locator) -> None:
+    for key, value in data.items():
+        dotted = ".".join(table + (key,))
+        if key not in allowed:
+            known = ", ".join(sorted(allowed))
+            raise ConfigError(f"{loc.where(table, key)}: unknown key '{dotted}'. Known keys here: {known}.")
+        if not isinstance(value, allowed[key]) or (allowed[key] is int and isinstance(value, bool)):
+            expected = allowed[key].__name__ if isinstance(allowed[key], type) else "number"
+            raise ConfigError(f"{loc.where(table, key)}: '{dotted}' must be a {expected}, got {value!r}.")
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a config file; raises ConfigError with file:line on any problem."""
+    p = Path(path) if path else Path("config.toml")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {p} not found. Pass --config PATH, or copy the config.toml "
+                          "shipped with claude-gateway next to where you run it.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Config file {p} cannot be read: {exc}.") from None
+    return parse_config(text, p)
+
+
+def parse_config(text: str, path: Path | None = None) -> Config:
+    """Validate TOML text into a Config."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path or 'config'}: not valid TOML: {exc}.") from None
+    loc = _Locator(path, text)
+    top = {"server": dict, "log": dict, "routing": dict, "backends": dict}
+    _check_table(data, top, (), loc)
+    cfg = Config(path=path)
+
+    server = data.get("server", {})
+    _check_table(server, _SERVER_KEYS, ("server",), loc)
+    cfg.server = ServerConfig(**{k: v for k, v in server.items()})
+    if not 0 < cfg.server.port < 65536:
+        raise ConfigError(f"{loc.where(('server',), 'port')}: 'server.port' must be between 1 and 65535.")
+    if cfg.server.max_body_mb <= 0:
+        raise ConfigError(f"{loc.where(('server',), 'max_body_mb')}: 'server.max_body_mb' must be positive.")
+    if cfg.server.ping_interval_s <= 0:
+        raise ConfigError(f"{loc.where(('server',), 'ping_interval_s')}: 'server.ping_interval_s' must be positive.")
+    env_token = os.environ.get("GATEWAY_AUTH_TOKEN")
+    if env_token:
+        cfg.server.auth_token = env_token
+    if cfg.server.auth_token == "":
+        cfg.server.auth_token = None
+
+    log = data.get("log", {})
+    _check_table(log, _LOG_KEYS, ("log",), loc)
+    cfg.log = LogConfig(**log)
+    if cfg.log.level.lower() not in _LOG_LEVELS:
+        raise ConfigError(f"{loc.where(('log',), 'level')}: 'log.level' must be one of {', '.join(_LOG_LEVELS)}.")
+
+    backends = data.get("backends", {})
+    for name, table in backends.items():
+        cfg.backends[name] = _backend(name, table, loc)
+    if not cfg.backends:
+        raise ConfigError(f"{path or 'config'}: no backends configured. Add a [backends.NAME] table "
+                          "with type = \"openai\" (or vllm, llamacpp, mlx) and its base_url or model.")
+
+    routing = data.get("routing", {})
+    _check_table(routing, _ROUTING_KEYS, ("routing",), loc)
+    cfg.default_backend = routing.get("default")
+    if cfg.default_backend is not None and cfg.default_backend not in cfg.backends:
+        raise ConfigError(f"{loc.where(('routing',), 'default')}: 'routing.default' names backend "
+                          f"'{cfg.default_backend}', which is not defined. Defined: {', '.join(cfg.backends)}.")
+    return cfg
+
+
+def _backend(name: str, table: Any, loc: _Locator) -> BackendConfig:
+    where = ("backends", name)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{loc.where(('backends',), name)}: 'backends.{name}' must be a table.")
+    _check_table(table, _BACKEND_KEYS, where, loc)
+    kind = table.get("type")
+    if kind not in BACKEND_TYPES:
+        raise ConfigError(f"{loc.where(where, 'type' if kind else None)}: 'backends.{name}.type' must be one of "
+                          f"{', '.join(BACKEND_TYPES)}" + (f", got {kind!r}." if kind else " (missing)."))
+    mapping = table.get("model_mapping", {})
+    for key, value in mapping.items():
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{loc.where(where + ('model_mapping',), key)}: 'backends.{name}.model_mapping.{key}' "
+                              "must be a non-empty string (the backend model).")
+    if kind in _REMOTE_TYPES and not table.get("base_url"):
+        raise ConfigError(f"{loc.where(where)}: backend '{name}' (type {kind}) needs 'base_url', "
+                          "e.g. base_url = \"http://127.0.0.1:8000\".")
+    if kind == "mlx" and not table.get("model"):
+        raise ConfigError(f"{loc.where(where)}: backend '{name}' (type mlx) needs 'model': a Hugging Face id "
+                          "or a local path.")
+    for key in ("timeout_s", "context_window", "max_output_tokens"):
+        if key in table and table[key] <= 0:
+            raise ConfigError(f"{loc.where(where, key)}: 'backends.{name}.{key}' must be positive.")
+    fields = {k: v for k, v in table.items() if k not in ("model_mapping",)}
+    return BackendConfig(name=name, model_mapping=dict(mapping), **fields)

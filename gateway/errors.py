@@ -1,0 +1,73 @@
+"""Anthropic-shaped errors: one exception type carries status, error type and retry hints."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The status → type pairs the Anthropic API documents; anything else maps to api_error.
+STATUS_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+
+
+@dataclass
+class GatewayError(Exception):
+    """An error the client sees as `{"type":"error","error":{type,message}}` with `status`."""
+
+    status: int
+    message: str
+    type: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.type:
+            self.type = STATUS_TYPES.get(self.status, "api_error")
+        super().__init__(self.message)
+
+    def body(self, request_id: str | None = None) -> dict:
+        """The JSON body of this error, as the Anthropic API shapes it."""
+        out: dict = {"type": "error", "error": {"type": self.type, "message": self.message}}
+        if request_id:
+            out["request_id"] = request_id
+        return out
+
+
+def invalid(message: str) -> GatewayError:
+    """400 invalid_request_error."""
+    return GatewayError(400, message)
+
+
+def not_found(message: str) -> GatewayError:
+    """404 not_found_error."""
+    return GatewayError(404, message)
+
+
+def prompt_too_long(prompt_tokens: int, context: int) -> GatewayError:
+    """The 400 Claude Code recognises as a cue to compact the conversation."""
+    return GatewayError(400, f"prompt is too long: {prompt_tokens} tokens > {context} maximum")
+
+
+def from_upstream(status: int, message: str, retry_after: str | None = None) -> GatewayError:
+    """Map an upstream HTTP failure to the Anthropic error a client should see, keeping its message."""
+    headers: dict[str, str] = {}
+    if status == 429:
+        err = GatewayError(429, message, "rate_limit_error", headers)
+    elif status in (503, 529):
+        err = GatewayError(529, message, "overloaded_error", headers)
+    elif status in (400, 413, 422):
+        err = GatewayError(400 if status != 413 else 413, message)
+    elif status == 404:
+        err = GatewayError(404, message)
+    else:
+        err = GatewayError(500, message, "api_error", headers)
+        if status in (401, 403, 501):
+            headers["x-should-retry"] = "false"  # our key or the route is wrong: retrying cannot help
+    if err.status in (429, 529):
+        headers["retry-after"] = retry_after or "1"
+    return err

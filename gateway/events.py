@@ -1,0 +1,64 @@
+"""The internal event stream every backend yields; the SSE encoder and the aggregator consume it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from gateway.anthropic import StopReason
+
+
+@dataclass(slots=True)
+class Started:
+    """The backend accepted the request; content may still take a while (prefill)."""
+
+
+@dataclass(slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class ThinkingDelta:
+    thinking: str
+
+
+@dataclass(slots=True)
+class ThinkingSignature:
+    """A signature the backend issued for the current thinking block (else the gateway signs it)."""
+
+    signature: str
+
+
+@dataclass(slots=True)
+class ToolCallStart:
+    name: str
+    id: str | None = None  # backend's id; the gateway issues its own toolu_ id when absent
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    partial_json: str
+
+
+@dataclass(slots=True)
+class ToolCallEnd:
+    pass
+
+
+@dataclass(slots=True)
+class UsageReport:
+    """Token counts as the backend reports them; None means 'not reported'."""
+
+    input_tokens: int | None = None  # total prompt tokens, cached ones included
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+
+
+@dataclass(slots=True)
+class Stop:
+    reason: StopReason
+    stop_sequence: str | None = None
+
+
+Event = Union[Started, TextDelta, ThinkingDelta, ThinkingSignature, ToolCallStart, ToolCallDelta,
+              ToolCallEnd, UsageReport, Stop]

@@ -1,0 +1,223 @@
+"""Turns internal backend events into Anthropic stream events (message_start … message_stop).
+
+One `MessageStream` per response owns the content-block lifecycle: indices, start/stop, the
+thinking signature, the final `message_delta`. The SSE encoder writes its events as frames and
+the aggregator folds the very same events into a non-streaming message, so the two answers
+cannot differ.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import string
+
+from gateway.anthropic import StopReason, Usage
+from gateway.errors import GatewayError
+from gateway.events import (
+    Event, Started, Stop, TextDelta, ThinkingDelta, ThinkingSignature, ToolCallDelta, ToolCallEnd,
+    ToolCallStart, UsageReport,
+)
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+# Signs the thinking blocks this process emits; the signature only has to round-trip opaquely.
+_SIGNING_KEY = os.urandom(32)
+
+
+def new_id(prefix: str) -> str:
+    """An Anthropic-style id: prefix + 24 random alphanumerics."""
+    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(24))
+
+
+def sign_thinking(thinking: str) -> str:
+    """A gateway signature for a thinking block (opaque to clients)."""
+    mac = hmac.new(_SIGNING_KEY, thinking.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+    return "gw1" + base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
+
+
+class MessageStream:
+    """Per-response state: feed it backend events, get Anthropic stream events (dicts) back."""
+
+    def __init__(self, *, model: str, input_tokens: int, show_thinking: bool, message_id: str | None = None):
+        self.message_id = message_id or new_id("msg_")
+        self.model = model
+        self.show_thinking = show_thinking
+        self.usage = Usage(input_tokens=max(1, input_tokens))
+        self._start_input_tokens = self.usage.input_tokens
+        self._index = -1
+        self._open: str | None = None  # type of the open block: text | thinking | tool_use
+        self._pending_ws = ""  # leading whitespace of a text block not yet worth opening
+        self._thinking_parts: list[str] = []
+        self._signature: str | None = None
+        self._deltas = 0  # output-token estimate when the backend reports no usage
+        self._reported_output: int | None = None
+        self._reported_input: int | None = None
+        self._reported_cached: int | None = None
+        self._saw_tool = False
+        self._stop: Stop | None = None
+        self.ttft_seen = False
+
+    # -- events -------------------------------------------------------------------------------
+
+    def message_start(self) -> dict:
+        """The first event of every response."""
+        return {
+            "type": "message_start",
+            "message": {
+                "id": self.message_id, "type": "message", "role": "assistant", "content": [],
+                "model": self.model, "stop_reason": None, "stop_sequence": None,
+                "usage": {"input_tokens": self.usage.input_tokens, "output_tokens": 0,
+                          "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
+            },
+        }
+
+    def feed(self, ev: Event) -> list[dict]:
+        """Anthropic events for one backend event (often one, sometimes none or several)."""
+        if type(ev) is TextDelta:
+            return self._text(ev.text)
+        if type(ev) is ThinkingDelta:
+            if not self.show_thinking or not ev.thinking:
+                return []
+            out = self._open_block("thinking")
+            self._pending_ws = ""
+            self._deltas += 1
+            self._thinking_parts.append(ev.thinking)
+            out.append({"type": "content_block_delta", "index": self._index,
+                        "delta": {"type": "thinking_delta", "thinking": ev.thinking}})
+            return out
+        if type(ev) is ToolCallStart:
+            out = self._close_block()
+            self._pending_ws = ""
+            self._saw_tool = True
+            self._index += 1
+            self._open = "tool_use"
+            self.ttft_seen = True
+            out.append({"type": "content_block_start", "index": self._index,
+                        "content_block": {"type": "tool_use", "id": new_id("toolu_"), "name": ev.name,
+                                          "input": {}}})
+            return out
+        if type(ev) is ToolCallDelta:
+            if self._open != "tool_use" or not ev.partial_json:
+                return []
+            self._deltas += 1
+            return [{"type": "content_block_delta", "index": self._index,
+                     "delta": {"type": "input_json_delta", "partial_json": ev.partial_json}}]
+        if type(ev) is ToolCallEnd:
+            return self._close_block() if self._open == "tool_use" else []
+        if type(ev) is ThinkingSignature:
+            if self._open == "thinking":
+                self._signature = ev.signature
+            return []
+        if type(ev) is UsageReport:
+            if ev.output_tokens is not None:
+                self._reported_output = ev.output_tokens
+            if ev.input_tokens is not None:
+                self._reported_input = ev.input_tokens
+            if ev.cache_read_tokens is not None:
+                self._reported_cached = ev.cache_read_tokens
+            return []
+        if type(ev) is Stop:
+            self._stop = ev
+            return []
+        if type(ev) is Started:
+            return []
+        raise TypeError(f"unknown backend event {ev!r}")
+
+    def finish(self) -> list[dict]:
+        """Close the open block and end the message (message_delta, message_stop)."""
+        out = self._close_block()
+        if self._index < 0:
+            # An empty answer is still one (empty) text block, as Anthropic sends it.
+            out += self._open_block("text")
+            if self._pending_ws:
+                out.append(self._text_delta(self._pending_ws))
+                self._pending_ws = ""
+            out += self._close_block()
+        self._pending_ws = ""
+        usage = self.final_usage()
+        out.append({
+            "type": "message_delta",
+            "delta": {"stop_reason": self.stop_reason, "stop_sequence": self.stop_sequence},
+            "usage": usage.to_dict(),
+        })
+        out.append({"type": "message_stop"})
+        return out
+
+    @staticmethod
+    def error_event(err: GatewayError) -> dict:
+        """The `error` event that ends a stream that failed after its first byte."""
+        return {"type": "error", "error": {"type": err.type, "message": err.message}}
+
+    # -- results ------------------------------------------------------------------------------
+
+    @property
+    def stop_reason(self) -> StopReason:
+        if self._saw_tool:
+            return "tool_use"
+        return self._stop.reason if self._stop else "end_turn"
+
+    @property
+    def stop_sequence(self) -> str | None:
+        if self._saw_tool or not self._stop or self._stop.reason != "stop_sequence":
+            return None
+        return self._stop.stop_sequence
+
+    def final_usage(self) -> Usage:
+        """Totals for message_delta: backend-reported where known, estimates otherwise."""
+        u = self.usage
+        if self._reported_input is not None:
+            cached = self._reported_cached or 0
+            u.cache_read_input_tokens = cached
+            u.input_tokens = max(1, self._reported_input - cached)
+        output = self._reported_output if self._reported_output is not None else self._deltas
+        u.output_tokens = max(output, 1 if self._deltas else 0)
+        return u
+
+    # -- block lifecycle ----------------------------------------------------------------------
+
+    def _text(self, text: str) -> list[dict]:
+        if not text:
+            return []
+        self._deltas += 1
+        if self._open == "text":
+            return [self._text_delta(text)]
+        if text.isspace():
+            # Whitespace before a tool call is noise; hold it until real text shows it belongs.
+            self._pending_ws += text
+            return []
+        out = self._open_block("text")
+        if self._pending_ws:
+            text, self._pending_ws = self._pending_ws + text, ""
+        out.append(self._text_delta(text))
+        return out
+
+    def _text_delta(self, text: str) -> dict:
+        self.ttft_seen = True
+        return {"type": "content_block_delta", "index": self._index, "delta": {"type": "text_delta", "text": text}}
+
+    def _open_block(self, kind: str) -> list[dict]:
+        if self._open == kind:
+            return []
+        out = self._close_block()
+        self._index += 1
+        self._open = kind
+        self.ttft_seen = True
+        block = {"type": "text", "text": ""} if kind == "text" else {"type": "thinking", "thinking": "", "signature": ""}
+        out.append({"type": "content_block_start", "index": self._index, "content_block": block})
+        return out
+
+    def _close_block(self) -> list[dict]:
+        if self._open is None:
+            return []
+        out: list[dict] = []
+        if self._open == "thinking":
+            signature = self._signature or sign_thinking("".join(self._thinking_parts))
+            out.append({"type": "content_block_delta", "index": self._index,
+                        "delta": {"type": "signature_delta", "signature": signature}})
+            self._thinking_parts = []
+            self._signature = None
+        out.append({"type": "content_block_stop", "index": self._index})
+        self._open = None
+        return out

@@ -1,0 +1,193 @@
+"""POST /v1/messages and /v1/messages/count_tokens."""
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+import orjson
+import structlog
+from aiohttp import web
+
+from backends.base import BackendRequest
+from gateway.aggregate import Aggregator
+from gateway.anthropic import MessagesRequest, parse_messages_request
+from gateway.errors import GatewayError, invalid
+from gateway.events import Event
+from gateway.limits import fit_request
+from gateway.message_stream import MessageStream
+from gateway.normalize import normalize, session_id
+from gateway.reqlog import RequestRecord
+from gateway.sse import PING, encode_all
+from gateway.state import GATEWAY, RECORD
+
+log = structlog.get_logger("gateway.messages")
+
+SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+               "Connection": "keep-alive", "X-Accel-Buffering": "no"}
+
+
+async def read_body(request: web.Request, record: RequestRecord) -> object:
+    """The decoded JSON body; 413 over the configured limit, 400 for anything not JSON."""
+    raw = await request.read()
+    record.body_bytes = len(raw)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"request body is not valid JSON (or not UTF-8): {exc}") from None
+    record.body = body
+    return body
+
+
+async def _prepare(request: web.Request, count_only: bool) -> tuple[MessagesRequest, BackendRequest, object]:
+    gw = request.app[GATEWAY]
+    record = request[RECORD]
+    body = await read_body(request, record)
+    req = normalize(parse_messages_request(body, count_only=count_only))
+    record.model = req.model
+    record.stream = req.stream
+    record.session_id = session_id(request.headers.get("X-Claude-Code-Session-Id"), req)
+    route = await gw.router.resolve(req.model)
+    record.backend, record.backend_model = route.backend.name, route.model
+    breq = BackendRequest(req, route.model, req.max_tokens or 1, record.session_id)
+    return req, breq, route.backend
+
+
+async def handle_count_tokens(request: web.Request) -> web.Response:
+    """Prompt tokens with the backend's tokenizer (or its documented estimate); never generates."""
+    _, breq, backend = await _prepare(request, count_only=True)
+    count = await backend.count_tokens(breq)
+    request[RECORD].input_tokens = count.tokens
+    return web.json_response({"input_tokens": max(1, count.tokens)}, dumps=_dumps)
+
+
+async def handle_messages(request: web.Request) -> web.StreamResponse:
+    """Generate a message: JSON, or SSE when the body says stream:true."""
+    req, breq, backend = await _prepare(request, count_only=False)
+    fit = await fit_request(backend, breq)
+    breq.max_tokens = fit.max_tokens
+    record = request[RECORD]
+    # message_start must never report more input than the final usage: the estimate is halved.
+    ms = MessageStream(model=req.model, input_tokens=fit.prompt_tokens if fit.exact else fit.prompt_tokens // 2,
+                       show_thinking=req.thinking_enabled)
+    events = backend.stream(breq)
+    try:
+        if req.stream:
+            return await _respond_sse(request, ms, events, record)
+        return await _respond_json(ms, events, record)
+    finally:
+        await events.aclose()
+        usage = ms.usage
+        record.input_tokens = usage.input_tokens
+        record.output_tokens = usage.output_tokens
+        record.cache_read_tokens = usage.cache_read_input_tokens
+
+
+async def _respond_json(ms: MessageStream, events: AsyncIterator[Event], record: RequestRecord) -> web.Response:
+    agg = Aggregator()
+    agg.add(ms.message_start())
+    async for ev in events:
+        for out in ms.feed(ev):
+            agg.add(out)
+        if ms.ttft_seen:
+            record.mark_first_token()
+    for out in ms.finish():
+        agg.add(out)
+    record.stop_reason = ms.stop_reason
+    return web.json_response(agg.message, dumps=_dumps)
+
+
+class _Pinger:
+    """Writes `ping` events whenever nothing else went out for `interval` seconds."""
+
+    def __init__(self, resp: web.StreamResponse, interval: float):
+        self.resp = resp
+        self.interval = interval
+        self.loop = asyncio.get_running_loop()
+        self.last_write = self.loop.time()
+        self.task = self.loop.create_task(self._run())
+
+    async def write(self, data: bytes) -> None:
+        self.last_write = self.loop.time()
+        await self.resp.write(data)
+
+    async def _run(self) -> None:
+        while True:
+            wait = self.last_write + self.interval - self.loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            self.last_write = self.loop.time()
+            await self.resp.write(PING)
+
+    def stop(self) -> None:
+        self.task.cancel()
+
+
+async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIterator[Event],
+                       record: RequestRecord) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    interval = gw.config.server.ping_interval_s
+    # Wait for the backend to accept (or refuse) before committing to a 200: errors known
+    # this early go out as JSON with their real status, so SDKs can raise and retry (C9).
+    first = asyncio.ensure_future(events.__anext__())
+    try:
+        await asyncio.wait({first}, timeout=interval)
+    except asyncio.CancelledError:
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        raise
+    if first.done() and not first.cancelled():
+        exc = first.exception()
+        if exc is not None and not isinstance(exc, StopAsyncIteration):
+            raise exc  # the backend's error, before any byte went out
+
+    resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
+    resp.headers["request-id"] = record.request_id
+    await resp.prepare(request)
+    record.status = 200
+    pinger = _Pinger(resp, interval)
+    try:
+        await pinger.write(encode_all([ms.message_start()]))
+        try:
+            ev = await first  # pings keep flowing while a slow backend prefills
+            frames = ms.feed(ev)
+            if frames:
+                await pinger.write(encode_all(frames))
+            async for ev in events:
+                frames = ms.feed(ev)
+                if frames:
+                    if ms.ttft_seen and record.ttft_ms is None:
+                        record.mark_first_token()
+                    await pinger.write(encode_all(frames))
+        except StopAsyncIteration:
+            pass
+        except GatewayError as err:
+            await _write_error(pinger, err, record)
+            return resp
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception as exc:  # a backend bug must still end the stream with an error event
+            log.exception("backend_failed_mid_stream", backend=record.backend)
+            await _write_error(pinger, GatewayError(500, f"internal error: {type(exc).__name__}: {exc}"), record)
+            return resp
+        pinger.stop()
+        await resp.write(encode_all(ms.finish()))
+        record.stop_reason = ms.stop_reason
+        await resp.write_eof()
+        return resp
+    finally:
+        pinger.stop()
+        if not first.done():
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+
+
+async def _write_error(pinger: _Pinger, err: GatewayError, record: RequestRecord) -> None:
+    pinger.stop()
+    record.error = {"type": err.type, "message": err.message}
+    await pinger.resp.write(encode_all([MessageStream.error_event(err)]))
+    await pinger.resp.write_eof()
+
+
+def _dumps(obj: object) -> str:
+    return orjson.dumps(obj).decode()

@@ -1,0 +1,50 @@
+"""What the aiohttp app shares between handlers: the Gateway object and the per-request record."""
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+from backends import create_backend
+from backends.base import Backend, BackendUnavailable
+from gateway.config import Config
+from gateway.reqlog import RequestLog, RequestRecord
+from gateway.router import Router
+
+log = structlog.get_logger("gateway")
+
+
+class Gateway:
+    """Config, backends, router and request log of one running server."""
+
+    def __init__(self, config: Config, backends: dict[str, Backend] | None = None):
+        self.config = config
+        self.backends = backends if backends is not None else {
+            name: create_backend(bcfg) for name, bcfg in config.backends.items()}
+        self.router = Router(config, self.backends)
+        secrets = (config.server.auth_token,) + tuple(
+            b.resolved_api_key() or "" for b in config.backends.values())
+        self.reqlog = RequestLog(config.log.requests or None, config.log.bodies, secrets)
+        self.unavailable: dict[str, str] = {}
+
+    async def start(self) -> None:
+        """Start every backend; one that is not reachable yet is reported, not fatal.
+
+        BackendStartError (a backend that can never work as configured) propagates.
+        """
+        for name, backend in self.backends.items():
+            try:
+                await backend.start()
+            except BackendUnavailable as exc:
+                self.unavailable[name] = str(exc)
+                log.warning("backend_unreachable", backend=name, detail=str(exc),
+                            hint="requests routed to it fail with api_error until it answers")
+
+    async def close(self) -> None:
+        for backend in self.backends.values():
+            await backend.close()
+        self.reqlog.close()
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+RECORD = web.RequestKey("record", RequestRecord)
+__all__ = ["GATEWAY", "RECORD", "Gateway", "RequestRecord"]

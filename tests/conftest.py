@@ -1,0 +1,143 @@
+"""Fixtures: scripted upstreams and a real gateway, both listening on 127.0.0.1."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.config import parse_config
+from gateway.server import create_app
+from gateway.state import Gateway
+from tests.upstream import Upstream
+
+TOKEN = "sk-test-token"
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    gateway: Gateway
+    runner: web.AppRunner
+    session: aiohttp.ClientSession
+    token: str | None
+
+    def headers(self, **extra: str) -> dict:
+        h = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
+        if self.token:
+            h["x-api-key"] = self.token
+        h.update(extra)
+        return h
+
+    async def post(self, path: str, body: Any, **headers: str) -> aiohttp.ClientResponse:
+        data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        return await self.session.post(self.url + path, data=data, headers=self.headers(**headers))
+
+    async def get(self, path: str, **headers: str) -> aiohttp.ClientResponse:
+        return await self.session.get(self.url + path, headers=self.headers(**headers))
+
+    async def messages(self, body: dict, **headers: str) -> tuple[int, dict]:
+        resp = await self.post("/v1/messages", body, **headers)
+        return resp.status, await resp.json()
+
+    async def stream(self, body: dict, **headers: str) -> list[tuple[str, dict]]:
+        """POST a streaming request; returns (event name, data) for every SSE frame."""
+        resp = await self.post("/v1/messages", {**body, "stream": True}, **headers)
+        assert resp.status == 200, await resp.text()
+        return parse_sse(await resp.text())
+
+    def anthropic(self, **kw):
+        import anthropic
+        return anthropic.AsyncAnthropic(base_url=self.url, api_key=self.token or "none", max_retries=0, **kw)
+
+
+def parse_sse(text: str) -> list[tuple[str, dict]]:
+    """Split an SSE body into (event, data) pairs, asserting the Anthropic framing on the way."""
+    frames = []
+    for raw in text.split("\n\n"):
+        if not raw.strip():
+            continue
+        lines = raw.split("\n")
+        assert lines[0].startswith("event: "), f"frame without event line: {raw!r}"
+        assert lines[1].startswith("data: "), f"frame without data line: {raw!r}"
+        assert len(lines) == 2, f"multi-line frame: {raw!r}"
+        name, data = lines[0][7:], json.loads(lines[1][6:])
+        assert data["type"] == name
+        frames.append((name, data))
+    return frames
+
+
+def gateway_config(backends: dict[str, dict], *, token: str | None = TOKEN, default: str | None = None,
+                   log_path: str = "", extra: str = "") -> str:
+    """TOML text for a gateway in front of the given backends."""
+    lines = ["[server]", 'host = "127.0.0.1"', "port = 8082", "ping_interval_s = 0.5"]
+    if token:
+        lines.append(f'auth_token = "{token}"')
+    lines += ["[log]", f'requests = "{log_path}"', "bodies = true", 'level = "warning"']
+    if default:
+        lines += ["[routing]", f'default = "{default}"']
+    for name, b in backends.items():
+        lines.append(f"[backends.{name}]")
+        mapping = b.pop("model_mapping", {})
+        for k, v in b.items():
+            lines.append(f"{k} = {json.dumps(v)}")
+        if mapping:
+            lines.append(f"[backends.{name}.model_mapping]")
+            for k, v in mapping.items():
+                lines.append(f"{json.dumps(k)} = {json.dumps(v)}")
+    return "\n".join(lines) + "\n" + extra
+
+
+@pytest.fixture
+async def start_gateway():
+    """Factory: start a gateway from TOML text; everything started is stopped at teardown."""
+    started: list[RunningGateway] = []
+
+    async def start(toml: str, token: str | None = TOKEN) -> RunningGateway:
+        cfg = parse_config(toml)
+        gw = Gateway(cfg)
+        runner = web.AppRunner(create_app(gw), handler_cancellation=True)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        session = aiohttp.ClientSession()
+        rg = RunningGateway(f"http://127.0.0.1:{port}", gw, runner, session, token)
+        started.append(rg)
+        return rg
+
+    yield start
+    for rg in started:
+        await rg.session.close()
+        await rg.runner.cleanup()
+
+
+@pytest.fixture
+async def start_upstream():
+    """Factory: start a scripted upstream of a flavor (openai, vllm, llamacpp)."""
+    ups: list[Upstream] = []
+
+    async def start(flavor: str = "openai", **kw) -> Upstream:
+        up = Upstream(flavor, **kw)
+        await up.start()
+        ups.append(up)
+        return up
+
+    yield start
+    for up in ups:
+        await up.stop()
+
+
+@pytest.fixture(params=["openai", "vllm", "llamacpp"])
+async def stack(request, start_upstream, start_gateway):
+    """A gateway in front of one scripted upstream, once per backend type."""
+    up = await start_upstream(request.param)
+    toml = gateway_config({"up": {"type": request.param, "base_url": up.url, "model": "test-model",
+                                  "vision": True,
+                                  "model_mapping": {"claude-opus-4-8": "test-model", "claude-*": "test-model"}}},
+                          default="up")
+    gw = await start_gateway(toml)
+    return up, gw

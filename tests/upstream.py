@@ -1,0 +1,285 @@
+"""Scripted upstream servers that speak the real wire formats: OpenAI chat completions (streamed
+and not), plus vLLM's (/tokenize, max_model_len) and llama.cpp's (/props, /apply-template,
+/tokenize) extra endpoints. Each records what it received and whether a stream was cut."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from aiohttp import web
+
+
+@dataclass
+class Script:
+    """What the upstream does for one request: content chunks (OpenAI `delta`s), then a finish."""
+
+    deltas: list[dict] = field(default_factory=list)
+    finish_reason: str | None = "stop"
+    fail_status: int | None = None  # fail before the first byte with this status
+    fail_mid_status: int | None = None  # fail (error event) after the deltas
+    fail_message: str = "upstream exploded"
+    delay_s: float = 0.0  # between chunks
+    first_delay_s: float = 0.0  # before the first chunk (prefill)
+    headers_delay_s: float = 0.0  # before even sending response headers
+    usage: dict | None = None
+    retry_after: str | None = None
+    stop_reason: str | None = None  # vLLM's choice.stop_reason
+    raw_lines: list[str] | None = None  # send these SSE lines verbatim instead
+    die_mid: bool = False  # drop the connection after the deltas
+
+
+def TEXT(s: str, pieces: int | None = None) -> Script:
+    return Script(deltas=[{"content": p} for p in _split(s, pieces)])
+
+
+def LEN(s: str) -> Script:
+    return Script(deltas=[{"content": p} for p in _split(s)], finish_reason="length")
+
+
+def STOPSEQ(s: str, seq: str) -> Script:
+    return Script(deltas=[{"content": p} for p in _split(s + seq)])
+
+
+def TOOL(name: str, args: dict, lead: str | None = None, fragment: int = 3, call_id: str = "call_1") -> Script:
+    deltas = [{"content": p} for p in _split(lead)] if lead else []
+    raw = json.dumps(args)
+    deltas.append({"tool_calls": [{"index": 0, "id": call_id, "type": "function",
+                                   "function": {"name": name, "arguments": ""}}]})
+    for i in range(0, len(raw), fragment):
+        deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": raw[i:i + fragment]}}]})
+    return Script(deltas=deltas, finish_reason="tool_calls")
+
+
+def TOOLS2() -> Script:
+    deltas = []
+    for i, (name, args) in enumerate([("get_weather", {"location": "Paris"}), ("get_time", {"tz": "CET"})]):
+        raw = json.dumps(args)
+        deltas.append({"tool_calls": [{"index": i, "id": f"call_{i}", "type": "function",
+                                       "function": {"name": name, "arguments": ""}}]})
+        for j in range(0, len(raw), 4):
+            deltas.append({"tool_calls": [{"index": i, "function": {"arguments": raw[j:j + 4]}}]})
+    return Script(deltas=deltas, finish_reason="tool_calls")
+
+
+def THINK(r: str, s: str) -> Script:
+    return Script(deltas=[{"reasoning_content": p} for p in _split(r)] + [{"content": p} for p in _split(s)])
+
+
+def EMPTY() -> Script:
+    return Script(deltas=[])
+
+
+def FAIL(status: int, message: str = "upstream exploded", retry_after: str | None = None) -> Script:
+    return Script(fail_status=status, fail_message=message, retry_after=retry_after)
+
+
+def FAIL_MID(status: int, message: str = "upstream died mid-stream") -> Script:
+    return Script(deltas=[{"content": "partial "}, {"content": "answer"}], fail_mid_status=status,
+                  fail_message=message)
+
+
+def _split(s: str | None, pieces: int | None = None) -> list[str]:
+    if not s:
+        return []
+    if pieces is None:
+        # word-ish pieces, like a tokenizer would produce
+        out, cur = [], ""
+        for ch in s:
+            cur += ch
+            if ch == " " or len(cur) >= 4:
+                out.append(cur)
+                cur = ""
+        if cur:
+            out.append(cur)
+        return out
+    size = max(1, -(-len(s) // pieces))
+    return [s[i:i + size] for i in range(0, len(s), size)]
+
+
+def count_prompt_tokens(messages: list, tools: list | None = None) -> int:
+    """The fake tokenizer: one token per 4 characters of the serialized prompt, at least 1."""
+    raw = json.dumps(messages, ensure_ascii=False) + (json.dumps(tools, ensure_ascii=False) if tools else "")
+    return max(1, len(raw) // 4)
+
+
+class Upstream:
+    """One scripted server. `flavor` is openai, vllm or llamacpp."""
+
+    def __init__(self, flavor: str = "openai", models: list[str] | None = None, context: int = 32768,
+                 slots: int = 4, api_key: str | None = None):
+        self.flavor = flavor
+        self.models = models or ["test-model"]
+        self.context = context
+        self.slots = slots
+        self.api_key = api_key
+        self.scripts: list[Script] = []
+        self.default: Script | Callable[[dict], Script] = TEXT("Hello there!")
+        self.received: list[dict] = []
+        self.headers: list[dict] = []
+        self.cancelled = 0
+        self.completed = 0
+        self.tokenize_calls = 0
+        self.started = asyncio.Event()
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    def push(self, *scripts: Script) -> None:
+        self.scripts.extend(scripts)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=256 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/v1/models", self.list_models)
+        if self.flavor == "vllm":
+            app.router.add_post("/tokenize", self.vllm_tokenize)
+        if self.flavor == "llamacpp":
+            app.router.add_get("/props", self.props)
+            app.router.add_post("/apply-template", self.apply_template)
+            app.router.add_post("/tokenize", self.llama_tokenize)
+        return app
+
+    async def start(self, port: int = 0) -> str:
+        self._runner = web.AppRunner(self.app(), handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        real_port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{real_port}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    # -- endpoints ----------------------------------------------------------------------------
+
+    def _auth_failed(self, request: web.Request) -> web.Response | None:
+        if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": {"message": "Invalid API key", "type": "invalid_request_error"}},
+                                     status=401)
+        return None
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        if (resp := self._auth_failed(request)) is not None:
+            return resp
+        data = []
+        for m in self.models:
+            item = {"id": m, "object": "model", "created": 1700000000, "owned_by": self.flavor}
+            if self.flavor == "vllm":
+                item["max_model_len"] = self.context
+            data.append(item)
+        return web.json_response({"object": "list", "data": data})
+
+    async def vllm_tokenize(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.tokenize_calls += 1
+        n = count_prompt_tokens(body.get("messages", []), body.get("tools"))
+        return web.json_response({"count": n, "max_model_len": self.context, "tokens": list(range(n))})
+
+    async def props(self, request: web.Request) -> web.Response:
+        return web.json_response({"default_generation_settings": {"n_ctx": self.context},
+                                  "total_slots": self.slots, "chat_template": "{{ messages }}"})
+
+    async def apply_template(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response({"prompt": json.dumps([body.get("messages", []), body.get("tools")],
+                                                        ensure_ascii=False)})
+
+    async def llama_tokenize(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.tokenize_calls += 1
+        n = max(1, len(body.get("content", "")) // 4)
+        return web.json_response({"tokens": list(range(n))})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        if (resp := self._auth_failed(request)) is not None:
+            return resp
+        body = await request.json()
+        self.received.append(body)
+        self.headers.append(dict(request.headers))
+        self.started.set()
+        script = self.scripts.pop(0) if self.scripts else self.default
+        if callable(script):
+            script = script(body)
+        if script.headers_delay_s:
+            await asyncio.sleep(script.headers_delay_s)
+        if script.fail_status:
+            headers = {"retry-after": script.retry_after} if script.retry_after else {}
+            return web.json_response({"error": {"message": script.fail_message, "type": "server_error",
+                                                "code": script.fail_status}},
+                                     status=script.fail_status, headers=headers)
+        prompt_tokens = count_prompt_tokens(body.get("messages", []), body.get("tools"))
+        usage = script.usage or {"prompt_tokens": prompt_tokens,
+                                 "completion_tokens": max(1, len(script.deltas)) if script.deltas else 0,
+                                 "total_tokens": prompt_tokens + len(script.deltas)}
+        if not body.get("stream"):
+            return web.json_response(self._whole(script, body, usage))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": body.get("model")}
+        try:
+            if script.raw_lines is not None:
+                for line in script.raw_lines:
+                    await resp.write(line.encode() + b"\n\n")
+                await resp.write_eof()
+                self.completed += 1
+                return resp
+            await resp.write(_frame({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                          "finish_reason": None}]}))
+            if script.first_delay_s:
+                await asyncio.sleep(script.first_delay_s)
+            for delta in script.deltas:
+                await resp.write(_frame({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}))
+                if script.delay_s:
+                    await asyncio.sleep(script.delay_s)
+            if script.die_mid:
+                request.transport.close()
+                return resp
+            if script.fail_mid_status:
+                await resp.write(_frame({"error": {"message": script.fail_message, "type": "server_error",
+                                                   "code": script.fail_mid_status}}))
+                await resp.write_eof()
+                return resp
+            choice = {"index": 0, "delta": {}, "finish_reason": script.finish_reason}
+            if script.stop_reason is not None:
+                choice["stop_reason"] = script.stop_reason
+            await resp.write(_frame({**base, "choices": [choice]}))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                await resp.write(_frame({**base, "choices": [], "usage": usage}))
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            self.completed += 1
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.cancelled += 1
+            raise
+        return resp
+
+    def _whole(self, script: Script, body: dict, usage: dict) -> dict:
+        text = "".join(d.get("content") or "" for d in script.deltas)
+        reasoning = "".join(d.get("reasoning_content") or "" for d in script.deltas)
+        calls: dict[int, dict] = {}
+        for d in script.deltas:
+            for tc in d.get("tool_calls") or []:
+                c = calls.setdefault(tc["index"], {"id": tc.get("id"), "type": "function",
+                                                   "function": {"name": "", "arguments": ""}})
+                fn = tc.get("function") or {}
+                c["function"]["name"] += fn.get("name") or ""
+                c["function"]["arguments"] += fn.get("arguments") or ""
+        message: dict = {"role": "assistant", "content": text or None}
+        if reasoning:
+            message["reasoning_content"] = reasoning
+        if calls:
+            message["tool_calls"] = [calls[i] for i in sorted(calls)]
+        self.completed += 1
+        return {"id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()),
+                "model": body.get("model"),
+                "choices": [{"index": 0, "message": message, "finish_reason": script.finish_reason}],
+                "usage": usage}
+
+
+def _frame(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
