@@ -13,7 +13,7 @@ from gateway.errors import GatewayError
 class LlamaCppBackend(OpenAIBackend):
     """A llama.cpp `llama-server`."""
 
-    dialect = Dialect(top_k=True, thinking_switch=True)
+    dialect = Dialect(top_k=True, thinking_switch=True, reasoning_history=True)
 
     def __init__(self, config):
         super().__init__(config)

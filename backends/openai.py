@@ -48,7 +48,8 @@ class OpenAIBackend(Backend):
         super().__init__(config)
         self.root, self.api_base = split_base_url(config.base_url or "")
         self.dialect = Dialect(top_k=self.dialect.top_k, vision=config.vision,
-                               thinking_switch=self.dialect.thinking_switch)
+                               thinking_switch=self.dialect.thinking_switch,
+                               reasoning_history=self.dialect.reasoning_history)
         key = config.resolved_api_key()
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.client = openai.AsyncOpenAI(
@@ -96,9 +97,14 @@ class OpenAIBackend(Backend):
                 stream=True)
         except openai.APIStatusError as exc:
             raise self._status_error(exc) from None
-        except openai.APITimeoutError:
-            raise GatewayError(500, f"backend '{self.name}' ({self.api_base}) did not answer within "
-                                    f"{self.config.timeout_s:g} s") from None
+        except openai.APITimeoutError as exc:
+            if not _refused(exc):
+                raise GatewayError(500, f"backend '{self.name}' ({self.api_base}) did not answer within "
+                                        f"{self.config.timeout_s:g} s") from None
+            # The aiohttp transport reports a refused connect as ConnectTimeout: say what happened.
+            self.reachable = False
+            raise GatewayError(500, f"backend '{self.name}' at {self.api_base} is not reachable: "
+                                    f"{_cause(exc)}") from None
         except openai.APIConnectionError as exc:
             self.reachable = False
             raise GatewayError(500, f"backend '{self.name}' at {self.api_base} is not reachable: "
@@ -252,6 +258,16 @@ class OpenAIBackend(Backend):
 
 def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _refused(exc: BaseException) -> bool:
+    """True when the cause chain holds a connect failure that is not a timeout (e.g. ECONNREFUSED)."""
+    seen = exc.__cause__ or exc.__context__
+    while seen is not None:
+        if isinstance(seen, OSError) and not isinstance(seen, TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _cause(exc: BaseException) -> str:

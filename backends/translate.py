@@ -30,6 +30,9 @@ class Dialect:
     top_k: bool = False  # vLLM and llama.cpp take top_k; OpenAI proper rejects it
     vision: bool = False
     thinking_switch: bool = False  # chat_template_kwargs.enable_thinking (Qwen3-style templates)
+    # Thinking of the current tool loop goes back as the assistant's `reasoning_content`, which
+    # servers that render the chat template themselves (vLLM, llama.cpp) hand to the template.
+    reasoning_history: bool = False
 
 
 def _image_part(block: ImageBlock) -> dict:
@@ -56,17 +59,22 @@ def _tool_message(block: ToolResultBlock) -> tuple[dict, list[ImageBlock]]:
     return {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}, images
 
 
-def _assistant(msg: Message) -> dict:
+def _assistant(msg: Message, keep_reasoning: bool) -> dict:
     texts: list[str] = []
     calls: list[dict] = []
+    reasoning: list[str] = []
     for b in msg.content:
         if type(b) is TextBlock:
             texts.append(b.text)
         elif type(b) is ToolUseBlock:
             calls.append({"id": b.id, "type": "function",
                           "function": {"name": b.name, "arguments": orjson.dumps(b.input or {}).decode()}})
-        # Thinking blocks stay out: the backend must not see earlier reasoning as visible text.
+        elif type(b) is ThinkingBlock and not b.redacted and b.thinking:
+            reasoning.append(b.thinking)
+        # Thinking never goes into `content`: the backend must not see earlier reasoning as visible text.
     out: dict = {"role": "assistant", "content": "".join(texts)}
+    if reasoning and keep_reasoning:
+        out["reasoning_content"] = "\n\n".join(reasoning)
     if calls:
         out["tool_calls"] = calls
     return out
@@ -77,9 +85,16 @@ def to_openai_messages(req: MessagesRequest, dialect: Dialect, model: str) -> li
     out: list[dict] = []
     if req.system:
         out.append({"role": "system", "content": "\n\n".join(b.text for b in req.system)})
-    for msg in req.messages:
+    # Like Anthropic (and Qwen3-style templates), reasoning counts only within the current tool
+    # loop: the assistant turns after the last user message that is not just tool results.
+    loop_start = 0
+    if dialect.reasoning_history:
+        for i, msg in enumerate(req.messages):
+            if msg.role == "user" and not any(type(b) is ToolResultBlock for b in msg.content):
+                loop_start = i + 1
+    for i, msg in enumerate(req.messages):
         if msg.role == "assistant":
-            out.append(_assistant(msg))
+            out.append(_assistant(msg, dialect.reasoning_history and i >= loop_start))
             continue
         if msg.role == "system":
             out.append({"role": "system", "content": "\n".join(b.text for b in msg.content if type(b) is TextBlock)})
@@ -195,7 +210,9 @@ class ChunkTranslator:
         return out
 
     def _text(self, content: str, out: list[Event]) -> None:
-        if self._tool_index is not None:
+        # Whitespace some servers send alongside tool-call fragments must not end the open call
+        # (its next fragment would start a nameless one); MessageStream holds that whitespace.
+        if self._tool_index is not None and not content.isspace():
             out.append(ToolCallEnd())
             self._tool_index = None
         for ev in self.think.feed(content):

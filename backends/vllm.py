@@ -10,7 +10,7 @@ from gateway.errors import GatewayError
 class VLLMBackend(OpenAIBackend):
     """A vLLM server (`vllm serve`)."""
 
-    dialect = Dialect(top_k=True, thinking_switch=True)
+    dialect = Dialect(top_k=True, thinking_switch=True, reasoning_history=True)
 
     async def count_tokens(self, breq: BackendRequest) -> TokenCount:
         req = breq.request

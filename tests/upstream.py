@@ -185,8 +185,7 @@ class Upstream:
 
     async def apply_template(self, request: web.Request) -> web.Response:
         body = await request.json()
-        return web.json_response({"prompt": json.dumps([body.get("messages", []), body.get("tools")],
-                                                        ensure_ascii=False)})
+        return web.json_response({"prompt": _llama_render(body)})
 
     async def llama_tokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -211,7 +210,10 @@ class Upstream:
             return web.json_response({"error": {"message": script.fail_message, "type": "server_error",
                                                 "code": script.fail_status}},
                                      status=script.fail_status, headers=headers)
-        prompt_tokens = count_prompt_tokens(body.get("messages", []), body.get("tools"))
+        if self.flavor == "llamacpp":  # llama.cpp counts the rendered template, as /tokenize does
+            prompt_tokens = max(1, len(_llama_render(body)) // 4)
+        else:
+            prompt_tokens = count_prompt_tokens(body.get("messages", []), body.get("tools"))
         usage = script.usage or {"prompt_tokens": prompt_tokens,
                                  "completion_tokens": max(1, len(script.deltas)) if script.deltas else 0,
                                  "total_tokens": prompt_tokens + len(script.deltas)}
@@ -279,6 +281,11 @@ class Upstream:
                 "model": body.get("model"),
                 "choices": [{"index": 0, "message": message, "finish_reason": script.finish_reason}],
                 "usage": usage}
+
+
+def _llama_render(body: dict) -> str:
+    """The fake llama.cpp chat template: what /apply-template returns and generation reads."""
+    return json.dumps([body.get("messages", []), body.get("tools")], ensure_ascii=False)
 
 
 def _frame(obj: dict) -> bytes:
