@@ -27,6 +27,8 @@ class ServerConfig:
     auth_token: str | None = None
     max_body_mb: float = 32
     ping_interval_s: float = 5.0
+    allow_public: bool = False  # listen on a non-loopback address without auth_token (serve refuses otherwise)
+    shutdown_grace_s: float = 30.0  # on SIGTERM/SIGINT, in-flight requests get this long to finish
 
 
 @dataclass
@@ -34,6 +36,9 @@ class LogConfig:
     requests: str = "logs/requests.jsonl"
     bodies: bool = True
     level: str = "info"
+    rotate_mb: float = 64  # rotate the request log past this size; 0 = never
+    keep: int = 5  # rotated files kept (requests.jsonl.1 … .keep)
+    gzip: bool = True  # compress rotated files (.1.gz …)
 
 
 @dataclass
@@ -50,6 +55,12 @@ class BackendConfig:
     vision: bool = False
     extra_body: dict = field(default_factory=dict)
     model_mapping: dict[str, str] = field(default_factory=dict)
+    # mlx only
+    tool_parser: str | None = None  # hermes | qwen3_coder | llama3_json | mistral | none; absent → from the template
+    max_resident_models: int = 1  # models kept loaded; the least recently used idle one is unloaded
+    cache_mb: float = 2048  # prompt-cache byte budget
+    cache_ttl_s: float = 1800  # prompt-cache entries unused this long are dropped
+    max_batch: int = 8  # requests decoded together
 
     def resolved_api_key(self) -> str | None:
         """The key from api_key_env (when set and present), else api_key."""
@@ -69,13 +80,17 @@ class Config:
 
 # Keys each table accepts, with the Python types a value may have.
 _SERVER_KEYS = {"host": str, "port": int, "auth_token": str, "max_body_mb": (int, float),
-                "ping_interval_s": (int, float)}
-_LOG_KEYS = {"requests": str, "bodies": bool, "level": str}
+                "ping_interval_s": (int, float), "allow_public": bool, "shutdown_grace_s": (int, float)}
+_LOG_KEYS = {"requests": str, "bodies": bool, "level": str, "rotate_mb": (int, float), "keep": int, "gzip": bool}
 _ROUTING_KEYS = {"default": str}
 _BACKEND_KEYS = {"type": str, "model": str, "base_url": str, "api_key": str, "api_key_env": str,
                  "timeout_s": (int, float), "context_window": int, "max_output_tokens": int, "vision": bool,
                  "extra_body": dict, "model_mapping": dict}
+_MLX_KEYS = {"tool_parser": str, "max_resident_models": int, "cache_mb": (int, float), "cache_ttl_s": (int, float),
+             "max_batch": int}
+_BACKEND_KEYS.update(_MLX_KEYS)
 _REMOTE_TYPES = ("vllm", "llamacpp", "openai")
+_TOOL_PARSERS = ("hermes", "qwen3_coder", "llama3_json", "mistral", "none")  # backends.tool_parsers.PARSERS
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -161,6 +176,8 @@ def parse_config(text: str, path: Path | None = None) -> Config:
         raise ConfigError(f"{loc.where(('server',), 'max_body_mb')}: 'server.max_body_mb' must be positive.")
     if cfg.server.ping_interval_s <= 0:
         raise ConfigError(f"{loc.where(('server',), 'ping_interval_s')}: 'server.ping_interval_s' must be positive.")
+    if cfg.server.shutdown_grace_s < 0:
+        raise ConfigError(f"{loc.where(('server',), 'shutdown_grace_s')}: 'server.shutdown_grace_s' must be 0 or more.")
     env_token = os.environ.get("GATEWAY_AUTH_TOKEN")
     if env_token:
         cfg.server.auth_token = env_token
@@ -172,6 +189,10 @@ def parse_config(text: str, path: Path | None = None) -> Config:
     cfg.log = LogConfig(**log)
     if cfg.log.level.lower() not in _LOG_LEVELS:
         raise ConfigError(f"{loc.where(('log',), 'level')}: 'log.level' must be one of {', '.join(_LOG_LEVELS)}.")
+    if cfg.log.rotate_mb < 0:
+        raise ConfigError(f"{loc.where(('log',), 'rotate_mb')}: 'log.rotate_mb' must be 0 (no rotation) or positive.")
+    if cfg.log.keep < 0:
+        raise ConfigError(f"{loc.where(('log',), 'keep')}: 'log.keep' must be 0 or more.")
 
     backends = data.get("backends", {})
     for name, table in backends.items():
@@ -209,7 +230,18 @@ def _backend(name: str, table: Any, loc: _Locator) -> BackendConfig:
     if kind == "mlx" and not table.get("model"):
         raise ConfigError(f"{loc.where(where)}: backend '{name}' (type mlx) needs 'model': a Hugging Face id "
                           "or a local path.")
-    for key in ("timeout_s", "context_window", "max_output_tokens"):
+    if kind != "mlx":
+        for key in _MLX_KEYS:
+            if key in table:
+                raise ConfigError(f"{loc.where(where, key)}: 'backends.{name}.{key}' only applies to type = \"mlx\" "
+                                  f"backends; backend '{name}' is type {kind}.")
+    if "cache_mb" in table and table["cache_mb"] < 0:
+        raise ConfigError(f"{loc.where(where, 'cache_mb')}: 'backends.{name}.cache_mb' must be 0 (no cache) or more.")
+    if "tool_parser" in table and table["tool_parser"].strip().lower().replace("-", "_") not in _TOOL_PARSERS:
+        raise ConfigError(f"{loc.where(where, 'tool_parser')}: 'backends.{name}.tool_parser' must be one of "
+                          f"{', '.join(_TOOL_PARSERS)}, got {table['tool_parser']!r}.")
+    for key in ("timeout_s", "context_window", "max_output_tokens", "max_resident_models", "cache_ttl_s",
+                "max_batch"):
         if key in table and table[key] <= 0:
             raise ConfigError(f"{loc.where(where, key)}: 'backends.{name}.{key}' must be positive.")
     fields = {k: v for k, v in table.items() if k not in ("model_mapping",)}

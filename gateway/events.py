@@ -60,5 +60,15 @@ class Stop:
     stop_sequence: str | None = None
 
 
+@dataclass(slots=True)
+class EngineStats:
+    """Measurements of an in-process engine for the request log; never sent to the client."""
+
+    prefill_tps: float | None = None  # prompt tokens computed (not cached) per second
+    decode_tps: float | None = None  # generated tokens per second after the first
+    cached_tokens: int | None = None  # prompt tokens served from the prompt cache
+    peak_memory_mb: float | None = None  # the engine's peak memory so far
+
+
 Event = Union[Started, TextDelta, ThinkingDelta, ThinkingSignature, ToolCallStart, ToolCallDelta,
-              ToolCallEnd, UsageReport, Stop]
+              ToolCallEnd, UsageReport, Stop, EngineStats]

@@ -17,7 +17,7 @@ import string
 from gateway.anthropic import StopReason, Usage
 from gateway.errors import GatewayError
 from gateway.events import (
-    Event, Started, Stop, TextDelta, ThinkingDelta, ThinkingSignature, ToolCallDelta, ToolCallEnd,
+    EngineStats, Event, Started, Stop, TextDelta, ThinkingDelta, ThinkingSignature, ToolCallDelta, ToolCallEnd,
     ToolCallStart, UsageReport,
 )
 
@@ -28,7 +28,12 @@ _SIGNING_KEY = os.urandom(32)
 
 def new_id(prefix: str) -> str:
     """An Anthropic-style id: prefix + 24 random alphanumerics."""
-    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(24))
+    chars: list[str] = []
+    while len(chars) < 24:
+        # One getrandom call for the lot (secrets.choice makes one per character); bytes ≥ 248
+        # are dropped so that every one of the 62 characters stays equally likely.
+        chars += [_ID_ALPHABET[b % 62] for b in secrets.token_bytes(32) if b < 248]
+    return prefix + "".join(chars[:24])
 
 
 def sign_thinking(thinking: str) -> str:
@@ -56,8 +61,10 @@ class MessageStream:
         self._reported_input: int | None = None
         self._reported_cached: int | None = None
         self._saw_tool = False
+        self.tool_names: list[str] = []  # tools called, in order (the request log records them)
         self._stop: Stop | None = None
         self.ttft_seen = False
+        self.engine_stats: EngineStats | None = None
 
     # -- events -------------------------------------------------------------------------------
 
@@ -91,6 +98,7 @@ class MessageStream:
             out = self._close_block()
             self._pending_ws = ""
             self._saw_tool = True
+            self.tool_names.append(ev.name)
             self._index += 1
             self._open = "tool_use"
             self.ttft_seen = True
@@ -122,6 +130,9 @@ class MessageStream:
             self._stop = ev
             return []
         if type(ev) is Started:
+            return []
+        if type(ev) is EngineStats:
+            self.engine_stats = ev  # for the request log only
             return []
         raise TypeError(f"unknown backend event {ev!r}")
 

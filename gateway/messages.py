@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import AsyncIterator
 
 import orjson
@@ -11,8 +12,9 @@ from aiohttp import web
 from backends.base import BackendRequest
 from gateway.aggregate import Aggregator
 from gateway.anthropic import MessagesRequest, parse_messages_request
-from gateway.errors import GatewayError, invalid
+from gateway.errors import GatewayError
 from gateway.events import Event
+from gateway.json_body import decode_body
 from gateway.limits import fit_request
 from gateway.message_stream import MessageStream
 from gateway.normalize import normalize, session_id
@@ -31,9 +33,10 @@ async def read_body(request: web.Request, record: RequestRecord) -> object:
     raw = await request.read()
     record.body_bytes = len(raw)
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise invalid(f"request body is not valid JSON (or not UTF-8): {exc}") from None
+        body = decode_body(raw)
+    except GatewayError:
+        record.body = raw.decode("utf-8", "replace")  # logged as text, so even this request can be replayed
+        raise
     record.body = body
     return body
 
@@ -80,6 +83,11 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
         record.input_tokens = usage.input_tokens
         record.output_tokens = usage.output_tokens
         record.cache_read_tokens = usage.cache_read_input_tokens
+        record.tool_names = ms.tool_names or None
+        if ms.engine_stats is not None:
+            stats = ms.engine_stats
+            record.prefill_tps, record.decode_tps = stats.prefill_tps, stats.decode_tps
+            record.peak_memory_mb = stats.peak_memory_mb
 
 
 async def _respond_json(ms: MessageStream, events: AsyncIterator[Event], record: RequestRecord) -> web.Response:
@@ -152,6 +160,8 @@ async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIte
             ev = await first  # pings keep flowing while a slow backend prefills
             frames = ms.feed(ev)
             if frames:
+                if ms.ttft_seen:
+                    record.mark_first_token()
                 await pinger.write(encode_all(frames))
             async for ev in events:
                 frames = ms.feed(ev)
@@ -164,7 +174,14 @@ async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIte
         except GatewayError as err:
             await _write_error(pinger, err, record)
             return resp
-        except (asyncio.CancelledError, ConnectionResetError):
+        except (asyncio.CancelledError, ConnectionResetError) as exc:
+            if gw.stopping and isinstance(exc, asyncio.CancelledError):
+                # Cut by the shutdown grace period, not by the client: say so, so that it retries.
+                with contextlib.suppress(Exception):
+                    await _write_error(pinger, GatewayError(529, "the gateway is shutting down; retry the request",
+                                                            "overloaded_error"), record)
+                raise
+            record.error = {"type": "client_disconnected", "message": "the client closed the stream"}
             raise
         except Exception as exc:  # a backend bug must still end the stream with an error event
             log.exception("backend_failed_mid_stream", backend=record.backend)

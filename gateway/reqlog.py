@@ -1,26 +1,44 @@
 """The request log: one JSON object per request (fields fixed by design.md), as JSONL.
 
-`RequestRecord` is the contract; `RequestLog` is the sink. Each record is serialised to one
-line and written with a single append, so concurrent requests never interleave inside a line.
+`RequestRecord` is the contract; `RequestLog` is the sink. A record goes through a structlog
+logger whose processor renders the line (secrets scrubbed, `body` last so readers can skip
+it); the rendered line is handed to a writer thread (gateway.logfile), so the event loop never
+waits on the disk.
 """
 from __future__ import annotations
 
-import os
+import atexit
+import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import orjson
 import structlog
 
+from gateway.logfile import LineWriter, RotatingFile
+
 log = structlog.get_logger("gateway.request")
 
+REDACTED = "[REDACTED]"
 REDACTED_HEADERS = frozenset({"authorization", "x-api-key", "cookie", "set-cookie", "proxy-authorization"})
 
+# Line order: the contract fields, then the optional extras; `body` is always written last.
+_FIELDS = ("ts", "request_id", "event", "method", "path", "query", "status", "duration_ms", "ttft_ms",
+           "model", "backend", "backend_model", "stream", "input_tokens", "output_tokens",
+           "cache_read_tokens", "stop_reason", "tool_names", "error", "session_id", "user_agent")
+_OPTIONAL = ("headers", "body_bytes", "prefill_tps", "decode_tps", "peak_memory_mb")  # written when set
+# Characters JSON allows raw inside strings but that str.splitlines() and JavaScript treat as line
+# breaks: escaped, so a line of the log is a line for every tool.
+_LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
 
-@dataclass
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(eq=False)
 class RequestRecord:
     """One request as the log records it."""
 
@@ -29,7 +47,7 @@ class RequestRecord:
     path: str
     query: str = ""
     event: str = "request"  # request | unknown_route
-    ts: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    ts: str = field(default_factory=_now_iso)
     status: int = 0
     duration_ms: float | None = None
     ttft_ms: float | None = None
@@ -41,12 +59,16 @@ class RequestRecord:
     output_tokens: int | None = None
     cache_read_tokens: int | None = None
     stop_reason: str | None = None
+    tool_names: list[str] | None = None  # tools the answer called, in order (for replay diffs)
     error: dict | None = None
     session_id: str | None = None
     user_agent: str | None = None
-    body: Any = None
+    body: Any = None  # the decoded JSON body; the raw text when it was not JSON
     headers: dict | None = None  # unknown routes only, redacted
     body_bytes: int | None = None
+    prefill_tps: float | None = None  # in-process engines: prompt tokens computed per second
+    decode_tps: float | None = None  # in-process engines: generated tokens per second
+    peak_memory_mb: float | None = None  # in-process engines: peak engine memory
     started: float = field(default_factory=time.perf_counter, repr=False)
 
     def finish(self, status: int) -> None:
@@ -57,41 +79,108 @@ class RequestRecord:
         if self.ttft_ms is None:
             self.ttft_ms = round((time.perf_counter() - self.started) * 1000, 2)
 
+    def to_dict(self, with_body: bool) -> dict:
+        """The log line as a dict (shallow: the body is shared, not copied)."""
+        data = {name: getattr(self, name) for name in _FIELDS}
+        for name in _OPTIONAL:
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = value
+        if with_body:
+            data["body"] = self.body
+        return data
+
     def to_json(self, with_body: bool, secrets: tuple[str, ...] = ()) -> bytes:
-        data = asdict(self)
-        data.pop("started")
-        if not with_body:
-            data.pop("body")
-        for key in ("headers", "body_bytes"):
-            if data[key] is None:
-                data.pop(key)
-        line = orjson.dumps(data)
-        for secret in secrets:
-            if secret and secret.encode() in line:
-                line = line.replace(secret.encode(), b"[REDACTED]")
-        return line
+        """The log line (without the newline), secrets scrubbed."""
+        return LineRenderer(secrets).render(self.to_dict(with_body))
 
 
 def redact_headers(headers) -> dict[str, str]:
     """Request headers with credentials replaced."""
-    return {k: ("[REDACTED]" if k.lower() in REDACTED_HEADERS else v) for k, v in headers.items()}
+    return {k: (REDACTED if k.lower() in REDACTED_HEADERS else v) for k, v in headers.items()}
+
+
+class LineRenderer:
+    """Dict → one JSON line; any configured secret anywhere in it becomes [REDACTED]."""
+
+    def __init__(self, secrets: tuple[str, ...] = ()):
+        self.secrets = tuple(s for s in secrets if s)
+        # What to look for in the rendered bytes: the secret as is and as JSON escapes it.
+        self._needles = tuple({n for s in self.secrets for n in (s.encode(), orjson.dumps(s)[1:-1])})
+
+    def render(self, data: dict) -> bytes:
+        line = _dumps(data)
+        # The byte search is the fast path; the slow walk runs only when a secret is present.
+        if self._needles and any(n in line for n in self._needles):
+            line = _dumps(self._scrub(data))
+        for raw, escaped in _LINE_BREAKS:
+            if raw in line:
+                line = line.replace(raw, escaped)
+        return line
+
+    def __call__(self, _logger: object, _method: str, event_dict: dict) -> bytes:
+        """structlog processor: the final renderer, `body` moved last."""
+        if "body" in event_dict:
+            event_dict["body"] = event_dict.pop("body")
+        try:
+            return self.render(event_dict) + b"\n"
+        except RecursionError:  # scrubbing a body nested ~1000 deep: the line is still written, without it
+            return self.render({**event_dict, "body": "[not logged: nested too deeply to scrub]"}) + b"\n"
+
+    def _scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for s in self.secrets:
+                if s in value:
+                    value = value.replace(s, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {self._scrub(k): self._scrub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._scrub(v) for v in value]
+        return value
+
+
+def _dumps(data: dict) -> bytes:
+    try:
+        return orjson.dumps(data)
+    except TypeError:  # an integer beyond 64 bits, nesting past orjson's 255 levels: slower, but kept
+        pass
+    try:
+        return json.dumps(data, ensure_ascii=False, default=str, separators=(",", ":")).encode()
+    except (RecursionError, ValueError):  # nesting deeper than Python recurses: the line, minus the body
+        return orjson.dumps({**data, "body": "[not logged: nested too deeply to serialize]"}, default=str)
+
+
+class _Enqueue:
+    """structlog's "logger" at the end of the chain: hands the rendered line to the writer."""
+
+    def __init__(self, writer: LineWriter | None):
+        self.writer = writer
+
+    def msg(self, line: bytes) -> None:
+        if self.writer is not None:
+            self.writer.put(line)
+
+    info = msg
 
 
 class RequestLog:
-    """Appends records to a JSONL file (when configured) and mirrors a summary to the console log."""
+    """Writes records to a JSONL file (when configured) and mirrors a summary to the console log."""
 
-    def __init__(self, path: str | None, bodies: bool, secrets: tuple[str, ...] = ()):
+    def __init__(self, path: str | None, bodies: bool, secrets: tuple[str, ...] = (), *,
+                 rotate_bytes: int = 0, keep: int = 5, compress: bool = False):
         self.bodies = bodies
         self.secrets = tuple(s for s in secrets if s)
-        self._fd: int | None = None
-        if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._writer = LineWriter(RotatingFile(path, rotate_bytes, keep, compress)) if path else None
+        self._lines = structlog.wrap_logger(_Enqueue(self._writer), processors=[LineRenderer(self.secrets)],
+                                            wrapper_class=structlog.BoundLogger, context_class=dict)
+        if self._writer is not None:
+            atexit.register(self.close)  # an exit that skips the app's cleanup still flushes
 
     def write(self, record: RequestRecord) -> None:
-        """Record one finished request."""
-        if self._fd is not None:
-            os.write(self._fd, record.to_json(self.bodies, self.secrets) + b"\n")
+        """Record one finished request (returns at once; the line is written off the event loop)."""
+        if self._writer is not None:
+            self._lines.info(**record.to_dict(self.bodies))
         log.info(record.event, request_id=record.request_id, method=record.method, path=record.path,
                  status=record.status, model=record.model, backend=record.backend,
                  duration_ms=record.duration_ms, ttft_ms=record.ttft_ms,
@@ -99,6 +188,7 @@ class RequestLog:
                  stop_reason=record.stop_reason, error=(record.error or {}).get("type"))
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Write every queued line and close the file."""
+        if self._writer is not None:
+            self._writer.close()
+            atexit.unregister(self.close)

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gateway.errors import GatewayError
 from gateway.messages import handle_count_tokens, handle_messages
+from gateway.metrics import CONTENT_TYPE, CacheUse, loopback
 from gateway.message_stream import new_id
 from gateway.models_api import handle_get_model, handle_list_models
 from gateway.reqlog import RequestRecord, redact_headers
@@ -41,7 +42,9 @@ def _authorized(request: web.Request, token: str) -> bool:
     # compare_digest on every candidate: timing does not reveal which header or how much matched.
     ok = False
     for c in candidates:
-        ok |= hmac.compare_digest(c.encode(), expected)
+        # surrogateescape: header bytes that are not UTF-8 (aiohttp keeps them as lone surrogates)
+        # compare as the bytes they were instead of crashing the request with a 500.
+        ok |= hmac.compare_digest(c.encode("utf-8", "surrogateescape"), expected)
     return ok
 
 
@@ -55,6 +58,8 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
                            user_agent=request.headers.get("User-Agent"))
     request[RECORD] = record
     logged = path.startswith(_LOGGED_PREFIXES)
+    if logged:
+        gw.metrics.track(record)
     try:
         token = gw.config.server.auth_token
         known = request.match_info.route.handler is not handle_unknown
@@ -79,6 +84,9 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         err = GatewayError(exc.status, exc.reason or "error")
         record.status, record.error = exc.status, {"type": err.type, "message": err.message}
         return error_response(err, request_id)
+    except ConnectionResetError:
+        record.status = 499  # the client went away mid-response; nobody is left to answer
+        raise
     except Exception as exc:
         log.exception("unhandled_error", request_id=request_id, path=path)
         err = GatewayError(500, f"internal error: {type(exc).__name__}")
@@ -87,7 +95,21 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     finally:
         if logged or record.event == "unknown_route":
             record.finish(record.status or 499)  # 499: the client went away before an answer
+            if record.status >= 400 and record.error is None:  # every failed line says why (log_replay --errors-only)
+                record.error = ({"type": "client_disconnected", "message": "the client went away before an answer"}
+                                if record.status == 499 else {"type": "api_error", "message": f"HTTP {record.status}"})
+            gw.metrics.untrack(record)
+            gw.metrics.observe(record, _route_label(request, record))
             gw.reqlog.write(record)
+
+
+def _route_label(request: web.Request, record: RequestRecord) -> str:
+    """The route template for metrics labels (bounded: never the raw path of an unknown route)."""
+    if record.event == "unknown_route":
+        return "unknown"
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else request.path
+    return route.replace("/v1/v1/", "/v1/", 1)
 
 
 async def handle_root(request: web.Request) -> web.Response:
@@ -101,10 +123,22 @@ async def handle_health(request: web.Request) -> web.Response:
     backends = {}
     for name, backend in gw.backends.items():
         h = await backend.health()
+        cache = gw.metrics.cache.get(name)
         backends[name] = {"type": backend.config.type, "ok": h.ok, "detail": h.detail, "models": h.models,
-                          "context_window": h.context_window}
+                          "context_window": h.context_window,
+                          "cache": (cache or CacheUse()).to_dict()}
     ok = all(b["ok"] for b in backends.values())
     return web.json_response({"status": "ok" if ok else "degraded", "backends": backends}, dumps=_dumps)
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition. With server.auth_token set, scrapes from this host need no token
+    (a local Prometheus rarely has one); from elsewhere the token is required as for /v1/*."""
+    gw = request.app[GATEWAY]
+    token = gw.config.server.auth_token
+    if token and not loopback(request.remote) and not _authorized(request, token):
+        raise GatewayError(401, "invalid x-api-key or Authorization bearer token")
+    return web.Response(body=gw.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
 
 async def handle_event_logging(request: web.Request) -> web.Response:
@@ -129,6 +163,7 @@ def create_app(gateway: Gateway) -> web.Application:
     app[GATEWAY] = gateway
     app.router.add_get("/", handle_root)
     app.router.add_get("/health", handle_health)
+    app.router.add_get("/metrics", handle_metrics)
     # A base URL that ends in /v1 makes SDKs call /v1/v1/…: serve both.
     for prefix in ("/v1", "/v1/v1"):
         app.router.add_post(f"{prefix}/messages", handle_messages)

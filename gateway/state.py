@@ -1,12 +1,15 @@
 """What the aiohttp app shares between handlers: the Gateway object and the per-request record."""
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 from aiohttp import web
 
 from backends import create_backend
 from backends.base import Backend, BackendUnavailable
 from gateway.config import Config
+from gateway.metrics import Metrics
 from gateway.reqlog import RequestLog, RequestRecord
 from gateway.router import Router
 
@@ -23,8 +26,12 @@ class Gateway:
         self.router = Router(config, self.backends)
         secrets = (config.server.auth_token,) + tuple(
             b.resolved_api_key() or "" for b in config.backends.values())
-        self.reqlog = RequestLog(config.log.requests or None, config.log.bodies, secrets)
+        lc = config.log
+        self.reqlog = RequestLog(lc.requests or None, lc.bodies, secrets, rotate_bytes=int(lc.rotate_mb * 1024 * 1024),
+                                 keep=lc.keep, compress=lc.gzip)
+        self.metrics = Metrics(tuple(self.backends))
         self.unavailable: dict[str, str] = {}
+        self.stopping = False  # set on SIGTERM: requests cancelled from now on were cut by the shutdown
 
     async def start(self) -> None:
         """Start every backend; one that is not reachable yet is reported, not fatal.
@@ -42,7 +49,7 @@ class Gateway:
     async def close(self) -> None:
         for backend in self.backends.values():
             await backend.close()
-        self.reqlog.close()
+        await asyncio.to_thread(self.reqlog.close)  # drains the writer thread's queue
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

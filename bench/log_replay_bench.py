@@ -1,0 +1,124 @@
+"""log_replay speed on a large request log: `uv run python bench/log_replay_bench.py [--mb 200]`.
+
+Writes a synthetic log (~200 MB by default) with the gateway's own line renderer: Claude-Code-
+shaped bodies (bench/claude_code_request.py, 5–85 KB), count_tokens calls, errors, unknown-route
+probes, rotated into PATH.1.gz like the gateway does. Then times, in this process:
+
+  baseline   reading every line as bytes and counting them (what `wc -l` does, in Python)
+  summary    the summary over every record (no filter)
+  filtered   --errors-only, --session ID and --since (the byte-needle fast paths)
+  json       `--json` of every record (whole records, as piped to jq)
+
+and prints each as a ratio to the baseline measured in the same run. `--no-bodies` writes a log
+as `log.bodies = false` would (small lines: per-line cost dominates).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import sys
+import tempfile
+import time
+from contextlib import redirect_stdout
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.claude_code_request import build_request
+from gateway.logfile import RotatingFile
+from gateway.reqlog import RequestRecord
+from tools.log_replay import main as log_replay
+from tools.logread import iter_lines, log_files
+
+
+def write_log(path: Path, megabytes: float, bodies: bool) -> int:
+    """The synthetic log; returns its record count."""
+    rng = random.Random(7)
+    templates = [build_request(turns=t, target_bytes=b) for t, b in ((4, 5_000), (12, 30_000), (30, 85_000))]
+    sessions = [f"sess-{i:04d}" for i in range(200)]
+    start = datetime(2025, 6, 1, tzinfo=timezone.utc)
+    # Rotate like the gateway (a quarter of the log goes to PATH.1.gz) so the gzip path is timed too.
+    out = RotatingFile(path, max_bytes=int(megabytes * 1024 * 1024 * 0.75), keep=1, compress=True)
+    written, n = 0, 0
+    while written < megabytes * 1024 * 1024:
+        n += 1
+        kind = rng.random()
+        rec = RequestRecord(request_id=f"req_{n:024d}", method="POST", path="/v1/messages",
+                            ts=(start + timedelta(seconds=n)).isoformat(timespec="milliseconds"))
+        rec.session_id = rng.choice(sessions)
+        rec.user_agent = "claude-cli/2.1.0 (external, cli)"
+        rec.model, rec.backend, rec.backend_model = "claude-opus-4-8", "gpu", "Qwen/Qwen3-Coder-30B-A3B-Instruct"
+        rec.body = rng.choice(templates)
+        rec.status, rec.stream = 200, True
+        rec.duration_ms, rec.ttft_ms = round(rng.uniform(500, 20000), 2), round(rng.uniform(50, 2000), 2)
+        rec.input_tokens, rec.output_tokens = rng.randint(1000, 30000), rng.randint(1, 2000)
+        rec.cache_read_tokens, rec.stop_reason = rng.randint(0, 20000), rng.choice(["end_turn", "tool_use"])
+        if kind < 0.2:
+            rec.path, rec.stream, rec.ttft_ms, rec.output_tokens, rec.stop_reason = (
+                "/v1/messages/count_tokens", None, None, None, None)
+        elif kind < 0.25:
+            rec.status, rec.stop_reason = 529, None
+            rec.error = {"type": "overloaded_error", "message": "backend 'gpu' answered 503: busy"}
+        elif kind < 0.26:
+            rec.event, rec.method, rec.path, rec.status = "unknown_route", "GET", "/v1/organizations/x", 404
+            rec.body, rec.model, rec.backend, rec.backend_model = None, None, None, None
+            rec.error = {"type": "not_found_error", "message": "no route"}
+        line = rec.to_json(bodies) + b"\n"
+        out.write(line)
+        written += len(line)
+    out.close()
+    return n
+
+
+def timed(label: str, fn, baseline: float | None = None) -> float:
+    t0 = time.perf_counter()
+    result = fn()
+    dt = time.perf_counter() - t0
+    ratio = f"{dt / baseline:6.2f}x baseline" if baseline else "   (baseline)"
+    print(f"{label:<34} {dt:7.3f} s  {ratio}   {result}")
+    return dt
+
+
+def run_cli(*args: str) -> str:
+    sink = io.StringIO()
+    buf = io.BytesIO()
+    sink.buffer = buf  # log_replay writes bytes to sys.stdout.buffer
+    with redirect_stdout(sink):
+        log_replay(list(args))
+    lines = buf.getvalue().count(b"\n")
+    return f"{lines} output lines"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mb", type=float, default=200, help="log size in MB before compression (default 200)")
+    ap.add_argument("--no-bodies", action="store_true", help="write lines as log.bodies = false would")
+    ap.add_argument("--dir", help="where to write the log (default: a temporary directory, removed after)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        path = Path(tmp) / "requests.jsonl"
+        t0 = time.perf_counter()
+        n = write_log(path, args.mb, not args.no_bodies)
+        files = log_files([str(path)])
+        sizes = ", ".join(f"{f.name} {os.path.getsize(f) / 1e6:.0f} MB" for f in files)
+        print(f"wrote {n} records in {time.perf_counter() - t0:.1f} s: {sizes}\n")
+        f = ["--file", str(path), "--json"]
+        base = timed("baseline: count lines", lambda: f"{sum(1 for _ in iter_lines(files))} lines")
+        timed("summary (every record)", lambda: run_cli(*f, "summary"), base)
+        timed("--errors-only", lambda: run_cli(*f, "--errors-only"), base)
+        timed("--session sess-0042", lambda: run_cli(*f, "--session", "sess-0042"), base)
+        timed("--since (last ~10%)", lambda: run_cli(*f, "--since", _tenth_from_end(n)), base)
+        timed("--json (every whole record)", lambda: run_cli(*f), base)
+        timed("--status 5xx summary", lambda: run_cli(*f, "--status", "5xx", "summary"), base)
+
+
+def _tenth_from_end(n: int) -> str:
+    start = datetime(2025, 6, 1, tzinfo=timezone.utc)
+    return (start + timedelta(seconds=int(n * 0.9))).isoformat()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Prometheus metrics, derived from the same RequestRecord the request log writes.
+
+Each Gateway owns a `Metrics` with its own CollectorRegistry (not the process-global one), so
+several gateways in one process — the tests start many — never share or clash on collectors.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from gateway.reqlog import RequestRecord
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+# Requested model names are client-chosen; past this many distinct ones, new names count as "other"
+# so a client cycling through names cannot grow the label set without bound.
+MAX_MODEL_LABELS = 100
+# Errors the client caused by leaving, not failures of the backend.
+_CLIENT_GONE = ("client_disconnected", "client_closed")
+
+
+@dataclass
+class CacheUse:
+    """Prompt-cache use of one backend, as the gateway saw it in usage reports."""
+
+    requests: int = 0
+    hits: int = 0
+    read_tokens: int = 0
+    input_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        total = self.read_tokens + self.input_tokens
+        return {"requests": self.requests, "hits": self.hits, "read_tokens": self.read_tokens,
+                "hit_ratio": round(self.read_tokens / total, 4) if total else 0.0}
+
+
+class Metrics:
+    """The collectors of one gateway, fed one finished RequestRecord at a time."""
+
+    def __init__(self, backends: tuple[str, ...] = ()) -> None:
+        self.backends = backends  # the in-flight gauges report 0 for these rather than nothing
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("gateway_requests", "API requests by route, status, backend and requested model",
+                                ["route", "status", "backend", "model"], registry=r)
+        self.latency = Histogram("gateway_request_duration_seconds", "Time from request to last byte",
+                                 ["route", "backend"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("gateway_time_to_first_token_seconds", "Time from request to the first content token",
+                              ["backend", "model"], buckets=TTFT_BUCKETS, registry=r)
+        self.tokens = Counter("gateway_tokens", "Generation tokens by direction (input excludes cache reads)",
+                              ["direction", "backend", "model"], registry=r)
+        self.cache_hits = Counter("gateway_cache_hits", "Generations whose prompt was partly read from the "
+                                  "backend's prompt cache", ["backend"], registry=r)
+        self.cache_read_tokens = Counter("gateway_cache_read_tokens", "Prompt tokens read from the backend's cache",
+                                         ["backend"], registry=r)
+        self.upstream_errors = Counter("gateway_upstream_errors", "Requests that reached a backend and failed "
+                                       "there (5xx, 429, 529, or an error mid-stream)", ["backend", "type"],
+                                       registry=r)
+        self.unknown_routes = Counter("gateway_unknown_routes", "Requests to paths the gateway does not serve",
+                                      ["method"], registry=r)
+        self.in_flight: set[RequestRecord] = set()
+        self.cache: dict[str, CacheUse] = {}
+        self._models: set[str] = set()
+        r.register(_InFlightCollector(self))
+
+    def track(self, record: RequestRecord) -> None:
+        """A request started (counted in the in-flight gauges until `untrack`)."""
+        self.in_flight.add(record)
+
+    def untrack(self, record: RequestRecord) -> None:
+        self.in_flight.discard(record)
+
+    def observe(self, record: RequestRecord, route: str) -> None:
+        """Count one finished request."""
+        backend = record.backend or ""
+        model = self._model_label(record.model) if record.backend else ""
+        self.requests.labels(route, str(record.status), backend, model).inc()
+        if record.event == "unknown_route":
+            self.unknown_routes.labels(record.method).inc()
+            return
+        if record.duration_ms is not None:
+            self.latency.labels(route, backend).observe(record.duration_ms / 1000)
+        if record.ttft_ms is not None:
+            self.ttft.labels(backend, model).observe(record.ttft_ms / 1000)
+        err = record.error
+        if record.backend and err and err.get("type") not in _CLIENT_GONE and (
+                record.status >= 429 or record.status < 400):  # < 400: the stream had begun
+            self.upstream_errors.labels(backend, err.get("type") or "api_error").inc()
+        if record.backend and route.endswith("/messages") and record.status < 400:
+            self._count_tokens(record, backend, model)
+
+    def _count_tokens(self, record: RequestRecord, backend: str, model: str) -> None:
+        if record.input_tokens:
+            self.tokens.labels("input", backend, model).inc(record.input_tokens)
+        if record.output_tokens:
+            self.tokens.labels("output", backend, model).inc(record.output_tokens)
+        cache = self.cache.setdefault(backend, CacheUse())
+        cache.requests += 1
+        cache.input_tokens += record.input_tokens or 0
+        if record.cache_read_tokens:
+            cache.hits += 1
+            cache.read_tokens += record.cache_read_tokens
+            self.cache_hits.labels(backend).inc()
+            self.cache_read_tokens.labels(backend).inc(record.cache_read_tokens)
+
+    def _model_label(self, model: str | None) -> str:
+        if not model:
+            return ""
+        if model in self._models:
+            return model
+        if len(self._models) >= MAX_MODEL_LABELS:
+            return "other"
+        self._models.add(model)
+        return model
+
+    def exposition(self) -> bytes:
+        """The text exposition format Prometheus scrapes."""
+        return generate_latest(self.registry)
+
+
+class _InFlightCollector:
+    """Gauges computed at scrape time from the requests now running."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    def describe(self):
+        return []  # computed at collect time; nothing to pre-register
+
+    def collect(self):
+        requests = GaugeMetricFamily("gateway_requests_in_flight", "API requests being answered now", labels=["backend"])
+        streams = GaugeMetricFamily("gateway_streams_in_flight", "SSE responses being streamed now", labels=["backend"])
+        req_counts = dict.fromkeys(self.metrics.backends, 0)
+        stream_counts = dict.fromkeys(self.metrics.backends, 0)
+        for rec in list(self.metrics.in_flight):
+            backend = rec.backend or ""
+            req_counts[backend] = req_counts.get(backend, 0) + 1
+            if rec.stream and rec.status == 200:  # status is set once the SSE response is prepared
+                stream_counts[backend] = stream_counts.get(backend, 0) + 1
+        for backend, n in req_counts.items():
+            requests.add_metric([backend], n)
+        for backend, n in stream_counts.items():
+            streams.add_metric([backend], n)
+        yield requests
+        yield streams
+
+
+def loopback(remote: str | None) -> bool:
+    """Is the peer address on this host? (Scrapes from here need no token.)"""
+    if not remote:
+        return False
+    try:
+        addr = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1 from a dual-stack socket
+    return addr.is_loopback or bool(mapped and mapped.is_loopback)

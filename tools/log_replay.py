@@ -1,0 +1,259 @@
+"""log_replay: read the gateway's request log — summaries, filters, one record, a curl command,
+and replay of recorded requests against another gateway (A/B a new model on your own traffic).
+
+    python tools/log_replay.py [--file PATH ...] [filters] [--json] [summary | list | show ID | curl ID | replay --to URL]
+
+Tables on a terminal; JSON lines when piped or with --json. Also installed as `claude-gateway-replay`.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections import deque
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import orjson
+
+from tools.logread import (
+    Filter,
+    LogError,
+    decode,
+    find_record,
+    iter_lines,
+    log_files,
+    parse_time,
+    records,
+)
+from tools.logstats import Summary, percentile
+from tools.render import curl_command, ms, records_table, summary_text, table
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_LOG = "logs/requests.jsonl"
+
+
+def _config(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise LogError(f"cannot read {path}: {exc}") from None
+
+
+def _common(parser: argparse.ArgumentParser, suppress: bool, model_filter: bool = True) -> None:
+    """Options accepted before and after the command (defaults filled in once, in main)."""
+    d = {"default": argparse.SUPPRESS} if suppress else {}
+    g = parser.add_argument_group("input and output")
+    g.add_argument("--file", action="append", metavar="PATH", help="log file (repeatable); rotated PATH.N[.gz] "
+                   "siblings are read too. Default: [log].requests of ./config.toml", **d)
+    g.add_argument("--config", metavar="PATH", help="config.toml to take the defaults from", **d)
+    g.add_argument("--no-rotated", action="store_true", help="read only the named files, not their rotations", **d)
+    g.add_argument("--json", action="store_true", help="JSON lines (the default when stdout is not a terminal)", **d)
+    g.add_argument("--limit", type=int, metavar="N", help="records shown in a terminal listing (default 20)", **d)
+    f = parser.add_argument_group("filters (all must match)")
+    f.add_argument("--errors-only", action="store_true", help="failed requests (status >= 400 or an error)", **d)
+    f.add_argument("--unknown-routes", action="store_true", help="requests to paths the gateway does not serve", **d)
+    f.add_argument("--status", action="append", metavar="CODE", help="404, 5xx, … (repeatable)", **d)
+    if model_filter:  # after `replay`, --model names the model to send instead
+        f.add_argument("--model", action="append", metavar="GLOB", help="requested or backend model (repeatable)",
+                       **d)
+    f.add_argument("--backend", action="append", metavar="NAME", help="backend name (repeatable)", **d)
+    f.add_argument("--session", action="append", metavar="ID", help="session id (repeatable)", **d)
+    f.add_argument("--path", action="append", metavar="GLOB", help="request path, e.g. /v1/messages (repeatable)", **d)
+    f.add_argument("--since", metavar="TIME", help="ISO time (UTC unless it says) or an age: 30m, 2h, 7d", **d)
+    f.add_argument("--until", metavar="TIME", help="same forms as --since; exclusive", **d)
+
+
+_DEFAULTS = {"file": None, "config": "config.toml", "no_rotated": False, "json": False, "limit": 20,
+             "errors_only": False, "unknown_routes": False, "status": None, "model": None, "backend": None,
+             "session": None, "path": None, "since": None, "until": None}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="log_replay", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p, suppress=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _common(sub.add_parser("summary", help="counts, latency and TTFT percentiles, errors, unknown routes"), True)
+    _common(sub.add_parser("list", help="the matching records"), True)
+    show = sub.add_parser("show", help="one whole record")
+    show.add_argument("id", metavar="ID", help="request_id (req_…)")
+    _common(show, True)
+    curl = sub.add_parser("curl", help="a curl command that re-sends one recorded request")
+    curl.add_argument("id", metavar="ID")
+    curl.add_argument("--url", help="gateway base URL (default: [server] host and port of the config)")
+    _common(curl, True)
+    rp = sub.add_parser("replay", help="re-send the matching requests and compare the answers")
+    rp.add_argument("--to", required=True, metavar="URL", help="base URL of the gateway to test")
+    rp.add_argument("--model", dest="replay_model", metavar="NAME", help="send this model name instead")
+    rp.add_argument("--concurrency", type=int, default=1, metavar="N", help="requests in flight (default 1)")
+    rp.add_argument("--token", help="API key for --to (default: $ANTHROPIC_API_KEY or $ANTHROPIC_AUTH_TOKEN)")
+    rp.add_argument("--strict", action="store_true", help="any change of status, stop_reason or tools regresses")
+    rp.add_argument("--timeout", type=float, default=600, metavar="S", help="per-request timeout (default 600)")
+    _common(rp, True, model_filter=False)
+    return p
+
+
+def _filter(args: argparse.Namespace) -> Filter:
+    return Filter(errors_only=args.errors_only, unknown_routes=args.unknown_routes, statuses=args.status or [],
+                  models=args.model or [], backends=args.backend or [], sessions=args.session or [],
+                  paths=args.path or [], since=parse_time(args.since) if args.since else None,
+                  until=parse_time(args.until) if args.until else None)
+
+
+def _out(data: bytes | str) -> None:
+    sys.stdout.buffer.write(data if isinstance(data, bytes) else data.encode())
+
+
+def cmd_records(args, files, flt, as_json: bool, command: str | None) -> int:
+    """No command, `summary` or `list`."""
+    if as_json and command in (None, "list"):
+        # The whole record, exactly as logged; with no filter, lines are not even decoded.
+        lines = iter_lines(files) if flt.empty else (line for line, _ in records(files, flt))
+        for line in lines:
+            _out(line)
+        return 0
+    summary = Summary()
+    last: deque = deque(maxlen=max(0, args.limit))
+    for _, rec in records(files, flt):
+        summary.add(rec)
+        last.append(rec)
+    if as_json:
+        _out(orjson.dumps(summary.to_dict()) + b"\n")
+        return 0
+    parts = []
+    if command in (None, "summary"):
+        parts.append(summary_text(summary.to_dict()))
+    if command in (None, "list") and last:
+        title = f"last {len(last)} of {summary.records} matching records:" if summary.records > len(last) else ""
+        parts.append((title + "\n" if title else "") + records_table(list(last)))
+    _out("\n\n".join(parts) + "\n")
+    return 0
+
+
+def cmd_show(args, files, as_json: bool) -> int:
+    found = find_record(files, args.id)
+    if found is None:
+        print(f"log_replay: no record with request_id {args.id} in {', '.join(map(str, files))}", file=sys.stderr)
+        return 1
+    line, rec = found
+    _out(line if as_json else orjson.dumps(rec, option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
+
+
+def cmd_curl(args, files, cfg: dict) -> int:
+    found = find_record(files, args.id)
+    if found is None:
+        print(f"log_replay: no record with request_id {args.id}", file=sys.stderr)
+        return 1
+    rec = found[1]
+    if rec.get("body") is None and rec.get("method") not in ("GET", "HEAD"):
+        print(f"log_replay: {args.id} has no body in the log (log.bodies was false); cannot rebuild it",
+              file=sys.stderr)
+        return 1
+    server = cfg.get("server", {})
+    host = server.get("host", "127.0.0.1")
+    url = args.url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{server.get('port', 8082)}"
+    _out(curl_command(rec, url) + "\n")
+    return 0
+
+
+def _arrow(a: object, b: object) -> str:
+    a, b = ("-" if a is None else a), ("-" if b is None else b)
+    return f"{a}" if a == b else f"{a}→{b}"
+
+
+def _result_line(r) -> str:
+    if r.skipped:
+        return f"{r.request_id}  {r.path}  skipped: {r.skipped}"
+    rec, new = r.recorded, r.new
+    tools = _arrow(",".join(rec.tool_names) or "-", ",".join(new.tool_names) or "-")
+    line = (f"{r.request_id}  {r.model or '-'}  status {_arrow(rec.status, new.status)}  "
+            f"stop {_arrow(rec.stop_reason, new.stop_reason)}  tools {tools}  "
+            f"tokens {rec.input_tokens or 0}/{rec.output_tokens or 0}→{new.input_tokens or 0}/{new.output_tokens or 0}  "
+            f"time {ms(rec.duration_ms)}→{ms(new.duration_ms)}")
+    if new.ttft_ms is not None:  # streamed answers only
+        line += f"  ttft {ms(rec.ttft_ms)}→{ms(new.ttft_ms)}"
+    if new.error:
+        line += f"  error {new.error}"
+    if r.regressions:
+        line += "  REGRESSION: " + ",".join(r.regressions)
+    return line
+
+
+def cmd_replay(args, files, flt: Filter, as_json: bool) -> int:
+    # aiohttp is imported only when replaying, so the other commands start fast.
+    from tools.replay import replay
+
+    token = args.token or os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")
+    recs = (rec for line, head in records(files, flt) if head.get("event") == "request"
+            for rec in [decode(line)] if rec is not None)
+    results: list = []
+
+    async def run() -> None:
+        async for r in replay(recs, args.to, model=args.replay_model, concurrency=max(1, args.concurrency),
+                              token=token, strict=args.strict, timeout_s=args.timeout):
+            results.append(r)
+            _out(orjson.dumps(r.to_dict()) + b"\n" if as_json else _result_line(r) + "\n")
+            sys.stdout.flush()
+
+    asyncio.run(run())
+    done = [r for r in results if r.new is not None]
+    bad = [r for r in done if r.regressions]
+    kinds: dict[str, int] = {}
+    for r in bad:
+        for k in r.regressions:
+            kinds[k] = kinds.get(k, 0) + 1
+    rows = [["recorded", ms(percentile([r.recorded.duration_ms for r in done if r.recorded.duration_ms is not None], 50)),
+             ms(percentile([r.recorded.ttft_ms for r in done if r.recorded.ttft_ms is not None], 50))],
+            ["new", ms(percentile([r.new.duration_ms for r in done if r.new.duration_ms is not None], 50)),
+             ms(percentile([r.new.ttft_ms for r in done if r.new.ttft_ms is not None], 50))]]
+    detail = ", ".join(f"{k} {n}" for k, n in kinds.items())
+    print(f"\nreplayed {len(done)}, skipped {len(results) - len(done)}, regressions {len(bad)}"
+          + (f" ({detail})" if detail else ""), file=sys.stderr)
+    if not as_json:
+        print(table(rows, ["", "TIME P50", "TTFT P50"]), file=sys.stderr)
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `claude-gateway-replay` and `python tools/log_replay.py`."""
+    args = _parser().parse_args(argv)
+    for key, value in _DEFAULTS.items():
+        if not hasattr(args, key):
+            setattr(args, key, value)
+    try:
+        cfg = _config(args.config)
+        paths = args.file or [cfg.get("log", {}).get("requests") or DEFAULT_LOG]
+        files = log_files(paths, rotated=not args.no_rotated)
+        as_json = args.json or not sys.stdout.isatty()
+        if args.command == "show":
+            return cmd_show(args, files, as_json)
+        if args.command == "curl":
+            return cmd_curl(args, files, cfg)
+        flt = _filter(args)
+        if args.command == "replay":
+            return cmd_replay(args, files, flt, as_json)
+        return cmd_records(args, files, flt, as_json, args.command)
+    except LogError as exc:
+        print(f"log_replay: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `| head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Re-send recorded requests to another gateway (or the same one, now serving a new model) and
+compare each answer with what the log recorded: status, stop_reason, tools called, tokens, time."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import asdict, dataclass, field
+
+import aiohttp
+import orjson
+
+# Regression kinds (always counted) and the extra ones --strict adds.
+REGRESSIONS = ("failed", "stream_error", "tools_lost", "truncated")
+STRICT = ("status_changed", "stop_reason_changed", "tools_changed")
+
+
+@dataclass
+class Outcome:
+    """What one request produced: the recorded one (from the log) or the new one."""
+
+    status: int | None = None
+    stop_reason: str | None = None
+    tool_names: list[str] = field(default_factory=list)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    duration_ms: float | None = None
+    ttft_ms: float | None = None
+    error: str | None = None  # error type (or a transport failure)
+
+    @classmethod
+    def recorded(cls, rec: dict) -> Outcome:
+        err = rec.get("error")
+        return cls(status=rec.get("status"), stop_reason=rec.get("stop_reason"),
+                   tool_names=list(rec.get("tool_names") or []), input_tokens=rec.get("input_tokens"),
+                   output_tokens=rec.get("output_tokens"), duration_ms=rec.get("duration_ms"),
+                   ttft_ms=rec.get("ttft_ms"), error=(err.get("type") if isinstance(err, dict) else None))
+
+
+@dataclass
+class Result:
+    """One replayed request."""
+
+    request_id: str
+    method: str
+    path: str
+    model: str | None
+    recorded: Outcome
+    new: Outcome | None = None
+    regressions: list[str] = field(default_factory=list)
+    skipped: str | None = None  # why it was not re-sent
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def regressions(rec: Outcome, new: Outcome, strict: bool = False) -> list[str]:
+    """What got worse: a success that now fails, an error mid-stream, tool calls lost, an answer cut short."""
+    out = []
+    ok_before = rec.status is not None and rec.status < 400 and not rec.error
+    if ok_before and (new.status is None or new.status >= 400):
+        out.append("failed")
+    elif ok_before and new.error:
+        out.append("stream_error")
+    if ok_before and rec.tool_names and not new.tool_names and "failed" not in out:
+        out.append("tools_lost")
+    if new.stop_reason == "max_tokens" and rec.stop_reason not in (None, "max_tokens"):
+        out.append("truncated")
+    if strict:
+        if new.status != rec.status:
+            out.append("status_changed")
+        if new.stop_reason != rec.stop_reason:
+            out.append("stop_reason_changed")
+        if new.tool_names != rec.tool_names:
+            out.append("tools_changed")
+    return out
+
+
+def _headers(rec: dict, token: str | None) -> dict[str, str]:
+    h = {"anthropic-version": "2023-06-01", "content-type": "application/json",
+         "user-agent": "claude-gateway-replay"}
+    if token:
+        h["x-api-key"] = token
+    if rec.get("session_id"):
+        h["X-Claude-Code-Session-Id"] = rec["session_id"]
+    return h
+
+
+def _body(rec: dict, model: str | None) -> bytes | None:
+    body = rec.get("body")
+    if body is None:
+        return None
+    if isinstance(body, str):  # recorded as text: it was not JSON, send it as it was
+        return body.encode()
+    if model and isinstance(body, dict) and "model" in body:
+        body = {**body, "model": model}
+    return orjson.dumps(body)
+
+
+async def _send(session: aiohttp.ClientSession, base: str, rec: dict, body: bytes | None,
+                token: str | None) -> Outcome:
+    url = base.rstrip("/") + (rec.get("path") or "/")
+    if rec.get("query"):
+        url += "?" + rec["query"]
+    out = Outcome()
+    start = time.perf_counter()
+    try:
+        async with session.request(rec.get("method") or "POST", url, data=body,
+                                   headers=_headers(rec, token)) as resp:
+            out.status = resp.status
+            if resp.content_type == "text/event-stream":
+                await _read_sse(resp, out, start)
+            else:
+                _read_json(await resp.read(), out)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        out.error = f"connection: {type(exc).__name__} {exc}".strip()
+    out.duration_ms = round((time.perf_counter() - start) * 1000, 2)
+    return out
+
+
+def _read_json(raw: bytes, out: Outcome) -> None:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        if out.status and out.status >= 400:
+            out.error = f"http_{out.status}"
+        return
+    if not isinstance(data, dict):
+        return
+    if data.get("type") == "error":
+        out.error = (data.get("error") or {}).get("type") or f"http_{out.status}"
+        return
+    if data.get("type") == "message":
+        out.stop_reason = data.get("stop_reason")
+        out.tool_names = [b.get("name") for b in data.get("content") or [] if b.get("type") == "tool_use"]
+        usage = data.get("usage") or {}
+        out.input_tokens, out.output_tokens = usage.get("input_tokens"), usage.get("output_tokens")
+    elif "input_tokens" in data:  # count_tokens
+        out.input_tokens = data["input_tokens"]
+
+
+async def _read_sse(resp: aiohttp.ClientResponse, out: Outcome, start: float) -> None:
+    buf = b""
+    async for chunk in resp.content.iter_any():
+        buf += chunk
+        while b"\n\n" in buf:
+            frame, buf = buf.split(b"\n\n", 1)
+            for line in frame.split(b"\n"):
+                if line.startswith(b"data:"):
+                    try:
+                        ev = orjson.loads(line[5:])
+                    except orjson.JSONDecodeError:
+                        out.error = "malformed_sse"
+                        continue
+                    if isinstance(ev, dict):
+                        _sse_event(ev, out, start)
+
+
+def _sse_event(ev: dict, out: Outcome, start: float) -> None:
+    kind = ev.get("type")
+    if kind == "message_start":
+        out.input_tokens = ((ev.get("message") or {}).get("usage") or {}).get("input_tokens")
+    elif kind == "content_block_start":
+        if out.ttft_ms is None:
+            out.ttft_ms = round((time.perf_counter() - start) * 1000, 2)
+        block = ev.get("content_block") or {}
+        if block.get("type") == "tool_use":
+            out.tool_names.append(block.get("name"))
+    elif kind == "message_delta":
+        out.stop_reason = (ev.get("delta") or {}).get("stop_reason")
+        usage = ev.get("usage") or {}
+        out.output_tokens = usage.get("output_tokens", out.output_tokens)
+        if usage.get("input_tokens") is not None:
+            out.input_tokens = usage["input_tokens"]
+    elif kind == "error":
+        out.error = (ev.get("error") or {}).get("type") or "error"
+
+
+async def _one(session: aiohttp.ClientSession, base: str, rec: dict, model: str | None, token: str | None,
+               strict: bool) -> Result:
+    res = Result(request_id=rec.get("request_id") or "?", method=rec.get("method") or "POST",
+                 path=rec.get("path") or "/", model=model or rec.get("model"), recorded=Outcome.recorded(rec))
+    body = _body(rec, model)
+    if body is None and res.method != "GET":
+        res.skipped = "no body in the log (log.bodies was false)"
+        return res
+    res.new = await _send(session, base, rec, body, token)
+    res.regressions = regressions(res.recorded, res.new, strict)
+    return res
+
+
+async def replay(records: Iterable[dict], base: str, *, model: str | None = None, concurrency: int = 1,
+                 token: str | None = None, strict: bool = False, timeout_s: float = 600) -> AsyncIterator[Result]:
+    """Re-send each record to `base`; results come back in log order, `concurrency` requests in flight."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    pending: deque[asyncio.Task] = deque()
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        try:
+            for rec in records:
+                pending.append(asyncio.create_task(_one(session, base, rec, model, token, strict)))
+                if len(pending) >= concurrency:
+                    yield await pending.popleft()
+            while pending:
+                yield await pending.popleft()
+        finally:
+            for task in pending:
+                task.cancel()
