@@ -6,6 +6,7 @@ transport, auth and status-error mapping, but no per-chunk pydantic objects are 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import re
 import time
 from typing import AsyncIterator
@@ -114,20 +115,20 @@ class OpenAIBackend(Backend):
         translator = ChunkTranslator(breq.request)
         finished = False
         try:
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
+            async for line in sse_lines(resp):
+                if not line.startswith(b"data:"):
                     continue
                 data = line[5:].strip()
-                if data == "[DONE]":
+                if data == b"[DONE]":
                     finished = True
                     break
                 try:
                     chunk = orjson.loads(data)
                 except orjson.JSONDecodeError:
-                    raise GatewayError(500, f"backend '{self.name}' sent a malformed stream chunk: "
-                                            f"{data[:200]!r}") from None
+                    chunk = self._decode_lenient(data)
                 if not isinstance(chunk, dict):
-                    raise GatewayError(500, f"backend '{self.name}' sent a non-object stream chunk: {data[:200]!r}")
+                    raise GatewayError(500, f"backend '{self.name}' sent a non-object stream chunk: "
+                                            f"{data[:200].decode(errors='replace')!r}")
                 for ev in translator.feed(chunk):
                     yield ev
                 if translator.done:
@@ -147,6 +148,14 @@ class OpenAIBackend(Backend):
             raise GatewayError(500, f"backend '{self.name}' connection failed mid-stream: {exc or type(exc).__name__}") from None
         finally:
             await resp.aclose()
+
+    def _decode_lenient(self, data: bytes) -> object:
+        """A chunk that is not valid UTF-8 JSON: read it as a text decoder would (bad bytes → U+FFFD)."""
+        text = data.decode("utf-8", "replace")
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise GatewayError(500, f"backend '{self.name}' sent a malformed stream chunk: {text[:200]!r}") from None
 
     def _status_error(self, exc: openai.APIStatusError) -> GatewayError:
         message = _error_message(exc)
@@ -254,6 +263,33 @@ class OpenAIBackend(Backend):
         if not isinstance(data, dict):
             raise BackendUnavailable(f"{url} did not return a JSON object")
         return data
+
+
+async def sse_lines(resp: httpx2.Response) -> AsyncIterator[bytes]:
+    """The body's lines as bytes, cut where SSE cuts them (CRLF, LF or CR) and nowhere else.
+
+    httpx's aiter_lines uses str.splitlines, which also cuts at U+2028, U+2029 and U+0085: JSON
+    carries those unescaped inside strings, so a chunk holding one arrived in two pieces. Bytes also
+    skip a text-decoding pass per chunk; a body declared in another charset is transcoded to UTF-8.
+    """
+    charset = resp.encoding or "utf-8"
+    transcode = codecs.lookup(charset).name != "utf-8"
+    pending = b""
+    async for data in resp.aiter_bytes():
+        if pending:
+            data = pending + data
+        if b"\r" in data:
+            held_cr = data.endswith(b"\r")  # maybe the first half of a CRLF split across reads
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if held_cr:
+                data = data[:-1] + b"\r"
+        lines = data.split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            yield line.decode(charset, "replace").encode() if transcode else line
+    if pending:
+        line = pending[:-1] if pending.endswith(b"\r") else pending
+        yield line.decode(charset, "replace").encode() if transcode else line
 
 
 def _int(value: object) -> int | None:

@@ -21,7 +21,7 @@ PER_IMAGE = 768  # a mid-sized image in most vision encoders
 def _text_tokens(text: str) -> float:
     if text.isascii():
         return len(text) / CHARS_PER_TOKEN
-    wide = sum(1 for ch in text if ord(ch) > 127)
+    wide = len(text) - len(text.encode("ascii", "ignore"))  # characters beyond ASCII, counted in C
     return (len(text) - wide) / CHARS_PER_TOKEN + wide
 
 
