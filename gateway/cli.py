@@ -3,24 +3,52 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import gc
+import ipaddress
 import signal
+import socket
 import sys
 
 from aiohttp import web
 
 from backends.base import BackendStartError
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, load_config, parse_config
 from gateway.logs import configure_logging
 from gateway.models_api import catalog
 from gateway.server import create_app
 from gateway.state import Gateway
 
-SHUTDOWN_GRACE_S = 30.0
-
 
 def _fail(message: str, code: int = 2) -> int:
     print(f"claude-gateway: {message}", file=sys.stderr)
     return code
+
+
+def _loopback_only(host: str) -> bool:
+    """Does `host` (an address or a name) listen on this machine's loopback interface only?"""
+    if not host:
+        return False  # "" means every interface
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%", 1)[0]).is_loopback for i in infos)
+
+
+def _public_refusal(cfg: Config) -> str | None:
+    """Why `serve` must not start: a non-loopback address with no auth_token, unless allowed."""
+    server = cfg.server
+    if server.auth_token or server.allow_public or _loopback_only(server.host):
+        return None
+    return (f"refusing to listen on {server.host or 'every interface'} without an auth token: anyone who can "
+            "reach this machine could use your backends. Set [server] auth_token (or the GATEWAY_AUTH_TOKEN "
+            "environment variable) and give clients the same value as ANTHROPIC_AUTH_TOKEN, or listen on "
+            "127.0.0.1; to serve without a token anyway, pass --allow-public or set [server] allow_public = true.")
 
 
 def _describe(cfg: Config, name: str) -> str:
@@ -30,13 +58,19 @@ def _describe(cfg: Config, name: str) -> str:
 
 async def _serve(cfg: Config) -> int:
     gateway = Gateway(cfg)
+    # aiohttp's own shutdown timeout is a backstop: Gateway.cut_inflight ends streams at the grace
+    # period itself, with an error event, while their connections are still open.
     runner = web.AppRunner(create_app(gateway), handler_cancellation=True, access_log=None,
-                           shutdown_timeout=SHUTDOWN_GRACE_S)
+                           shutdown_timeout=cfg.server.shutdown_grace_s + 2)
     try:
         await runner.setup()
     except BackendStartError as exc:
         await gateway.close()
         return _fail(str(exc), 1)
+    # Everything loaded so far lives as long as the process: move it out of the collector's
+    # reach, or each full collection walks it again (~100 ms pauses under load, see bench/).
+    gc.collect()
+    gc.freeze()
     for name, detail in gateway.unavailable.items():
         print(f"claude-gateway: backend '{name}' ({_describe(cfg, name)}) is not reachable: {detail}. "
               f"Start that server or fix base_url in [backends.{name}] of {cfg.path}. The gateway runs anyway; "
@@ -58,8 +92,10 @@ async def _serve(cfg: Config) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     print("claude-gateway: shutting down (in-flight requests get "
-          f"{SHUTDOWN_GRACE_S:g} s to finish)", file=sys.stderr, flush=True)
-    await runner.cleanup()
+          f"{cfg.server.shutdown_grace_s:g} s to finish)", file=sys.stderr, flush=True)
+    gateway.stopping = True
+    loop.call_later(cfg.server.shutdown_grace_s, gateway.cut_inflight)
+    await runner.cleanup()  # stops listening at once, waits for in-flight requests, then flushes the log
     return 0
 
 
@@ -107,6 +143,26 @@ async def _models(cfg: Config) -> int:
     return 0
 
 
+def _demo_config() -> Config:
+    """An in-memory config: one mlx backend serving the generated demo model, for every model name."""
+    from backends.mlx_demo import default_root, ensure_demo_model
+
+    print(f"claude-gateway: preparing the demo model in {default_root()} (generated once; it answers "
+          "a few scripted prompts and otherwise writes noise)", file=sys.stderr, flush=True)
+    path = str(ensure_demo_model())
+    return parse_config(f"""
+[log]
+requests = "logs/requests.jsonl"
+[routing]
+default = "demo"
+[backends.demo]
+type = "mlx"
+model = {json.dumps(path)}
+[backends.demo.model_mapping]
+"claude-*" = {json.dumps(path)}
+""")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `claude-gateway` command."""
     parser = argparse.ArgumentParser(prog="claude-gateway",
@@ -116,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", default="config.toml", help="config file (default: ./config.toml)")
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument("--allow-public", action="store_true",
+                       help="listen on a non-loopback --host even without server.auth_token")
+    serve.add_argument("--demo", action="store_true",
+                       help="serve a generated tiny MLX demo model (offline; generated once into "
+                            "~/.cache/claude-gateway, or $CLAUDE_GATEWAY_DEMO_DIR); ignores --config")
     check = sub.add_parser("check", help="validate the config and probe every backend")
     check.add_argument("--config", default="config.toml")
     models = sub.add_parser("models", help="list what /v1/models would list")
@@ -123,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        cfg = load_config(args.config)
+        cfg = _demo_config() if getattr(args, "demo", False) else load_config(args.config)
     except ConfigError as exc:
         return _fail(str(exc))
     if args.command == "serve":
@@ -131,12 +192,28 @@ def main(argv: list[str] | None = None) -> int:
             cfg.server.host = args.host
         if args.port is not None:
             cfg.server.port = args.port
+        if args.allow_public:
+            cfg.server.allow_public = True
+        if (refusal := _public_refusal(cfg)) is not None:
+            return _fail(refusal)
     configure_logging(cfg.log.level)
     runner = {"serve": _serve, "check": _check, "models": _models}[args.command]
     try:
-        return asyncio.run(runner(cfg))
+        return _run_loop(runner(cfg), fast=args.command == "serve")
     except KeyboardInterrupt:
         return 130
+
+
+def _run_loop(coro, fast: bool) -> int:
+    """asyncio.run, on uvloop for `serve` when installed (cheaper socket I/O and wakeups per streamed chunk)."""
+    if fast:
+        try:
+            import uvloop
+        except ImportError:  # Windows, or a minimal install: the stock loop works the same
+            pass
+        else:
+            return uvloop.run(coro)
+    return asyncio.run(coro)
 
 
 if __name__ == "__main__":

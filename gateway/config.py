@@ -58,7 +58,7 @@ class BackendConfig:
     # mlx only
     tool_parser: str | None = None  # hermes | qwen3_coder | llama3_json | mistral | none; absent → from the template
     max_resident_models: int = 1  # models kept loaded; the least recently used idle one is unloaded
-    cache_mb: float = 2048  # prompt-cache byte budget
+    cache_mb: float = 4096  # prompt-cache byte budget (MB)
     cache_ttl_s: float = 1800  # prompt-cache entries unused this long are dropped
     max_batch: int = 8  # requests decoded together
 

@@ -38,6 +38,7 @@ async def read_body(request: web.Request, record: RequestRecord) -> object:
         record.body = raw.decode("utf-8", "replace")  # logged as text, so even this request can be replayed
         raise
     record.body = body
+    record.body_raw = raw  # valid JSON: the log line copies these bytes rather than re-encoding the body
     return body
 
 
@@ -63,8 +64,33 @@ async def handle_count_tokens(request: web.Request) -> web.Response:
     return web.json_response({"input_tokens": max(1, count.tokens)}, dumps=_dumps)
 
 
+def _shutting_down() -> GatewayError:
+    return GatewayError(529, "the gateway is shutting down; retry the request", "overloaded_error")
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "uncancel"):  # Python ≥ 3.11
+        task.uncancel()
+
+
 async def handle_messages(request: web.Request) -> web.StreamResponse:
     """Generate a message: JSON, or SSE when the body says stream:true."""
+    gw = request.app[GATEWAY]
+    task = asyncio.current_task()
+    gw.inflight.add(task)
+    try:
+        return await _generate(request)
+    except asyncio.CancelledError:
+        if not gw.stopping:
+            raise  # the client went away
+        _uncancel()  # cut by the shutdown: answer instead of vanishing
+        raise _shutting_down() from None
+    finally:
+        gw.inflight.discard(task)
+
+
+async def _generate(request: web.Request) -> web.StreamResponse:
     req, breq, backend = await _prepare(request, count_only=False)
     fit = await fit_request(backend, breq)
     breq.max_tokens = fit.max_tokens
@@ -94,7 +120,7 @@ async def _respond_json(ms: MessageStream, events: AsyncIterator[Event], record:
     agg = Aggregator()
     agg.add(ms.message_start())
     async for ev in events:
-        for out in ms.feed(ev):
+        for out in _feed(ms, ev):
             agg.add(out)
         if ms.ttft_seen:
             record.mark_first_token()
@@ -158,13 +184,13 @@ async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIte
         await pinger.write(encode_all([ms.message_start()]))
         try:
             ev = await first  # pings keep flowing while a slow backend prefills
-            frames = ms.feed(ev)
+            frames = _feed(ms, ev)
             if frames:
                 if ms.ttft_seen:
                     record.mark_first_token()
                 await pinger.write(encode_all(frames))
             async for ev in events:
-                frames = ms.feed(ev)
+                frames = _feed(ms, ev)
                 if frames:
                     if ms.ttft_seen and record.ttft_ms is None:
                         record.mark_first_token()
@@ -176,11 +202,12 @@ async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIte
             return resp
         except (asyncio.CancelledError, ConnectionResetError) as exc:
             if gw.stopping and isinstance(exc, asyncio.CancelledError):
-                # Cut by the shutdown grace period, not by the client: say so, so that it retries.
+                # Cut by the shutdown grace period, not by the client: end the stream with an
+                # error event it retries on, and let the response finish cleanly.
+                _uncancel()
                 with contextlib.suppress(Exception):
-                    await _write_error(pinger, GatewayError(529, "the gateway is shutting down; retry the request",
-                                                            "overloaded_error"), record)
-                raise
+                    await _write_error(pinger, _shutting_down(), record)
+                return resp
             record.error = {"type": "client_disconnected", "message": "the client closed the stream"}
             raise
         except Exception as exc:  # a backend bug must still end the stream with an error event
@@ -204,6 +231,16 @@ async def _write_error(pinger: _Pinger, err: GatewayError, record: RequestRecord
     record.error = {"type": err.type, "message": err.message}
     await pinger.resp.write(encode_all([MessageStream.error_event(err)]))
     await pinger.resp.write_eof()
+
+
+def _feed(ms: MessageStream, item: Event | list[Event]) -> list[dict]:
+    """Anthropic events for one backend item: an event, or the list of events of one upstream read."""
+    if type(item) is not list:
+        return ms.feed(item)
+    out: list[dict] = []
+    for ev in item:
+        out += ms.feed(ev)
+    return out
 
 
 def _dumps(obj: object) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,6 +33,9 @@ _OPTIONAL = ("headers", "body_bytes", "prefill_tps", "decode_tps", "peak_memory_
 # Characters JSON allows raw inside strings but that str.splitlines() and JavaScript treat as line
 # breaks: escaped, so a line of the log is a line for every tool.
 _LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
+# JSON escapes that spell a character other than its canonical orjson form (\u0041 for A, \/ for /):
+# a secret written with them would slip past the byte search, so raw bodies holding one are re-serialised.
+_ODD_ESCAPE = re.compile(rb"\\(u[0-9a-fA-F]{4}|/)")
 
 
 def _now_iso() -> str:
@@ -70,6 +74,9 @@ class RequestRecord:
     decode_tps: float | None = None  # in-process engines: generated tokens per second
     peak_memory_mb: float | None = None  # in-process engines: peak engine memory
     started: float = field(default_factory=time.perf_counter, repr=False)
+    # The request bytes `body` was decoded from: the log copies them instead of re-serialising
+    # the (often ~100 KB) body, the largest CPU cost of a line. Not a field of the line itself.
+    body_raw: bytes | None = field(default=None, repr=False)
 
     def finish(self, status: int) -> None:
         self.status = status
@@ -87,12 +94,22 @@ class RequestRecord:
             if value is not None:
                 data[name] = value
         if with_body:
-            data["body"] = self.body
+            data["body"] = RawJSON(self.body_raw, self.body) if self.body_raw is not None else self.body
         return data
 
     def to_json(self, with_body: bool, secrets: tuple[str, ...] = ()) -> bytes:
         """The log line (without the newline), secrets scrubbed."""
         return LineRenderer(secrets).render(self.to_dict(with_body))
+
+
+class RawJSON:
+    """A decoded JSON value plus the bytes it was decoded from (which are valid JSON)."""
+
+    __slots__ = ("raw", "value")
+
+    def __init__(self, raw: bytes, value: Any):
+        self.raw = raw
+        self.value = value
 
 
 def redact_headers(headers) -> dict[str, str]:
@@ -107,9 +124,19 @@ class LineRenderer:
         self.secrets = tuple(s for s in secrets if s)
         # What to look for in the rendered bytes: the secret as is and as JSON escapes it.
         self._needles = tuple({n for s in self.secrets for n in (s.encode(), orjson.dumps(s)[1:-1])})
+        self._secret_chars = frozenset("".join(self.secrets))
+        # Only ASCII secrets are searched for in escaped spellings (no surrogate pairs to reason about).
+        self._splice_ok = all(s.isascii() for s in self.secrets)
 
     def render(self, data: dict) -> bytes:
-        line = _dumps(data)
+        body = data.get("body")
+        if type(body) is RawJSON:
+            data = {**data, "body": body.value}  # same key position; the decoded value for the slow paths
+            line = self._spliced(data, body.raw) if self._splice_ok else None
+            if line is None:
+                line = _dumps(data)
+        else:
+            line = _dumps(data)
         # The byte search is the fast path; the slow walk runs only when a secret is present.
         if self._needles and any(n in line for n in self._needles):
             line = _dumps(self._scrub(data))
@@ -117,6 +144,21 @@ class LineRenderer:
             if raw in line:
                 line = line.replace(raw, escaped)
         return line
+
+    def _spliced(self, data: dict, raw: bytes) -> bytes | None:
+        """The line with the request bytes copied in as `body`; None when only re-serialising is safe."""
+        if self._secret_chars:
+            for m in _ODD_ESCAPE.finditer(raw):
+                esc = m.group(1)
+                if (esc == b"/" and "/" in self._secret_chars) or chr(int(esc[1:], 16)) in self._secret_chars:
+                    return None
+        # Raw CR/LF can only be whitespace between tokens in valid JSON: spaces keep it one line.
+        if b"\n" in raw or b"\r" in raw:
+            raw = raw.replace(b"\n", b" ").replace(b"\r", b" ")
+        try:
+            return orjson.dumps({**data, "body": orjson.Fragment(raw)})
+        except TypeError:
+            return None
 
     def __call__(self, _logger: object, _method: str, event_dict: dict) -> bytes:
         """structlog processor: the final renderer, `body` moved last."""
@@ -181,8 +223,12 @@ class RequestLog:
         """Record one finished request (returns at once; the line is written off the event loop)."""
         if self._writer is not None:
             self._lines.info(**record.to_dict(self.bodies))
-        log.info(record.event, request_id=record.request_id, method=record.method, path=record.path,
-                 status=record.status, model=record.model, backend=record.backend,
+        path, model = record.path, record.model
+        for secret in self.secrets:  # the path and model name are the client's text: a pasted token shows here
+            if secret in path or (model and secret in model):
+                path, model = path.replace(secret, REDACTED), model and model.replace(secret, REDACTED)
+        log.info(record.event, request_id=record.request_id, method=record.method, path=path,
+                 status=record.status, model=model, backend=record.backend,
                  duration_ms=record.duration_ms, ttft_ms=record.ttft_ms,
                  tokens_in=record.input_tokens, tokens_out=record.output_tokens,
                  stop_reason=record.stop_reason, error=(record.error or {}).get("type"))

@@ -31,7 +31,8 @@ class Gateway:
                                  keep=lc.keep, compress=lc.gzip)
         self.metrics = Metrics(tuple(self.backends))
         self.unavailable: dict[str, str] = {}
-        self.stopping = False  # set on SIGTERM: requests cancelled from now on were cut by the shutdown
+        self.stopping = False  # set on SIGTERM/SIGINT: see cut_inflight
+        self.inflight: set[asyncio.Task] = set()  # running /v1/messages handlers
 
     async def start(self) -> None:
         """Start every backend; one that is not reachable yet is reported, not fatal.
@@ -45,6 +46,12 @@ class Gateway:
                 self.unavailable[name] = str(exc)
                 log.warning("backend_unreachable", backend=name, detail=str(exc),
                             hint="requests routed to it fail with api_error until it answers")
+
+    def cut_inflight(self) -> None:
+        """The shutdown grace period is over: cancel the /v1/messages handlers still running (each
+        answers its client with an overloaded_error before the connection closes)."""
+        for task in list(self.inflight):
+            task.cancel()
 
     async def close(self) -> None:
         for backend in self.backends.values():
