@@ -1,0 +1,292 @@
+"""The embedded MLX backend: models run in-process with mlx-lm (config `type = "mlx"`).
+
+Requests are rendered with the model's chat template on a worker thread, generated on the engine
+thread (backends.mlx_engine: continuous batching, prompt cache) and turned into internal events
+here, on the event loop (thinking, tool calls, stop sequences).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+import structlog
+
+from backends.base import (
+    Backend, BackendHealth, BackendRequest, BackendStartError, ModelInfo, TokenCount,
+)
+from backends.mlx_cache import PromptCache
+from backends.mlx_engine import Engine, Job, JobResult, LoadedModel
+from backends.mlx_output import OutputPipeline
+from backends.mlx_prompt import Prompt, PromptRenderer
+from backends.mlx_structured import json_schema_processor
+from backends.tool_parsers import ParserFactory, select_parser
+from gateway.config import BackendConfig
+from gateway.errors import GatewayError, prompt_too_long
+from gateway.events import EngineStats, Event, Started, Stop, UsageReport
+
+log = structlog.get_logger("backends.mlx")
+
+DEFAULT_CONTEXT = 32768  # when neither config nor the model says
+PREFILL_STEP = 512  # prompt tokens per engine step: bounds how long one prefill stalls other decodes
+
+
+class ModelUnavailable(Exception):
+    """A model that is neither local nor downloadable; the message is one paragraph for the user."""
+
+
+@dataclass
+class ModelHandle:
+    """What the event-loop side knows about a loaded model."""
+
+    name: str
+    path: Path
+    renderer: PromptRenderer
+    parsers: ParserFactory
+    context: int
+    model_type: str
+    tokenizer: object
+
+
+def resolve_model_path(name: str, backend: str) -> Path:
+    """A local directory for `name`: the path itself, the Hugging Face cache, or a download (with progress)."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ModelUnavailable(
+            f"MLX model '{name}' for backend '{backend}' does not exist: it is neither a local directory nor a "
+            f"Hugging Face id (owner/name). Point model = \"...\" in [backends.{backend}] at a directory holding "
+            f"config.json, *.safetensors and the tokenizer, or run `claude-gateway serve --demo` for a generated "
+            f"demo model that needs no download.")
+    from huggingface_hub import snapshot_download
+    from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
+    log.info("mlx_model_fetch", model=name, hint="first use downloads from Hugging Face; progress follows")
+    try:
+        return Path(snapshot_download(name, allow_patterns=DEFAULT_ALLOW_PATTERNS))
+    except Exception as exc:  # noqa: BLE001 — offline, unknown repo, auth: all end the same way
+        raise ModelUnavailable(
+            f"cannot load MLX model '{name}' for backend '{backend}': it is not in the local Hugging Face cache "
+            f"and downloading it failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+            f"Download it once while online (start the gateway with network access, or run "
+            f"`hf download {name}`), or set model = \"/path/to/model\" in [backends.{backend}] to a local copy "
+            f"(a directory with config.json, *.safetensors and the tokenizer), or run "
+            f"`claude-gateway serve --demo` to try the gateway offline with a generated demo model.") from None
+
+
+class MLXBackend(Backend):
+    """Models in this process, on MLX (Apple GPU on macOS, CPU on Linux)."""
+
+    def __init__(self, config: BackendConfig):
+        super().__init__(config)
+        self.engine: Engine | None = None
+        self._handles: dict[str, ModelHandle] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
+        self._prompts: OrderedDict[int, tuple[object, Prompt]] = OrderedDict()  # render memo: count, then stream
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            cache = PromptCache(int(self.config.cache_mb * 1024 * 1024), self.config.cache_ttl_s)
+            self.engine = Engine(cache, max_batch=self.config.max_batch, prefill_step=PREFILL_STEP,
+                                 max_resident=self.config.max_resident_models)
+        return self.engine
+
+    async def start(self) -> None:
+        """Load the default model now: a model that cannot be had stops the server with one paragraph."""
+        self._engine()
+        if self.config.model:
+            try:
+                await self._model(self.config.model)
+            except ModelUnavailable as exc:
+                raise BackendStartError(str(exc)) from None
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            engine, self.engine = self.engine, None
+            await asyncio.to_thread(engine.close)
+
+    # -- models -------------------------------------------------------------------------------
+
+    async def _model(self, name: str) -> ModelHandle:
+        """The handle of a loaded model, loading (and downloading) it on first use."""
+        handle = self._handles.get(name)
+        if handle is not None:
+            return handle
+        lock = self._loading.setdefault(name, asyncio.Lock())
+        async with lock:
+            handle = self._handles.get(name)
+            if handle is not None:
+                return handle
+            path = await asyncio.to_thread(resolve_model_path, name, self.name)
+            t0 = time.perf_counter()
+            loader = self._loader(name, path)
+            try:
+                loaded: LoadedModel = await asyncio.wrap_future(self._engine().call(loader))
+            except Exception as exc:  # noqa: BLE001 — a broken checkpoint is a clear error, not a traceback
+                raise ModelUnavailable(
+                    f"cannot load MLX model '{name}' from {path}: {type(exc).__name__}: {exc}. Check that the "
+                    f"directory holds an mlx-lm compatible checkpoint (config.json, *.safetensors, tokenizer).") \
+                    from None
+            cfg = loaded.config
+            tokenizer = loaded.tokenizer
+            template = getattr(tokenizer, "chat_template", None)
+            try:
+                parsers = select_parser(cfg.get("model_type"), template if isinstance(template, str) else None,
+                                        self.config.tool_parser)
+            except ValueError as exc:
+                raise ModelUnavailable(str(exc)) from None
+            context = self.config.context_window or _context_of(cfg) or DEFAULT_CONTEXT
+            handle = ModelHandle(name, path, PromptRenderer(tokenizer, name), parsers, context,
+                                 str(cfg.get("model_type", "")), tokenizer)
+            self._handles[name] = handle
+            log.info("mlx_model_loaded", backend=self.name, model=name, path=str(path), context=context,
+                     tool_parser=getattr(parsers, "name", None), seconds=round(time.perf_counter() - t0, 2))
+            return handle
+
+    def _loader(self, name: str, path: Path) -> Callable[[], LoadedModel]:
+        """Runs on the engine thread: load weights + tokenizer and make the model resident."""
+        engine = self._engine()
+
+        def load() -> LoadedModel:
+            existing = engine.touch(name)
+            if existing is not None:
+                return existing
+            from mlx_lm import load as mlx_load
+            model, tokenizer, config = mlx_load(str(path), return_config=True)
+            loaded = LoadedModel(name, model, tokenizer, config)
+            engine.install(loaded)
+            return loaded
+
+        return load
+
+    async def _require(self, name: str) -> ModelHandle:
+        """The model for a request; one that cannot be loaded now is a 500 with the reason."""
+        try:
+            return await self._model(name)
+        except ModelUnavailable as exc:
+            raise GatewayError(500, f"backend '{self.name}': {exc}") from None
+
+    # -- prompts ------------------------------------------------------------------------------
+
+    async def _prompt(self, handle: ModelHandle, breq: BackendRequest) -> Prompt:
+        """The rendered prompt; rendered once per request even when count and stream both need it."""
+        key = id(breq.request)
+        memo = self._prompts.get(key)
+        if memo is not None and memo[0] is breq.request:
+            return memo[1]
+        prompt = await asyncio.to_thread(handle.renderer.render, breq.request)
+        self._prompts[key] = (breq.request, prompt)
+        while len(self._prompts) > 32:
+            self._prompts.popitem(last=False)
+        return prompt
+
+    async def count_tokens(self, breq: BackendRequest) -> TokenCount:
+        handle = await self._require(breq.model)
+        prompt = await self._prompt(handle, breq)
+        return TokenCount(len(prompt.tokens), exact=True)
+
+    async def context_window(self, model: str) -> int | None:
+        handle = self._handles.get(model) or await self._require(model)
+        return handle.context
+
+    async def models(self) -> list[ModelInfo]:
+        return [ModelInfo(name, context_window=self._handles[name].context if name in self._handles
+                          else self.config.context_window)
+                for name in self.configured_models()]
+
+    async def health(self) -> BackendHealth:
+        engine = self.engine
+        if engine is None or not engine.alive:
+            detail = f"engine stopped: {engine.failed}" if engine is not None and engine.failed else "not started"
+            return BackendHealth(False, detail)
+        resident, active, entries, nbytes = engine.status
+        ctx = self._handles[self.config.model].context if self.config.model in self._handles else None
+        detail = (f"resident: {', '.join(resident) or 'none'}; active requests: {active}; "
+                  f"prompt cache: {entries} entries, {nbytes / 1e6:.1f} MB")
+        return BackendHealth(True, detail, self.configured_models(), ctx)
+
+    # -- generation ---------------------------------------------------------------------------
+
+    async def stream(self, breq: BackendRequest) -> AsyncIterator[Event]:
+        req = breq.request
+        handle = await self._require(breq.model)
+        prompt = await self._prompt(handle, breq)
+        self._prompts.pop(id(req), None)
+        n = len(prompt.tokens)
+        if n >= handle.context:
+            raise prompt_too_long(n, handle.context)
+        engine = self._engine()
+        if not engine.alive:
+            raise GatewayError(500, f"backend '{self.name}': the MLX engine stopped ({engine.failed})")
+        processors = None
+        if req.json_schema is not None:
+            processors = [await asyncio.to_thread(json_schema_processor, handle.tokenizer, req.json_schema)]
+        job = Job(model_key=handle.name, prompt=prompt.tokens, max_tokens=max(1, min(breq.max_tokens,
+                                                                                    handle.context - n)),
+                  sampler=_sampler(req), session=breq.session_id, shared_len=prompt.shared_len,
+                  loop=asyncio.get_running_loop(), logits_processors=processors,
+                  reload=self._loader(handle.name, handle.path))
+        engine.submit(job)
+        try:
+            yield Started()
+            out = OutputPipeline(req, handle.parsers, tools=prompt.tools, start_in_thinking=prompt.starts_in_thinking)
+            result: JobResult | None = None
+            pending = None
+            while result is None:
+                item = pending if pending is not None else await job.queue.get()
+                pending = None
+                if type(item) is str:
+                    # When the client reads slower than the engine writes, send what piled up as one delta.
+                    while not job.queue.empty():
+                        nxt = job.queue.get_nowait()
+                        if type(nxt) is not str:
+                            pending = nxt
+                            break
+                        item += nxt
+                    for ev in out.feed(item):
+                        yield ev
+                    if out.matched is not None:
+                        engine.cancel(job)  # the rest would be thrown away
+                elif type(item) is JobResult:
+                    result = item
+                else:
+                    raise GatewayError(500, f"backend '{self.name}': generation failed: "
+                                            f"{type(item).__name__}: {item}")
+            cut = result.finish_reason != "stop"
+            for ev in out.finish(cut=cut):
+                yield ev
+            yield UsageReport(input_tokens=result.prompt_tokens, output_tokens=result.generated_tokens,
+                              cache_read_tokens=result.cached_tokens)
+            yield EngineStats(_round(result.prefill_tps), _round(result.decode_tps), result.cached_tokens,
+                              round(result.peak_memory_mb, 1))
+            if out.matched is not None:
+                yield Stop("stop_sequence", out.matched)
+            else:
+                yield Stop("max_tokens" if result.finish_reason == "length" else "end_turn")
+        finally:
+            if not job.done:
+                engine.cancel(job)  # client gone or stream abandoned: free the batch slot now
+
+
+def _sampler(req) -> Callable | None:
+    from mlx_lm.sample_utils import make_sampler
+    temp = 1.0 if req.temperature is None else req.temperature
+    return make_sampler(temp=temp, top_p=req.top_p or 0.0, top_k=req.top_k or 0)
+
+
+def _context_of(cfg: dict) -> int | None:
+    for key in ("max_position_embeddings", "max_seq_len", "n_positions", "seq_length"):
+        value = cfg.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    text = cfg.get("text_config")
+    return _context_of(text) if isinstance(text, dict) else None
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)

@@ -1,0 +1,157 @@
+"""Prompt (KV) cache for the MLX engine: per-session entries plus shared prefixes.
+
+Each entry is the KV cache of one token sequence of one model. A session keeps its latest
+sequence (the conversation so far, plus a few unrelated side requests); a shared entry holds a
+prefix that many sessions start with (system prompt + tools). A lookup takes the entry with the
+longest common token prefix, so a session reuses its own history and a new session still skips
+the shared prefix. Entries are evicted least-recently-used past a byte budget, and dropped after
+a TTL.
+
+Only the engine thread touches this object (no locking): entries hold mlx arrays.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from mlx_lm.models.cache import KVCache, can_trim_prompt_cache
+
+
+PER_SESSION = 4  # sequences kept per session: the conversation and a few side requests
+
+
+@dataclass
+class CacheEntry:
+    model: str
+    tokens: np.ndarray  # int32, the tokens whose keys/values `layers` hold
+    layers: list[Any]  # one mlx_lm cache object per layer
+    nbytes: int
+    session: str | None  # None: a shared prefix
+    last_used: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class CacheHit:
+    layers: list[Any] | None  # fresh cache objects for the generator (None: nothing reusable)
+    tokens: int  # prompt tokens covered by `layers`
+
+
+def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """Length of the common prefix of two int arrays."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(a[:n] != b[:n])
+    return int(diff[0]) if len(diff) else n
+
+
+def _view(layers: list[Any], n: int) -> list[Any] | None:
+    """New cache objects over the first `n` positions, sharing the stored arrays (no copy).
+
+    The batch generator copies what it reads into its own batched cache, so the stored
+    entry is never written through these views.
+    """
+    out = []
+    for c in layers:
+        if type(c) is not KVCache or c.keys is None:
+            return None
+        v = KVCache()
+        v.keys, v.values, v.offset = c.keys, c.values, n
+        out.append(v)
+    return out
+
+
+class PromptCache:
+    """Per-session and shared-prefix KV entries with a byte budget, LRU order and a TTL."""
+
+    def __init__(self, max_bytes: int, ttl_s: float):
+        self.max_bytes = max_bytes
+        self.ttl_s = ttl_s
+        self.entries: list[CacheEntry] = []
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self.entries)
+
+    def lookup(self, model: str, tokens: list[int], session: str | None) -> CacheHit:
+        """The longest cached prefix of `tokens` (at most len-1: the last token must be computed)."""
+        self._expire()
+        arr = np.asarray(tokens, dtype=np.int32)
+        best, best_n = None, 0
+        for e in self.entries:
+            if e.model != model:
+                continue
+            n = common_prefix(e.tokens, arr)
+            # Prefer the session's own entry on ties: it is the one that will be replaced.
+            if n > best_n or (n == best_n and n and e.session == session and best is not None
+                              and best.session != session):
+                best, best_n = e, n
+        limit = min(best_n, len(tokens) - 1)
+        if best is None or limit <= 0:
+            self.misses += 1
+            return CacheHit(None, 0)
+        if limit < len(best.tokens) and not _trimmable(best.layers):
+            self.misses += 1
+            return CacheHit(None, 0)
+        layers = _view(best.layers, limit)
+        if layers is None:
+            self.misses += 1
+            return CacheHit(None, 0)
+        best.last_used = time.monotonic()
+        self.hits += 1
+        return CacheHit(layers, limit)
+
+    def insert(self, model: str, tokens: list[int], layers: list[Any], session: str | None) -> None:
+        """Store the cache of `tokens`; the entry of the same conversation that it extends is replaced."""
+        if not tokens or not layers:
+            return
+        arr = np.asarray(tokens, dtype=np.int32)
+        nbytes = sum(int(c.nbytes) for c in layers)
+        if nbytes > self.max_bytes:
+            return
+        keep = []
+        mine = 0
+        for e in reversed(self.entries):  # newest first
+            if e.model == model and e.session == session:
+                # The same conversation moved on (most of the old sequence is the new one's
+                # prefix): the old entry is superseded. A side request of the same session (Claude
+                # Code's title or command-prefix calls, with their own system prompt) shares
+                # little and lives beside it.
+                if 2 * common_prefix(e.tokens, arr) > len(e.tokens):
+                    continue
+                mine += 1
+                if session is not None and mine >= PER_SESSION:
+                    continue
+            keep.append(e)
+        keep.reverse()
+        self.entries = keep
+        self.entries.append(CacheEntry(model, arr, layers, nbytes, session))
+        self._evict()
+
+    def drop_model(self, model: str) -> None:
+        """Forget every entry of an unloaded model."""
+        self.entries = [e for e in self.entries if e.model != model]
+
+    def _expire(self) -> None:
+        if self.ttl_s > 0:
+            now = time.monotonic()
+            self.entries = [e for e in self.entries if now - e.last_used <= self.ttl_s]
+
+    def _evict(self) -> None:
+        self._expire()
+        total = self.nbytes
+        if total <= self.max_bytes:
+            return
+        for e in sorted(self.entries, key=lambda e: e.last_used):
+            if total <= self.max_bytes:
+                break
+            self.entries.remove(e)
+            total -= e.nbytes
+
+
+def _trimmable(layers: list[Any]) -> bool:
+    return can_trim_prompt_cache(layers)

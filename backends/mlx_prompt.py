@@ -1,0 +1,122 @@
+"""Anthropic request → prompt tokens with the model's own chat template (tools, thinking switch).
+
+Generation and count_tokens both go through `render`, so a count is exactly what would be
+prefilled. `shared_prefix_len` finds where the part common to every session (system prompt and
+tools) ends, so the prompt cache can keep that prefix for other sessions.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from jinja2 import TemplateError
+
+from backends.mlx_cache import common_prefix
+from backends.translate import Dialect, to_openai_messages, to_openai_tools
+from gateway.anthropic import MessagesRequest
+from gateway.errors import invalid
+
+
+@dataclass(slots=True)
+class Prompt:
+    tokens: list[int]
+    text: str
+    shared_len: int  # tokens of the system+tools prefix (0 when there is none)
+    starts_in_thinking: bool  # the template opened <think> itself (generation begins inside it)
+    tools: bool  # tools were rendered (tool calls are parsed)
+
+
+def chat_messages(req: MessagesRequest, model: str) -> list[dict]:
+    """HF chat-template messages: OpenAI shape, tool-call arguments as objects (templates `tojson` them)."""
+    msgs = to_openai_messages(req, Dialect(vision=False), model)
+    for m in msgs:
+        for call in m.get("tool_calls") or ():
+            fn = call["function"]
+            try:
+                fn["arguments"] = orjson.loads(fn["arguments"])
+            except orjson.JSONDecodeError:
+                pass
+    return msgs
+
+
+def _fold_late_system(msgs: list[dict]) -> list[dict]:
+    """For templates that reject system messages after the first: they become user text, in place.
+
+    In place (not hoisted into the system prompt) so the prefix already sent stays byte-identical.
+    """
+    out: list[dict] = []
+    for i, m in enumerate(msgs):
+        if m["role"] == "system" and i > 0:
+            m = {"role": "user", "content": m["content"]}
+        if out and m["role"] == "user" and out[-1]["role"] == "user" and isinstance(out[-1]["content"], str):
+            out[-1] = {"role": "user", "content": out[-1]["content"] + "\n\n" + m["content"]}
+            continue
+        out.append(m)
+    return out
+
+
+class PromptRenderer:
+    """Renders requests for one tokenizer; remembers shared-prefix token counts."""
+
+    def __init__(self, tokenizer: Any, model: str):
+        self.tokenizer = tokenizer
+        self.model = model
+        self._shared: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # renders run on worker threads
+
+    def _apply(self, msgs: list[dict], tools: list[dict] | None, thinking: bool, generation: bool) -> str:
+        kwargs: dict = {"add_generation_prompt": generation, "tokenize": False, "enable_thinking": thinking}
+        if tools:
+            kwargs["tools"] = tools
+        try:
+            return self.tokenizer.apply_chat_template(msgs, **kwargs)
+        except TemplateError:
+            folded = _fold_late_system(msgs)
+            if folded == msgs:
+                raise
+            return self.tokenizer.apply_chat_template(folded, **kwargs)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def render(self, req: MessagesRequest) -> Prompt:
+        """The prompt generation would prefill for `req`."""
+        msgs = chat_messages(req, self.model)
+        use_tools = bool(req.tools) and not (req.tool_choice is not None and req.tool_choice.type == "none")
+        tools = to_openai_tools(req) if use_tools else None
+        thinking = req.thinking_enabled
+        try:
+            text = self._apply(msgs, tools, thinking, True)
+        except TemplateError as exc:
+            raise invalid(f"the chat template of model '{self.model}' cannot render this conversation: {exc}") \
+                from None
+        tokens = self.encode(text)
+        shared = self._shared_prefix(msgs, tools, thinking, tokens)
+        return Prompt(tokens, text, shared, text.rstrip().endswith("<think>"), use_tools)
+
+    def _shared_prefix(self, msgs: list[dict], tools: list[dict] | None, thinking: bool,
+                       tokens: list[int]) -> int:
+        system = msgs[:1] if msgs and msgs[0]["role"] == "system" else []
+        if not system and not tools:
+            return 0
+        key = hashlib.sha1(orjson.dumps([system, tools, thinking])).digest()
+        with self._lock:
+            ref = self._shared.get(key)
+            if ref is not None:
+                self._shared.move_to_end(key)
+        if ref is None:
+            try:
+                text = self._apply(system + [{"role": "user", "content": ""}], tools, thinking, False)
+            except TemplateError:
+                return 0
+            ref = np.asarray(self.encode(text), dtype=np.int32)
+            with self._lock:
+                self._shared[key] = ref
+                if len(self._shared) > 64:
+                    self._shared.popitem(last=False)
+        return common_prefix(ref, np.asarray(tokens, dtype=np.int32))
