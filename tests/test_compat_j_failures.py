@@ -8,7 +8,7 @@ import anthropic
 import pytest
 
 from tests.sse_checks import open_stream
-from tests.upstream import FAIL_MID, TEXT, Script
+from tests.upstream import FAIL_MID, TEXT, Script, wait_for
 
 MODEL = "claude-opus-4-8"
 
@@ -114,14 +114,6 @@ async def test_j2_failure_after_commit_is_error_event(stack):
     assert s.error["type"] == "overloaded_error" and "queue full" in s.error["message"]
 
 
-async def _wait_for(predicate, timeout: float = 1.5) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 def _long_script(**kw) -> Script:
@@ -138,7 +130,7 @@ async def test_j3_client_disconnect_cancels_upstream(stack, moment):
     marker = b"content_block_delta" if moment == "mid_text" else b"message_start"
     await resp.content.readuntil(marker)
     resp.close()  # drops the connection, like Esc in Claude Code
-    assert await _wait_for(lambda: up.cancelled == 1), "upstream never saw the cancellation"
+    assert await wait_for(lambda: up.cancelled == 1, timeout=1.5), "upstream never saw the cancellation"
     assert up.completed == 0
     up.push(TEXT("still here"))
     s = await open_stream(gw, body())
@@ -155,7 +147,7 @@ async def test_j3_sdk_abort_cancels_upstream(stack):
     async with gw.anthropic().messages.stream(**body()) as stream:
         async for _ in stream.text_stream:
             break
-    assert await _wait_for(lambda: up.cancelled == 1), "upstream never saw the cancellation"
+    assert await wait_for(lambda: up.cancelled == 1, timeout=1.5), "upstream never saw the cancellation"
     up.push(TEXT("next"))
     async with gw.anthropic().messages.stream(**body()) as stream:
         msg = await stream.get_final_message()
@@ -168,7 +160,7 @@ async def test_j3_non_streaming_client_gone_cancels_upstream(stack):
     up.push(_long_script())
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(gw.messages(body()), timeout=0.3)
-    assert await _wait_for(lambda: up.cancelled == 1), "upstream never saw the cancellation"
+    assert await wait_for(lambda: up.cancelled == 1, timeout=1.5), "upstream never saw the cancellation"
     up.push(TEXT("back"))
     status, msg = await gw.messages(body())
     assert status == 200 and msg["content"][0]["text"] == "back"

@@ -11,7 +11,7 @@ import pytest
 from tests.compat_helpers import assert_error, body, start_stack
 from tests.conftest import gateway_config
 from tests.sse_checks import open_stream
-from tests.upstream import TEXT, Script
+from tests.upstream import TEXT, Script, wait_for
 
 TIMEOUT_S = 1.5  # backend timeout_s; the gateway pings every 0.5 s (conftest), so pings fit before it
 
@@ -46,7 +46,7 @@ async def test_hang_before_first_token_pings_then_timeout_error(start_upstream, 
     assert names[0] == "message_start" and names[-1] == "error" and names.count("ping") >= 1, names
     assert "content_block_start" not in names
     assert s.error["type"] == "api_error" and "stopped sending for 1.5 s" in s.error["message"], s.error
-    assert await _wait_for(lambda: up.cancelled == 1), "the gateway kept the silent upstream request open"
+    assert await wait_for(lambda: up.cancelled == 1), "the gateway kept the silent upstream request open"
 
 
 async def test_stall_mid_stream_keeps_text_then_timeout_error(start_upstream, start_gateway):
@@ -59,7 +59,7 @@ async def test_stall_mid_stream_keeps_text_then_timeout_error(start_upstream, st
     assert s.text == "half way"
     assert s.names[-1] == "error" and "message_stop" not in s.names and "message_delta" not in s.names
     assert s.error["type"] == "api_error" and "stopped sending for 1.5 s" in s.error["message"], s.error
-    assert await _wait_for(lambda: up.cancelled == 1), "the gateway kept the stalled upstream request open"
+    assert await wait_for(lambda: up.cancelled == 1), "the gateway kept the stalled upstream request open"
 
 
 async def test_non_streaming_hang_is_json_error(start_upstream, start_gateway):
@@ -116,12 +116,4 @@ async def test_200_that_is_not_an_sse_stream(start_upstream, start_gateway, line
     assert (await open_stream(gw, body())).text == "fine again"
 
 
-async def _wait_for(predicate, timeout: float = 2.0) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
