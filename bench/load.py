@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import os
 import platform
-import signal
 import statistics
 import sys
 import tempfile
@@ -28,7 +26,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
 from claude_code_request import build_request, claude_code_headers  # noqa: E402
-from run import (TOKEN, Proc, _RUNNING, _pct, cpu_ticks, free_port, gateway_argv, gateway_toml,  # noqa: E402
+from run import (TOKEN, Proc, _pct, run_main, cpu_ticks, free_port, gateway_argv, gateway_toml,  # noqa: E402
                  rss_mb, wait_http)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -194,16 +192,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _stop_all() -> None:
-    for proc in reversed(list(_RUNNING)):
-        proc.stop()
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    atexit.register(_stop_all)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a killed run still stops its children
-    return asyncio.run(amain(args))
+    return run_main(amain, parse_args(argv))
 
 
 if __name__ == "__main__":

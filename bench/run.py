@@ -501,11 +501,15 @@ def _stop_all() -> None:
         proc.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_main(amain_fn, args) -> int:
+    """Run a benchmark's async main so that every process it started is stopped, even when killed."""
     atexit.register(_stop_all)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a killed run still stops its children
-    return asyncio.run(amain(args))
+    return asyncio.run(amain_fn(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(amain, parse_args(argv))
 
 
 if __name__ == "__main__":
