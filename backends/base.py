@@ -57,7 +57,8 @@ class Backend(ABC):
 
     @abstractmethod
     def stream(self, req: BackendRequest) -> AsyncIterator[Event]:
-        """Generate: yields Started first, then content events, usage and Stop."""
+        """Generate: yields Started first, then content events, usage and Stop; an item may also be a
+        list of events (those of one upstream read), which the gateway writes out in one go."""
 
     @abstractmethod
     async def count_tokens(self, req: BackendRequest) -> TokenCount:

@@ -113,29 +113,42 @@ class OpenAIBackend(Backend):
         self.reachable = True
         yield Started()
         translator = ChunkTranslator(breq.request)
-        finished = False
+        finished = ended = False
         try:
-            async for line in sse_lines(resp):
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    finished = True
-                    break
+            # All complete lines of one network read are decoded together and their events go out
+            # as one list (one socket write downstream): fewer generator hops and send() calls per
+            # chunk, and nothing waits for a later read, so streaming latency is unchanged.
+            async for lines in sse_reads(resp):
+                batch: list[Event] = []
                 try:
-                    chunk = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    chunk = self._decode_lenient(data)
-                if not isinstance(chunk, dict):
-                    raise GatewayError(500, f"backend '{self.name}' sent a non-object stream chunk: "
-                                            f"{data[:200].decode(errors='replace')!r}")
-                for ev in translator.feed(chunk):
-                    yield ev
-                if translator.done:
-                    finished = True
+                    for line in lines:
+                        if not line.startswith(b"data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == b"[DONE]":
+                            finished = ended = True
+                            break
+                        try:
+                            chunk = orjson.loads(data)
+                        except orjson.JSONDecodeError:
+                            chunk = self._decode_lenient(data)
+                        if not isinstance(chunk, dict):
+                            raise GatewayError(500, f"backend '{self.name}' sent a non-object stream chunk: "
+                                                    f"{data[:200].decode(errors='replace')!r}")
+                        batch += translator.feed(chunk)
+                        if translator.done:
+                            finished = ended = True
+                            break
+                        if chunk.get("choices") and chunk["choices"][0].get("finish_reason"):
+                            finished = True
+                except Exception:
+                    if batch:  # what came before the bad chunk still goes out first
+                        yield batch
+                    raise
+                if batch:
+                    yield batch
+                if ended:
                     break
-                if chunk.get("choices") and chunk["choices"][0].get("finish_reason"):
-                    finished = True
             if not finished:
                 raise GatewayError(500, f"backend '{self.name}' closed its stream before finishing")
             for ev in translator.finish():
@@ -266,7 +279,15 @@ class OpenAIBackend(Backend):
 
 
 async def sse_lines(resp: httpx2.Response) -> AsyncIterator[bytes]:
-    """The body's lines as bytes, cut where SSE cuts them (CRLF, LF or CR) and nowhere else.
+    """The body's lines one by one (see sse_reads)."""
+    async for lines in sse_reads(resp):
+        for line in lines:
+            yield line
+
+
+async def sse_reads(resp: httpx2.Response) -> AsyncIterator[list[bytes]]:
+    """The complete lines of each network read, as bytes, cut where SSE cuts them (CRLF, LF or CR)
+    and nowhere else.
 
     httpx's aiter_lines uses str.splitlines, which also cuts at U+2028, U+2029 and U+0085: JSON
     carries those unescaped inside strings, so a chunk holding one arrived in two pieces. Bytes also
@@ -285,11 +306,11 @@ async def sse_lines(resp: httpx2.Response) -> AsyncIterator[bytes]:
                 data = data[:-1] + b"\r"
         lines = data.split(b"\n")
         pending = lines.pop()
-        for line in lines:
-            yield line.decode(charset, "replace").encode() if transcode else line
+        if lines:
+            yield [line.decode(charset, "replace").encode() for line in lines] if transcode else lines
     if pending:
         line = pending[:-1] if pending.endswith(b"\r") else pending
-        yield line.decode(charset, "replace").encode() if transcode else line
+        yield [line.decode(charset, "replace").encode() if transcode else line]
 
 
 def _int(value: object) -> int | None:

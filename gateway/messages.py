@@ -38,7 +38,6 @@ async def read_body(request: web.Request, record: RequestRecord) -> object:
         record.body = raw.decode("utf-8", "replace")  # logged as text, so even this request can be replayed
         raise
     record.body = body
-    record.body_raw = raw  # valid JSON: the log line copies these bytes rather than re-encoding the body
     return body
 
 
