@@ -1,9 +1,9 @@
 """An append-only line file written by one background thread, with size-based rotation.
 
 Callers hand over whole lines (bytes ending in a newline) and never wait on the disk. The
-thread writes each line with a single `os.write` on an O_APPEND descriptor, so lines never
-interleave and a crash can cut at most the line being written: every earlier line is already
-whole in the file (the page cache survives a process crash).
+thread writes the lines queued so far with a single `os.write` on an O_APPEND descriptor, so
+lines never interleave and a crash can cut at most the last line being written: every earlier
+line is already whole in the file (the page cache survives a process crash).
 
 Rotation (when `max_bytes` > 0): before a line would push the file past `max_bytes`, the file
 becomes PATH.1 (PATH.1.gz when compressing), older ones shift to PATH.2 … PATH.keep, and the
@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 
 _STOP = object()
+_BATCH_BYTES = 4 << 20  # one write takes at most this much (and whatever line crosses the mark)
 
 
 class RotatingFile:
@@ -34,12 +35,13 @@ class RotatingFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = self._open()
         self.size = os.fstat(self._fd).st_size
+        self._compressor: threading.Thread | None = None
 
     def _open(self) -> int:
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def write(self, line: bytes) -> None:
-        """Append one whole line, rotating first when it would overflow the size limit."""
+        """Append whole lines (one or several), rotating first when they would overflow the size limit."""
         if self.max_bytes and self.size and self.size + len(line) > self.max_bytes:
             self.rotate()
         view = memoryview(line)
@@ -50,6 +52,7 @@ class RotatingFile:
 
     def rotate(self) -> None:
         """PATH → PATH.1[.gz], PATH.i → PATH.i+1, dropping anything beyond `keep`."""
+        self._wait_compressor()  # the previous PATH.1 must be PATH.1.gz before it moves on
         os.close(self._fd)
         base = str(self.path)
         for suffix in ("", ".gz"):
@@ -60,11 +63,15 @@ class RotatingFile:
                     os.replace(f"{base}.{i}{suffix}", f"{base}.{i + 1}{suffix}")
         if self.keep >= 1:
             os.replace(base, f"{base}.1")
-            if self.compress:
-                _gzip_file(f"{base}.1")
         else:
             _remove(base)
-        self._drop_beyond_keep()
+        self._drop_beyond_keep()  # before the compressor's PATH.1.gz.tmp exists
+        if self.keep >= 1 and self.compress:
+            # Compressing 64 MB takes about a second; meanwhile the writer keeps appending to
+            # the new file instead of letting queued lines pile up in memory.
+            self._compressor = threading.Thread(target=_gzip_file, args=(f"{base}.1",),
+                                                name="request-log-gzip", daemon=True)
+            self._compressor.start()
         self._fd = self._open()
         self.size = os.fstat(self._fd).st_size
 
@@ -77,7 +84,13 @@ class RotatingFile:
             if m and (int(m.group(1)) > self.keep or m.group(2) == ".gz.tmp"):
                 _remove(str(entry))
 
+    def _wait_compressor(self) -> None:
+        if self._compressor is not None:
+            self._compressor.join()
+            self._compressor = None
+
     def close(self) -> None:
+        self._wait_compressor()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -124,12 +137,29 @@ class LineWriter:
         self._queue.put(line)
 
     def _run(self) -> None:
-        while True:
-            line = self._queue.get()
-            if line is _STOP:
-                return
+        stop = False
+        while not stop:
+            batch = [self._queue.get()]
+            # Take everything queued meanwhile and write it in one go: this thread gets the GIL
+            # only every few milliseconds while the event loop is busy, and one line per turn
+            # let the queue (≈85 KB per Claude Code line) grow without bound under load.
+            size = len(batch[0]) if batch[0] is not _STOP else 0
+            while size < _BATCH_BYTES:
+                try:
+                    line = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                batch.append(line)
+                if line is _STOP:
+                    break
+                size += len(line)
+            if batch[-1] is _STOP:
+                stop = True
+                batch.pop()
+            if not batch:
+                continue
             try:
-                self.file.write(line)
+                self.file.write(b"".join(batch))
             except OSError as exc:  # disk full, permissions: report once, keep serving requests
                 if not self._failed:
                     self._failed = True
