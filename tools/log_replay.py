@@ -141,10 +141,17 @@ def cmd_records(args, files, flt, as_json: bool, command: str | None) -> int:
     return 0
 
 
-def cmd_show(args, files, as_json: bool) -> int:
-    found = find_record(files, args.id)
+def _find(files, request_id: str):
+    """(line, record) for `request_id`, or None after saying on stderr that it is not there."""
+    found = find_record(files, request_id)
     if found is None:
-        print(f"log_replay: no record with request_id {args.id} in {', '.join(map(str, files))}", file=sys.stderr)
+        print(f"log_replay: no record with request_id {request_id} in {', '.join(map(str, files))}", file=sys.stderr)
+    return found
+
+
+def cmd_show(args, files, as_json: bool) -> int:
+    found = _find(files, args.id)
+    if found is None:
         return 1
     line, rec = found
     _out(line if as_json else orjson.dumps(rec, option=orjson.OPT_INDENT_2) + b"\n")
@@ -152,9 +159,8 @@ def cmd_show(args, files, as_json: bool) -> int:
 
 
 def cmd_curl(args, files, cfg: dict) -> int:
-    found = find_record(files, args.id)
+    found = _find(files, args.id)
     if found is None:
-        print(f"log_replay: no record with request_id {args.id}", file=sys.stderr)
         return 1
     rec = found[1]
     if rec.get("body") is None and rec.get("method") not in ("GET", "HEAD"):
