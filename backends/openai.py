@@ -278,13 +278,6 @@ class OpenAIBackend(Backend):
         return data
 
 
-async def sse_lines(resp: httpx2.Response) -> AsyncIterator[bytes]:
-    """The body's lines one by one (see sse_reads)."""
-    async for lines in sse_reads(resp):
-        for line in lines:
-            yield line
-
-
 async def sse_reads(resp: httpx2.Response) -> AsyncIterator[list[bytes]]:
     """The complete lines of each network read, as bytes, cut where SSE cuts them (CRLF, LF or CR)
     and nowhere else.
