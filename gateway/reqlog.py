@@ -90,10 +90,6 @@ class RequestRecord:
             data["body"] = self.body
         return data
 
-    def to_json(self, with_body: bool, secrets: tuple[str, ...] = ()) -> bytes:
-        """The log line (without the newline), secrets scrubbed."""
-        return LineRenderer(secrets).render(self.to_dict(with_body))
-
 
 def redact_headers(headers) -> dict[str, str]:
     """Request headers with credentials replaced."""

@@ -6,7 +6,7 @@ import json
 import orjson
 import pytest
 
-from gateway.reqlog import RequestRecord
+from gateway.reqlog import LineRenderer, RequestRecord
 
 SECRET = "sk-ab/c"
 
@@ -14,7 +14,7 @@ SECRET = "sk-ab/c"
 def _line(raw: bytes, secrets: tuple[str, ...] = (SECRET,)) -> bytes:
     rec = RequestRecord(request_id="req_1", method="POST", path="/v1/messages", status=200)
     rec.body = orjson.loads(raw)
-    return rec.to_json(with_body=True, secrets=secrets)
+    return LineRenderer(secrets).render(rec.to_dict(with_body=True))
 
 
 def test_raw_body_is_logged_as_the_same_value_on_one_line():
