@@ -70,8 +70,6 @@ class PromptCache:
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self.entries: list[CacheEntry] = []
-        self.hits = 0
-        self.misses = 0
 
     @property
     def nbytes(self) -> int:
@@ -92,17 +90,13 @@ class PromptCache:
                 best, best_n = e, n
         limit = min(best_n, len(tokens) - 1)
         if best is None or limit <= 0:
-            self.misses += 1
             return CacheHit(None, 0)
         if limit < len(best.tokens) and not _trimmable(best.layers):
-            self.misses += 1
             return CacheHit(None, 0)
         layers = _view(best.layers, limit)
         if layers is None:
-            self.misses += 1
             return CacheHit(None, 0)
         best.last_used = time.monotonic()
-        self.hits += 1
         return CacheHit(layers, limit)
 
     def insert(self, model: str, tokens: list[int], layers: list[Any], session: str | None) -> None:

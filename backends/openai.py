@@ -62,7 +62,6 @@ class OpenAIBackend(Backend):
         self._discovered: list[ModelInfo] = []
         self._discovered_at = 0.0
         self._discovery_lock = asyncio.Lock()
-        self.reachable: bool | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -103,14 +102,11 @@ class OpenAIBackend(Backend):
                 raise GatewayError(500, f"backend '{self.name}' ({self.api_base}) did not answer within "
                                         f"{self.config.timeout_s:g} s") from None
             # The aiohttp transport reports a refused connect as ConnectTimeout: say what happened.
-            self.reachable = False
             raise GatewayError(500, f"backend '{self.name}' at {self.api_base} is not reachable: "
                                     f"{_cause(exc)}") from None
         except openai.APIConnectionError as exc:
-            self.reachable = False
             raise GatewayError(500, f"backend '{self.name}' at {self.api_base} is not reachable: "
                                     f"{_cause(exc)}") from None
-        self.reachable = True
         yield Started()
         translator = ChunkTranslator(breq.request)
         finished = ended = False
@@ -240,12 +236,7 @@ class OpenAIBackend(Backend):
             if not force and time.monotonic() - self._discovered_at < DISCOVERY_TTL_S:
                 return self._discovered
             self._discovered_at = time.monotonic()
-            try:
-                payload = await self.get_json(self.api_base + "/models")
-            except BackendUnavailable:
-                self.reachable = False
-                raise
-            self.reachable = True
+            payload = await self.get_json(self.api_base + "/models")
             self._discovered = [self._model_info(item) for item in payload.get("data", [])
                                 if isinstance(item, dict) and isinstance(item.get("id"), str)]
             await self.after_discovery()

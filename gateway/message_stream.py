@@ -50,7 +50,6 @@ class MessageStream:
         self.model = model
         self.show_thinking = show_thinking
         self.usage = Usage(input_tokens=max(1, input_tokens))
-        self._start_input_tokens = self.usage.input_tokens
         self._index = -1
         self._open: str | None = None  # type of the open block: text | thinking | tool_use
         self._pending_ws = ""  # leading whitespace of a text block not yet worth opening

@@ -11,9 +11,6 @@ from dataclasses import asdict, dataclass, field
 import aiohttp
 import orjson
 
-# Regression kinds (always counted) and the extra ones --strict adds.
-REGRESSIONS = ("failed", "stream_error", "tools_lost", "truncated")
-STRICT = ("status_changed", "stop_reason_changed", "tools_changed")
 
 
 @dataclass
