@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 from aiohttp import web
 
@@ -29,6 +29,12 @@ class Script:
     stop_reason: str | None = None  # vLLM's choice.stop_reason
     raw_lines: list[str] | None = None  # send these SSE lines verbatim instead
     die_mid: bool = False  # drop the connection after the deltas
+    # Hostile upstreams: the streamed body as raw byte pieces (a 50 MB line, an endless answer),
+    # produced lazily so the test never holds it whole; an error body sent verbatim; an error
+    # message that quotes the Authorization header the request carried.
+    body_pieces: Callable[[], Iterable[bytes]] | None = None
+    fail_body: bytes | None = None
+    fail_quotes_auth: bool = False
 
 
 def TEXT(s: str, pieces: int | None = None) -> Script:
@@ -207,6 +213,11 @@ class Upstream:
             await asyncio.sleep(script.headers_delay_s)
         if script.fail_status:
             headers = {"retry-after": script.retry_after} if script.retry_after else {}
+            if script.fail_body is not None:
+                return web.Response(body=script.fail_body, status=script.fail_status,
+                                    headers={**headers, "Content-Type": "application/json"})
+            if script.fail_quotes_auth:
+                script.fail_message = f"invalid credentials: {request.headers.get('Authorization')!r}"
             return web.json_response({"error": {"message": script.fail_message, "type": "server_error",
                                                 "code": script.fail_status}},
                                      status=script.fail_status, headers=headers)
@@ -224,6 +235,16 @@ class Upstream:
         base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": body.get("model")}
         try:
+            if script.body_pieces is not None:
+                for piece in script.body_pieces():
+                    try:
+                        await resp.write(piece)
+                    except ConnectionResetError:  # the gateway hung up on it, as it should
+                        self.cancelled += 1
+                        return resp
+                await resp.write_eof()
+                self.completed += 1
+                return resp
             if script.raw_lines is not None:
                 for line in script.raw_lines:
                     await resp.write(line.encode() + b"\n\n")
