@@ -121,6 +121,7 @@ class Upstream:
         self.context = context
         self.slots = slots
         self.api_key = api_key
+        self.quote_auth = False  # a hostile 401: its message quotes the Authorization it got
         self.scripts: list[Script] = []
         self.default: Script | Callable[[dict], Script] = TEXT("Hello there!")
         self.received: list[dict] = []
@@ -164,7 +165,9 @@ class Upstream:
 
     def _auth_failed(self, request: web.Request) -> web.Response | None:
         if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return web.json_response({"error": {"message": "Invalid API key", "type": "invalid_request_error"}},
+            message = (f"Invalid API key: {request.headers.get('Authorization')!r}" if self.quote_auth
+                       else "Invalid API key")
+            return web.json_response({"error": {"message": message, "type": "invalid_request_error"}},
                                      status=401)
         return None
 
