@@ -98,94 +98,91 @@ class OpenAIBackend(Backend):
         """Server-specific request fields (subclasses add theirs)."""
         return {}
 
-    async def stream(self, breq: BackendRequest) -> AsyncIterator[Event]:
+    async def stream(self, breq: BackendRequest) -> AsyncIterator[Event | list[Event]]:
         try:
-            async for item in self._stream(breq):
-                yield item
-        except GatewayError as err:  # upstream text may quote our key back (an echoed Authorization)
-            err.message = scrub(err.message, self.secrets)
-            raise
-
-    async def _stream(self, breq: BackendRequest) -> AsyncIterator[Event | list[Event]]:
-        extra = dict(self.config.extra_body)
-        extra.update(self.extra_fields(breq))
-        body = to_openai(breq, self.dialect, extra)
-        try:
-            resp = await self.client.post(
-                "/chat/completions", cast_to=httpx2.Response,
-                content=orjson.dumps(body), options={"headers": {"Content-Type": "application/json"}},
-                stream=True)
-        except _Refused as exc:
-            raise exc.error from None
-        except openai.APITimeoutError as exc:
-            if not _refused(exc):
-                raise GatewayError(500, f"backend '{self.name}' ({self.api_base}) did not answer within "
-                                        f"{self.config.timeout_s:g} s") from None
-            # The aiohttp transport reports a refused connect as ConnectTimeout: say what happened.
-            raise GatewayError(500, f"backend '{self.name}' at {self.api_base} is not reachable: "
-                                    f"{_cause(exc)}") from None
-        except openai.APIConnectionError as exc:
-            raise GatewayError(500, f"backend '{self.name}' at {self.api_base} is not reachable: "
-                                    f"{_cause(exc)}") from None
-        yield Started()
-        translator = ChunkTranslator(breq.request)
-        finished = ended = False
-        answer_chars = 0
-        try:
-            # All complete lines of one network read are decoded together and their events go out
-            # as one list (one socket write downstream): fewer generator hops and send() calls per
-            # chunk, and nothing waits for a later read, so streaming latency is unchanged.
-            async for lines in sse_reads(resp, MAX_LINE_BYTES):
-                batch: list[Event] = []
-                try:
-                    for line in lines:
-                        if not line.startswith(b"data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == b"[DONE]":
-                            finished = ended = True
-                            break
-                        try:
-                            chunk = orjson.loads(data)
-                        except orjson.JSONDecodeError:
-                            chunk = self._decode_lenient(data)
-                        if not isinstance(chunk, dict):
-                            raise GatewayError(500, f"backend '{self.name}' sent a non-object stream chunk: "
-                                                    f"{data[:200].decode(errors='replace')!r}")
-                        events = translator.feed(chunk)
-                        answer_chars += _content_chars(events)
-                        if answer_chars > MAX_ANSWER_CHARS:
-                            raise GatewayError(500, f"backend '{self.name}' sent an answer longer than "
-                                                    f"{MAX_ANSWER_CHARS} characters; it was cut off there")
-                        batch += events
-                        if translator.done:
-                            finished = ended = True
-                            break
-                        if chunk.get("choices") and chunk["choices"][0].get("finish_reason"):
-                            finished = True
-                except Exception:
-                    if batch:  # what came before the bad chunk still goes out first
+            extra = dict(self.config.extra_body)
+            extra.update(self.extra_fields(breq))
+            body = to_openai(breq, self.dialect, extra)
+            try:
+                resp = await self.client.post(
+                    "/chat/completions", cast_to=httpx2.Response,
+                    content=orjson.dumps(body), options={"headers": {"Content-Type": "application/json"}},
+                    stream=True)
+            except _Refused as exc:
+                raise exc.error from None
+            except openai.APITimeoutError as exc:
+                if not _refused(exc):
+                    raise GatewayError(500, f"backend '{self.name}' ({self.api_base}) did not answer within "
+                                            f"{self.config.timeout_s:g} s") from None
+                # The aiohttp transport reports a refused connect as ConnectTimeout: say what happened.
+                raise GatewayError(500, f"backend '{self.name}' at {self.api_base} is not reachable: "
+                                        f"{_cause(exc)}") from None
+            except openai.APIConnectionError as exc:
+                raise GatewayError(500, f"backend '{self.name}' at {self.api_base} is not reachable: "
+                                        f"{_cause(exc)}") from None
+            yield Started()
+            translator = ChunkTranslator(breq.request)
+            finished = ended = False
+            answer_chars = 0
+            try:
+                # All complete lines of one network read are decoded together and their events go out
+                # as one list (one socket write downstream): fewer generator hops and send() calls per
+                # chunk, and nothing waits for a later read, so streaming latency is unchanged.
+                async for lines in sse_reads(resp, MAX_LINE_BYTES):
+                    batch: list[Event] = []
+                    try:
+                        for line in lines:
+                            if not line.startswith(b"data:"):
+                                continue
+                            data = line[5:].strip()
+                            if data == b"[DONE]":
+                                finished = ended = True
+                                break
+                            try:
+                                chunk = orjson.loads(data)
+                            except orjson.JSONDecodeError:
+                                chunk = self._decode_lenient(data)
+                            if not isinstance(chunk, dict):
+                                raise GatewayError(500, f"backend '{self.name}' sent a non-object stream chunk: "
+                                                        f"{data[:200].decode(errors='replace')!r}")
+                            events = translator.feed(chunk)
+                            answer_chars += _content_chars(events)
+                            if answer_chars > MAX_ANSWER_CHARS:
+                                raise GatewayError(500, f"backend '{self.name}' sent an answer longer than "
+                                                        f"{MAX_ANSWER_CHARS} characters; it was cut off there")
+                            batch += events
+                            if translator.done:
+                                finished = ended = True
+                                break
+                            if chunk.get("choices") and chunk["choices"][0].get("finish_reason"):
+                                finished = True
+                    except Exception:
+                        if batch:  # what came before the bad chunk still goes out first
+                            yield batch
+                        raise
+                    if batch:
                         yield batch
-                    raise
-                if batch:
-                    yield batch
-                if ended:
-                    break
-            if not finished:
-                raise GatewayError(500, f"backend '{self.name}' closed its stream before finishing")
-            for ev in translator.finish():
-                yield ev
-        except LineTooLong as exc:
-            raise GatewayError(500, f"backend '{self.name}' sent {exc}; the answer was cut off there") from None
-        except UpstreamStreamError as exc:
-            raise self._context_error(from_upstream(exc.status or 500,
-                                                    f"backend '{self.name}': {shorten(str(exc))}")) from None
-        except httpx2.TimeoutException:
-            raise GatewayError(500, f"backend '{self.name}' stopped sending for {self.config.timeout_s:g} s") from None
-        except httpx2.HTTPError as exc:
-            raise GatewayError(500, f"backend '{self.name}' connection failed mid-stream: {exc or type(exc).__name__}") from None
-        finally:
-            await resp.aclose()
+                    if ended:
+                        break
+                if not finished:
+                    raise GatewayError(500, f"backend '{self.name}' closed its stream before finishing")
+                for ev in translator.finish():
+                    yield ev
+            except LineTooLong as exc:
+                raise GatewayError(500, f"backend '{self.name}' sent {exc}; the answer was cut off there") from None
+            except UpstreamStreamError as exc:
+                raise self._context_error(from_upstream(exc.status or 500,
+                                                        f"backend '{self.name}': {shorten(str(exc))}")) from None
+            except httpx2.TimeoutException:
+                raise GatewayError(500, f"backend '{self.name}' stopped sending for "
+                                        f"{self.config.timeout_s:g} s") from None
+            except httpx2.HTTPError as exc:
+                raise GatewayError(500, f"backend '{self.name}' connection failed mid-stream: "
+                                        f"{exc or type(exc).__name__}") from None
+            finally:
+                await resp.aclose()
+        except GatewayError as err:  # upstream text may quote our key back (an echoed Authorization)
+            raise GatewayError(err.status, scrub(err.message, self.secrets), err.type, err.headers) from None
 
     def _decode_lenient(self, data: bytes) -> object:
         """A chunk that is not valid UTF-8 JSON: read it as a text decoder would (bad bytes → U+FFFD)."""
