@@ -179,6 +179,23 @@ async def test_line_just_under_the_cap_is_an_answer(start_upstream, tmp_path):
     probe.check()
 
 
+async def test_line_breaks_split_across_reads(start_upstream, start_gateway):
+    """The linear reader still cuts lines exactly where SSE does when a CRLF, a CR, or a line is
+    split between network reads (each piece below is written, then the upstream pauses)."""
+    from tests.compat_helpers import start_stack
+    from tests.sse_checks import open_stream
+    up, gw = await start_stack(start_upstream, start_gateway)
+    one, two = _frame({"content": "one "})[:-2], _frame({"content": "two \u2028"})[:-2]
+    three = _frame({"content": "three"})[:-2]
+    text = one + b"\r\n\r\n" + two + b"\r\r" + three + b"\n\n" + FINISH
+    cuts = [len(one) + 1, len(one) + 3, len(one) + 10, len(one) + 4 + len(two) + 1, len(text) - 20]
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    assert b"".join(pieces) == text and pieces[0].endswith(b"\r") and pieces[1].startswith(b"\n")
+    up.push(Script(body_pieces=lambda: pieces, delay_s=0.02))
+    s = await open_stream(gw, body())
+    assert s.text == "one two \u2028three" and s.error is None
+
+
 # -- answers that never end ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["text", "tool_arguments", "thinking"])

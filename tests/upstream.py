@@ -245,6 +245,8 @@ class Upstream:
                     except ConnectionResetError:  # the gateway hung up on it, as it should
                         self.cancelled += 1
                         return resp
+                    if script.delay_s:  # pieces in separate network reads
+                        await asyncio.sleep(script.delay_s)
                 await resp.write_eof()
                 self.completed += 1
                 return resp
