@@ -10,6 +10,7 @@ import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
@@ -19,6 +20,9 @@ from tests.compat_helpers import backend_table, body, with_server
 from tests.conftest import gateway_config, parse_sse
 from tests.gateway_process import GatewayProcess, free_port, start_serve
 from tests.upstream import Script
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11+; annotations are not evaluated here
 
 # A loop blocked by one request shows as one slow GET /. The quadratic buffering took GET / to
 # seconds (timeouts at 5 s); the bound leaves room for a shared, busy test machine.
@@ -65,7 +69,7 @@ class LoopProbe:
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
 
-    async def __aenter__(self) -> LoopProbe:
+    async def __aenter__(self) -> Self:
         self._task = asyncio.ensure_future(self._run())
         await asyncio.sleep(0.1)
         return self
@@ -121,12 +125,11 @@ def peak_rss_mb(gp: GatewayProcess) -> float:
 
 async def post(gp: GatewayProcess, payload: dict) -> tuple[int, str, float]:
     t0 = time.perf_counter()
-    async with aiohttp.ClientSession() as session:
-        async with session.post(gp.url + "/v1/messages", json=payload,
-                                headers={"anthropic-version": "2023-06-01"},
-                                timeout=aiohttp.ClientTimeout(total=60)) as resp:
-            text = await resp.text()
-            return resp.status, text, time.perf_counter() - t0
+    async with aiohttp.ClientSession() as session, session.post(
+            gp.url + "/v1/messages", json=payload, headers={"anthropic-version": "2023-06-01"},
+            timeout=aiohttp.ClientTimeout(total=60)) as resp:
+        text = await resp.text()
+        return resp.status, text, time.perf_counter() - t0
 
 
 def stream_error(text: str) -> dict:
@@ -170,9 +173,8 @@ async def test_line_just_under_the_cap_is_an_answer(start_upstream, tmp_path):
                                    "function": {"name": "Write", "arguments": args}}]})
     assert len(line) < MAX_LINE_BYTES
     up.push(Script(body_pieces=lambda: [line[i:i + 65536] for i in range(0, len(line), 65536)] + [FINISH]))
-    async with served(tmp_path, up) as gp:
-        async with LoopProbe(gp.url) as probe:
-            status, text, _ = await post(gp, body())
+    async with served(tmp_path, up) as gp, LoopProbe(gp.url) as probe:
+        status, text, _ = await post(gp, body())
     assert status == 200, text[:300]
     block = json.loads(text)["content"][0]
     assert block["type"] == "tool_use" and block["input"] == {"content": content}
@@ -238,9 +240,8 @@ async def test_large_tool_arguments_in_small_fragments_are_linear(start_upstream
     n = 64 * 1000
     tail = _frame({"tool_calls": [{"index": 0, "function": {"arguments": '"}'}}]})
     up.push(Script(body_pieces=many_frames(frame, n * len(frame), head=head, tail=tail)))
-    async with served(tmp_path, up) as gp:
-        async with LoopProbe(gp.url) as probe:
-            status, text, elapsed = await post(gp, body(stream=True))
+    async with served(tmp_path, up) as gp, LoopProbe(gp.url) as probe:
+        status, text, elapsed = await post(gp, body(stream=True))
     assert status == 200
     frames = parse_sse(text)
     assert frames[-1][0] == "message_stop", frames[-1]
@@ -260,10 +261,9 @@ async def test_whitespace_only_answer_is_linear(start_upstream, tmp_path, lead):
     frame = _frame({"content": " " * 1000})
     frames = 47 * 64  # whole writes of many_frames
     up.push(Script(body_pieces=many_frames(frame, frames * len(frame), head=head, tail=_frame({"content": "end"}))))
-    async with served(tmp_path, up) as gp:
-        async with LoopProbe(gp.url) as probe:
-            status, text, elapsed = await post(gp, body(thinking={"type": "enabled", "budget_tokens": 1024},
-                                                        max_tokens=2048))
+    async with served(tmp_path, up) as gp, LoopProbe(gp.url) as probe:
+        status, text, elapsed = await post(gp, body(thinking={"type": "enabled", "budget_tokens": 1024},
+                                                    max_tokens=2048))
     assert status == 200, text[:300]
     content = json.loads(text)["content"]
     kinds = [b["type"] for b in content]
@@ -282,9 +282,8 @@ async def test_context_error_text_is_read_without_backtracking(start_upstream, t
     as `prompt is too long`, the upstream text shortened, the loop free."""
     up = await start_upstream("openai")
     up.push(Script(fail_status=400, fail_message="This model's maximum context length is 5 " + "1" * (112 * 1024)))
-    async with served(tmp_path, up) as gp:
-        async with LoopProbe(gp.url) as probe:
-            status, text, elapsed = await post(gp, body())
+    async with served(tmp_path, up) as gp, LoopProbe(gp.url) as probe:
+        status, text, elapsed = await post(gp, body())
     assert status == 400, text[:300]
     err = json.loads(text)["error"]
     assert err["type"] == "invalid_request_error" and err["message"].startswith("prompt is too long")
@@ -298,8 +297,8 @@ async def test_context_error_numbers_still_read(start_upstream, start_gateway):
     from tests.compat_helpers import assert_error, start_stack
     up, gw = await start_stack(start_upstream, start_gateway)
     for message, expected in [
-        ("This model's maximum context length is 4096 tokens. However, you requested 5000 tokens "
-         "(4000 in the messages, 1000 in the completion).", "4000 tokens > 4096 maximum"),
+        (("This model's maximum context length is 4096 tokens. However, you requested 5000 tokens "
+          "(4000 in the messages, 1000 in the completion)."), "4000 tokens > 4096 maximum"),
         ("maximum context length is 8192 tokens, but the prompt contains at least 9001 tokens", "9001 tokens > 8192"),
         ("maximum context length is 8192 tokens; 9100 tokens in the messages", "9100 tokens > 8192"),
     ]:

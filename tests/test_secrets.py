@@ -11,7 +11,13 @@ import aiohttp
 import pytest
 
 from gateway.config import ConfigError, parse_config
-from tests.compat_helpers import assert_error, backend_table, body, start_stack, with_server
+from tests.compat_helpers import (
+    assert_error,
+    backend_table,
+    body,
+    start_stack,
+    with_server,
+)
 from tests.conftest import gateway_config
 from tests.gateway_process import free_port, start_serve
 from tests.logtools import wait_records
@@ -159,9 +165,9 @@ async def test_console_lines_never_carry_a_secret(start_upstream, tmp_path):
                        b"Authorization: " + b"a" * 85 + GW_TOKEN.encode() + b" " * 9000):
             out = await _raw_request(gp.url, header)
             assert out.startswith(b"HTTP/1.") and b" 400 " in out.split(b"\r\n")[0], out[:200]
-        async with aiohttp.ClientSession() as session:
-            async with session.post(gp.url + "/v1/messages", json=body(), headers={"x-api-key": GW_TOKEN}) as resp:
-                assert resp.status == 200, await resp.text()
+        async with aiohttp.ClientSession() as session, session.post(
+                gp.url + "/v1/messages", json=body(), headers={"x-api-key": GW_TOKEN}) as resp:
+            assert resp.status == 200, await resp.text()
         await asyncio.sleep(0.3)
     finally:
         await gp.stop()
