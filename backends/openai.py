@@ -36,7 +36,7 @@ PROBE_TIMEOUT_S = 3.0
 MAX_LINE_BYTES = 4 * 1024 * 1024
 MAX_ANSWER_CHARS = 4 * 1024 * 1024  # text, thinking and tool arguments together
 MAX_ERROR_BYTES = 64 * 1024  # of an error response body
-MAX_JSON_BYTES = 32 * 1024 * 1024  # of a /models, /props or /tokenize answer (token lists are long)
+MAX_JSON_BYTES = 8 * 1024 * 1024  # of a /models, /props or /tokenize answer (token lists are long)
 
 
 def split_base_url(url: str) -> tuple[str, str]:

@@ -231,13 +231,13 @@ async def test_endless_answer_is_cut_at_the_answer_cap(start_upstream, tmp_path,
 
 
 async def test_large_tool_arguments_in_small_fragments_are_linear(start_upstream, tmp_path):
-    """3 MB of tool arguments in 3-byte fragments (1M chunks, below the answer cap) arrive whole in
-    a time linear in their size, the loop free meanwhile."""
+    """2 MB of tool arguments in 8-byte fragments (256k chunks, below the answer cap) arrive whole,
+    streamed, in a time linear in their size, the loop free meanwhile."""
     up = await start_upstream("openai")
     head = _frame({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
                                    "function": {"name": "Write", "arguments": '{"content": "'}}]})
-    frame = _frame({"tool_calls": [{"index": 0, "function": {"arguments": "abc"}}]})
-    n = 64 * 1000
+    frame = _frame({"tool_calls": [{"index": 0, "function": {"arguments": "abcdefgh"}}]})
+    n = 64 * 4096
     tail = _frame({"tool_calls": [{"index": 0, "function": {"arguments": '"}'}}]})
     up.push(Script(body_pieces=many_frames(frame, n * len(frame), head=head, tail=tail)))
     async with served(tmp_path, up) as gp, LoopProbe(gp.url) as probe:
@@ -247,7 +247,7 @@ async def test_large_tool_arguments_in_small_fragments_are_linear(start_upstream
     assert frames[-1][0] == "message_stop", frames[-1]
     args = "".join(d["delta"]["partial_json"] for name, d in frames
                    if name == "content_block_delta" and d["delta"]["type"] == "input_json_delta")
-    assert json.loads(args) == {"content": "abc" * n}
+    assert json.loads(args) == {"content": "abcdefgh" * n}
     assert elapsed < 20, elapsed
     probe.check()
 
