@@ -31,9 +31,11 @@ log = structlog.get_logger("backends.openai")
 DISCOVERY_TTL_S = 30.0
 PROBE_TIMEOUT_S = 3.0
 # What a broken or hostile upstream may make the gateway hold. A line carries one chunk (a whole
-# tool call at most, for servers that do not stream arguments); an answer is bounded by max_tokens,
-# far below the cap. Both caps end the request with an api_error instead of stalling the server.
-MAX_LINE_BYTES = 4 * 1024 * 1024
+# tool call at most, for servers that do not stream arguments) and is decoded in one go on the
+# event loop, so its cap also bounds that pause; an answer is bounded by max_tokens, far below its
+# cap. Each cap ends the request with an api_error instead of stalling the server.
+MAX_LINE_BYTES = 1024 * 1024
+MAX_CALLS_PER_CHUNK = 64  # tool-call entries in one chunk (servers send one, or one per parallel call)
 MAX_ANSWER_CHARS = 4 * 1024 * 1024  # text, thinking and tool arguments together
 MAX_ERROR_BYTES = 64 * 1024  # of an error response body
 MAX_JSON_BYTES = 8 * 1024 * 1024  # of a /models, /props or /tokenize answer (token lists are long)
@@ -138,14 +140,7 @@ class OpenAIBackend(Backend):
                             if data == b"[DONE]":
                                 finished = ended = True
                                 break
-                            try:
-                                chunk = orjson.loads(data)
-                            except orjson.JSONDecodeError:
-                                chunk = self._decode_lenient(data)
-                            if not isinstance(chunk, dict):
-                                raise GatewayError(500, f"backend '{self.name}' sent a non-object stream chunk: "
-                                                        f"{data[:200].decode(errors='replace')!r}")
-                            events = translator.feed(chunk)
+                            chunk, events = self._events(translator, data)
                             answer_chars += _content_chars(events)
                             if answer_chars > MAX_ANSWER_CHARS:
                                 raise GatewayError(500, f"backend '{self.name}' sent an answer longer than "
@@ -183,6 +178,22 @@ class OpenAIBackend(Backend):
                 await resp.aclose()
         except GatewayError as err:  # upstream text may quote our key back (an echoed Authorization)
             raise GatewayError(err.status, scrub(err.message, self.secrets), err.type, err.headers) from None
+
+    def _events(self, translator: ChunkTranslator, data: bytes) -> tuple[dict, list[Event]]:
+        """One `data:` payload: the decoded chunk and its events; a clear error for a malformed one."""
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            chunk = self._decode_lenient(data)
+        if not isinstance(chunk, dict):
+            raise GatewayError(500, f"backend '{self.name}' sent a non-object stream chunk: "
+                                    f"{data[:200].decode(errors='replace')!r}")
+        _check_calls(chunk, self.name)
+        try:
+            return chunk, translator.feed(chunk)
+        except (AttributeError, TypeError, KeyError, IndexError):  # e.g. a list where "delta" belongs
+            raise GatewayError(500, f"backend '{self.name}' sent a malformed stream chunk: "
+                                    f"{data[:200].decode(errors='replace')!r}") from None
 
     def _decode_lenient(self, data: bytes) -> object:
         """A chunk that is not valid UTF-8 JSON: read it as a text decoder would (bad bytes → U+FFFD)."""
@@ -345,6 +356,18 @@ class _Refused(openai.OpenAIError):
 def basic_credentials(user: str, password: str) -> str:
     """The token of an `Authorization: Basic` header."""
     return base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+def _check_calls(chunk: dict, backend: str) -> None:
+    """A chunk naming thousands of tool calls would cost the loop a pause per call: refused first."""
+    choices = chunk.get("choices")
+    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+        return
+    delta = choices[0].get("delta")
+    calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+    if isinstance(calls, list) and len(calls) > MAX_CALLS_PER_CHUNK:
+        raise GatewayError(500, f"backend '{backend}' sent a chunk with {len(calls)} tool calls "
+                                f"(more than {MAX_CALLS_PER_CHUNK}); the answer was cut off there")
 
 
 def _content_chars(events: list[Event]) -> int:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import pytest
 
-from backends.openai import MAX_ANSWER_CHARS, MAX_LINE_BYTES
+from backends.openai import MAX_ANSWER_CHARS, MAX_CALLS_PER_CHUNK, MAX_LINE_BYTES
 from tests.compat_helpers import backend_table, body, with_server
 from tests.conftest import gateway_config, parse_sse
 from tests.gateway_process import GatewayProcess, free_port, start_serve
@@ -24,17 +24,18 @@ from tests.upstream import Script
 if TYPE_CHECKING:
     from typing import Self  # Python 3.11+; annotations are not evaluated here
 
-# A loop blocked by one request shows as one slow GET /. The quadratic buffering took GET / to
-# seconds (timeouts at 5 s); the bound leaves room for a shared, busy test machine.
-LATENCY_BOUND_S = 0.25
+# A loop blocked by one request shows as one slow GET /. Before the fixes these attacks held GET /
+# for 2.6 s to over 5 s (timeouts); unloaded it stays under ~15 ms, and the bound leaves room for
+# a shared, busy test machine.
+LATENCY_BOUND_S = 0.5
 BASE = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "test-model"}
 FINISH = (b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
           b'data: [DONE]\n\n')
 
 
 def _frame(delta: dict) -> bytes:
-    return b"data: " + json.dumps({**BASE, "choices": [{"index": 0, "delta": delta,
-                                                          "finish_reason": None}]}).encode() + b"\n\n"
+    return b"data: " + json.dumps({**BASE, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
+                                  separators=(",", ":")).encode() + b"\n\n"
 
 
 def one_line(total: int):
@@ -98,7 +99,8 @@ class LoopProbe:
 
     def check(self) -> None:
         assert len(self.latencies) >= 3, self.latencies
-        assert self.worst < LATENCY_BOUND_S, f"GET / took {self.worst * 1000:.0f} ms while the attack ran"
+        assert self.worst < LATENCY_BOUND_S, (f"GET / took {self.worst * 1000:.0f} ms while the attack ran "
+                                              f"(sample {self.latencies.index(self.worst)} of {len(self.latencies)})")
 
 
 @asynccontextmanager
@@ -167,7 +169,7 @@ async def test_line_just_under_the_cap_is_an_answer(start_upstream, tmp_path):
     """A big chunk that is still legitimate (a whole tool call in one line, as servers that do not
     stream arguments send it) goes through whole, without holding the loop."""
     up = await start_upstream("openai")
-    content = "y" * (3 * 1024 * 1024)
+    content = "y" * (MAX_LINE_BYTES - 1000)
     args = json.dumps({"content": content})
     line = _frame({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
                                    "function": {"name": "Write", "arguments": args}}]})
@@ -196,6 +198,40 @@ async def test_line_breaks_split_across_reads(start_upstream, start_gateway):
     up.push(Script(body_pieces=lambda: pieces, delay_s=0.02))
     s = await open_stream(gw, body())
     assert s.text == "one two \u2028three" and s.error is None
+
+
+async def test_tool_call_flood_in_one_chunk_is_refused(start_upstream, tmp_path):
+    """One chunk (under the line cap) naming 10000 tool calls would cost the loop a pause per call
+    (a third of a second per line): refused before it is translated."""
+    up = await start_upstream("openai")
+    calls = [{"index": i, "id": "c", "type": "function", "function": {"name": "w", "arguments": "{}"}}
+             for i in range(10000)]
+    line = _frame({"tool_calls": calls})
+    assert len(line) < MAX_LINE_BYTES
+    up.push(Script(body_pieces=lambda: [line] * 20 + [FINISH]))
+    async with served(tmp_path, up) as gp, LoopProbe(gp.url) as probe:
+        status, text, elapsed = await post(gp, body(stream=True))
+    assert status == 200
+    err = stream_error(text)
+    assert err["type"] == "api_error" and f"more than {MAX_CALLS_PER_CHUNK}" in err["message"], err
+    assert "content_block_start" not in text
+    probe.check()
+
+
+@pytest.mark.parametrize("chunk", ['{"choices":["x"]}', '{"choices":[{"delta":[1]}]}',
+                                   '{"choices":[{"delta":{"content":5}}]}',
+                                   '{"choices":[{"delta":{"tool_calls":["x"]}}]}', '{"choices":{"0":1}}'],
+                         ids=["choice-str", "delta-list", "content-int", "call-str", "choices-object"])
+async def test_malformed_chunk_shapes_are_a_clear_error(start_upstream, start_gateway, chunk):
+    """Valid JSON in the wrong shape ends the stream with an api_error naming the chunk (not an
+    internal error from deep inside the translator), after the text that came before it."""
+    from tests.compat_helpers import start_stack
+    from tests.sse_checks import open_stream
+    up, gw = await start_stack(start_upstream, start_gateway)
+    up.push(Script(raw_lines=[_frame({"content": "before "})[:-2].decode(), "data: " + chunk]))
+    s = await open_stream(gw, body(), ok=False)
+    assert s.text == "before "
+    assert s.error["type"] == "api_error" and "malformed stream chunk" in s.error["message"], s.error
 
 
 # -- answers that never end ----------------------------------------------------------------------
