@@ -282,4 +282,5 @@ def _split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
         return url, None
     userinfo, _, host = parts.netloc.rpartition("@")
     user, _, password = userinfo.partition(":")
-    return urlunsplit(parts._replace(netloc=host)), (unquote(user), unquote(password))
+    stripped = urlunsplit(parts._replace(netloc=host))
+    return stripped, ((unquote(user), unquote(password)) if user or password else None)
