@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import pytest
 
-from backends.openai import MAX_ANSWER_CHARS, MAX_CALLS_PER_CHUNK, MAX_LINE_BYTES
+from backends.openai import MAX_ANSWER_CHARS, MAX_CALLS_PER_CHUNK, MAX_JSON_BYTES, MAX_LINE_BYTES
 from tests.compat_helpers import backend_table, body, with_server
 from tests.conftest import gateway_config, parse_sse
 from tests.gateway_process import GatewayProcess, free_port, start_serve
@@ -369,3 +369,14 @@ async def test_redirect_is_an_error_not_followed(start_upstream, start_gateway):
     up.push(Script(fail_status=307, fail_message="moved"))
     data = await assert_error(await gw.post("/v1/messages", body()), 500, "api_error")
     assert "answered 307" in data["error"]["message"] and "redirect" in data["error"]["message"], data
+
+
+async def test_oversized_model_list_is_not_read_whole(start_upstream, start_gateway):
+    """A /v1/models answer past the side-answer cap: /health says so instead of holding it all."""
+    from tests.compat_helpers import start_stack
+    models = ["test-model"] + [f"m{i:06d}-" + "q" * 100 for i in range(MAX_JSON_BYTES // 100)]
+    up, gw = await start_stack(start_upstream, start_gateway, upstream={"models": models})
+    resp = await gw.session.get(gw.url + "/health")
+    data = await resp.json()
+    detail = data["backends"]["up"]["detail"]
+    assert not data["backends"]["up"]["ok"] and f"more than {MAX_JSON_BYTES} bytes" in detail, detail
