@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING
 import aiohttp
 import pytest
 
-from backends.openai import MAX_ANSWER_CHARS, MAX_CALLS_PER_CHUNK, MAX_JSON_BYTES, MAX_LINE_BYTES
+from backends.openai import (
+    MAX_ANSWER_CHARS,
+    MAX_CALLS_PER_CHUNK,
+    MAX_JSON_BYTES,
+    MAX_LINE_BYTES,
+)
 from tests.compat_helpers import backend_table, body, with_server
 from tests.conftest import gateway_config, parse_sse
 from tests.gateway_process import GatewayProcess, free_port, start_serve
