@@ -21,9 +21,16 @@ from backends.openai import (
     MAX_JSON_BYTES,
     MAX_LINE_BYTES,
 )
-from tests.compat_helpers import backend_table, body, with_server
+from tests.compat_helpers import (
+    assert_error,
+    backend_table,
+    body,
+    start_stack,
+    with_server,
+)
 from tests.conftest import gateway_config, parse_sse
 from tests.gateway_process import GatewayProcess, free_port, start_serve
+from tests.sse_checks import open_stream
 from tests.upstream import Script
 
 if TYPE_CHECKING:
@@ -191,8 +198,6 @@ async def test_line_just_under_the_cap_is_an_answer(start_upstream, tmp_path):
 async def test_line_breaks_split_across_reads(start_upstream, start_gateway):
     """The linear reader still cuts lines exactly where SSE does when a CRLF, a CR, or a line is
     split between network reads (each piece below is written, then the upstream pauses)."""
-    from tests.compat_helpers import start_stack
-    from tests.sse_checks import open_stream
     up, gw = await start_stack(start_upstream, start_gateway)
     one, two = _frame({"content": "one "})[:-2], _frame({"content": "two \u2028"})[:-2]
     three = _frame({"content": "three"})[:-2]
@@ -230,8 +235,6 @@ async def test_tool_call_flood_in_one_chunk_is_refused(start_upstream, tmp_path)
 async def test_malformed_chunk_shapes_are_a_clear_error(start_upstream, start_gateway, chunk):
     """Valid JSON in the wrong shape ends the stream with an api_error naming the chunk (not an
     internal error from deep inside the translator), after the text that came before it."""
-    from tests.compat_helpers import start_stack
-    from tests.sse_checks import open_stream
     up, gw = await start_stack(start_upstream, start_gateway)
     up.push(Script(raw_lines=[_frame({"content": "before "})[:-2].decode(), "data: " + chunk]))
     s = await open_stream(gw, body(), ok=False)
@@ -335,7 +338,6 @@ async def test_context_error_text_is_read_without_backtracking(start_upstream, t
 
 async def test_context_error_numbers_still_read(start_upstream, start_gateway):
     """The linear reader finds the figures the old pattern found."""
-    from tests.compat_helpers import assert_error, start_stack
     up, gw = await start_stack(start_upstream, start_gateway)
     for message, expected in [
         (("This model's maximum context length is 4096 tokens. However, you requested 5000 tokens "
@@ -369,7 +371,6 @@ async def test_huge_error_body_is_read_only_in_part(start_upstream, tmp_path):
 async def test_redirect_is_an_error_not_followed(start_upstream, start_gateway):
     """A 3xx from the chat endpoint is reported (base_url is wrong), not followed (whose body the
     client library would read whole)."""
-    from tests.compat_helpers import assert_error, start_stack
     up, gw = await start_stack(start_upstream, start_gateway)
     up.push(Script(fail_status=307, fail_message="moved"))
     data = await assert_error(await gw.post("/v1/messages", body()), 500, "api_error")
@@ -378,9 +379,8 @@ async def test_redirect_is_an_error_not_followed(start_upstream, start_gateway):
 
 async def test_oversized_model_list_is_not_read_whole(start_upstream, start_gateway):
     """A /v1/models answer past the side-answer cap: /health says so instead of holding it all."""
-    from tests.compat_helpers import start_stack
     models = ["test-model"] + [f"m{i:06d}-" + "q" * 100 for i in range(MAX_JSON_BYTES // 100)]
-    up, gw = await start_stack(start_upstream, start_gateway, upstream={"models": models})
+    _, gw = await start_stack(start_upstream, start_gateway, upstream={"models": models})
     resp = await gw.session.get(gw.url + "/health")
     data = await resp.json()
     detail = data["backends"]["up"]["detail"]
