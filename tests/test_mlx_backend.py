@@ -20,32 +20,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from backends.mlx_demo import DEMO_SYSTEM, SCRIPTS, ensure_demo_model
-from tests.conftest import gateway_config
+from backends.mlx_demo import DEMO_SYSTEM, SCRIPTS
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="session")
-def demo_model(tmp_path_factory) -> Path:
-    """The tiny scripted model, generated once per session (or reused from $CLAUDE_GATEWAY_DEMO_DIR)."""
-    root = os.environ.get("CLAUDE_GATEWAY_DEMO_DIR") or tmp_path_factory.mktemp("demo")
-    return ensure_demo_model(root=root)
-
-
-@pytest.fixture
-async def mlx_gw(start_gateway, demo_model, tmp_path):
-    """Factory: a gateway whose default (and claude-*) backend is the demo model."""
-
-    async def start(**backend):
-        cfg = {"type": "mlx", "model": str(demo_model), "model_mapping": {"claude-*": str(demo_model)}}
-        cfg.update(backend)
-        log = tmp_path / "requests.jsonl"
-        gw = await start_gateway(gateway_config({"m": cfg}, default="m", log_path=str(log)))
-        gw.log_path = log
-        return gw
-
-    return start
 
 
 def _text(message: dict) -> str:

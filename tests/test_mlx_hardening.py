@@ -12,14 +12,14 @@ import shutil
 from pathlib import Path
 
 import mlx.core as mx
+import pytest
 from mlx_lm import load
 from mlx_lm.sample_utils import make_sampler
 
 from backends.mlx_cache import PromptCache
 from backends.mlx_demo import DEMO_SYSTEM, SCRIPTS
 from backends.mlx_engine import Engine, EngineFault, Job, JobResult, LoadedModel
-from tests.conftest import parse_sse
-from tests.test_mlx_backend import demo_model, mlx_gw  # noqa: F401 — fixtures
+from tests.conftest import gateway_config, parse_sse
 
 ATTACK = {"model": "claude-x", "max_tokens": 5, "top_k": 2000, "messages": [{"role": "user", "content": "hi"}]}
 # llguidance compiles this, then gives up after the first token ("Too many items"): a schema that
@@ -63,6 +63,20 @@ async def test_attack_batched_with_a_normal_request_both_succeed(mlx_gw):
     results = await asyncio.gather(gw.messages({**ATTACK, "temperature": 0.9}), gw.messages(_sampled()),
                                    gw.messages({**ATTACK, "top_k": 1024}), gw.messages(_sampled(top_k=5)))
     assert [r[0] for r in results] == [200, 200, 200, 200], results
+
+
+@pytest.mark.parametrize(("extra", "field"), [
+    ({"top_k": -1}, "top_k"), ({"top_k": 2.5}, "top_k"), ({"top_k": True}, "top_k"), ({"top_k": "40"}, "top_k"),
+    ({"top_p": 1.5}, "top_p"), ({"top_p": -0.1}, "top_p"), ({"temperature": -0.5}, "temperature"),
+    ({"temperature": "warm"}, "temperature"),
+])
+async def test_sampling_values_the_api_rejects_are_a_400_naming_the_field(mlx_gw, extra, field):
+    gw = await mlx_gw()
+    status, err = await gw.messages(_sampled(**extra))
+    assert status == 400, err
+    assert err["error"]["type"] == "invalid_request_error" and err["error"]["message"].startswith(field)
+    status, msg = await gw.messages(_sampled())
+    assert status == 200, msg
 
 
 async def test_top_p_zero_is_greedy(mlx_gw):
@@ -121,8 +135,7 @@ def _broken_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-async def test_a_model_that_cannot_generate_shows_in_health(start_gateway, demo_model, tmp_path):  # noqa: F811
-    from tests.conftest import gateway_config
+async def test_a_model_that_cannot_generate_shows_in_health(start_gateway, demo_model, tmp_path):
     broken = _broken_copy(demo_model, tmp_path / "broken")
     gw = await start_gateway(gateway_config({"m": {"type": "mlx", "model": str(broken)}}, default="m"))
     assert (await _health(gw))["ok"]  # loaded: nothing has tried to generate yet
@@ -136,7 +149,7 @@ async def test_a_model_that_cannot_generate_shows_in_health(start_gateway, demo_
     assert "cannot generate" in health["detail"] and "rms_norm" in health["detail"]
 
 
-async def test_a_step_nobody_is_blamed_for_resumes_the_others(demo_model):  # noqa: F811
+async def test_a_step_nobody_is_blamed_for_resumes_the_others(demo_model):
     """The engine itself: a batch step that fails outside any guard is rebuilt and the others resume.
 
     The bad input is a logits processor that returns logits one column short: alone it would
@@ -197,7 +210,7 @@ def _secret_body(content: str, **extra) -> dict:
 
 async def test_another_session_cannot_measure_a_cached_secret(mlx_gw):
     gw = await mlx_gw()
-    status, first = await gw.messages(_secret_body(SECRET), **{"X-Claude-Code-Session-Id": "victim"})
+    status, _ = await gw.messages(_secret_body(SECRET), **{"X-Claude-Code-Session-Id": "victim"})
     assert status == 200
     # The victim's own repeat reads its whole prompt from the cache.
     status, again = await gw.messages(_secret_body(SECRET), **{"X-Claude-Code-Session-Id": "victim"})
