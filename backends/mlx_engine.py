@@ -197,7 +197,10 @@ class Engine:
                     pass
                 for lm in list(self.models.values()):
                     if lm.jobs:
-                        self._step(lm)
+                        try:
+                            self._step(lm)
+                        except Exception as exc:  # noqa: BLE001 — rebuild this model's batch, keep the engine
+                            self._recover(lm, exc)
                 self._flush()
                 self.status = (tuple(self.models), sum(len(lm.jobs) for lm in self.models.values()),
                                len(self.cache.entries), self.cache.nbytes)
@@ -225,10 +228,18 @@ class Engine:
 
     def _handle(self, cmd: tuple) -> None:
         kind = cmd[0]
-        if kind == "submit":
-            self._admit(cmd[1])
-        elif kind == "cancel":
-            self._cancel(cmd[1])
+        if kind in ("submit", "cancel"):
+            job = cmd[1]
+            try:
+                if kind == "submit":
+                    self._admit(job)
+                else:
+                    self._cancel(job)
+            except Exception as exc:  # noqa: BLE001 — this request ends; the engine and the batch go on
+                log.error("mlx_request_failed", model=job.model_key, error=_brief(exc))
+                self._drop(job)
+                if not job.done:
+                    self._fail(job, EngineFault(_brief(exc)))
         elif kind == "call":
             _, fn, fut = cmd
             if fut.set_running_or_notify_cancel():
@@ -299,18 +310,13 @@ class Engine:
         self._finish(job, "cancelled")
 
     def _step(self, lm: LoadedModel) -> None:
-        try:
-            prompt_resps, gen_resps = lm.generator.next()
-        except Exception as exc:  # noqa: BLE001 — rebuild the batch, keep the engine
-            self._recover(lm, exc)
-            return
-        faulted = [job for job in lm.jobs.values() if job.fault is not None]
-        if faulted:  # their guard stood in for the failed call; the others' step is sound
-            lm.generator.remove([job.uid for job in faulted])
-            for job in faulted:
-                del lm.jobs[job.uid]
-                log.warning("mlx_request_fault", model=lm.key, error=str(job.fault))
-                self._fail(job, job.fault)
+        """One batch step. An exception out of here has no request to blame: _run hands it to _recover."""
+        prompt_resps, gen_resps = lm.generator.next()
+        for job in [job for job in lm.jobs.values() if job.fault is not None]:
+            # Its guard stood in for the failed call, so the step of the others is sound.
+            log.warning("mlx_request_fault", model=lm.key, error=str(job.fault))
+            self._drop(job)
+            self._fail(job, job.fault)
         for r in prompt_resps:
             job = lm.jobs.get(r.uid)
             if job is not None and job.snapshot_pending and r.end_of_segment and not r.end_of_prompt:
@@ -326,9 +332,7 @@ class Engine:
                 self._deliver_token(lm, job, r)
             except Exception as exc:  # noqa: BLE001 — e.g. a token the tokenizer cannot decode: this job only
                 log.warning("mlx_output_failed", model=lm.key, error=_brief(exc))
-                if r.finish_reason is None:
-                    lm.generator.remove([r.uid])
-                lm.jobs.pop(r.uid, None)
+                self._drop(job)
                 self._fail(job, EngineFault(f"decoding the model's output failed: {_brief(exc)}"))
 
     def _deliver_token(self, lm: LoadedModel, job: Job, r: Any) -> None:
@@ -372,7 +376,11 @@ class Engine:
                 continue
             job.resumed = True
             tokens = job.prompt + job.out
-            hit = self.cache.lookup(job.model_key, tokens, job.session, job.shared_len)
+            try:
+                hit = self.cache.lookup(job.model_key, tokens, job.session, job.shared_len)
+            except Exception as lookup_exc:  # noqa: BLE001
+                self._fail(job, EngineFault(f"generation failed: {_brief(lookup_exc)}"))
+                continue
             self._insert(lm, job, [tokens[hit.tokens:]], hit.layers, tokens[:hit.tokens], remaining)
 
     def _rebuild(self, lm: LoadedModel) -> None:
@@ -400,6 +408,16 @@ class Engine:
             return  # nobody may read it (PromptCache.insert): skip the materialising too
         mx.eval([c.state for c in layers])  # materialise: a lazy slice would pin the whole batch cache
         self.cache.insert(lm.key, tokens, layers, session, shared)
+
+    def _drop(self, job: Job) -> None:
+        """Take `job` out of its batch, if it is in one."""
+        lm = self.models.get(job.model_key)
+        if lm is not None and job.uid is not None and lm.jobs.get(job.uid) is job:
+            del lm.jobs[job.uid]
+            try:
+                lm.generator.remove([job.uid])
+            except Exception:  # noqa: BLE001, S110 — the next step's failure, if any, rebuilds the batch
+                pass
 
     def _fail(self, job: Job, exc: BaseException) -> None:
         job.done = True
