@@ -260,7 +260,7 @@ class MLXBackend(Backend):
                 elif type(item) is JobResult:
                     result = item
                 elif isinstance(item, RequestFault):
-                    raise GatewayError(400, f"this request failed in the model's sampling: {item}")
+                    raise GatewayError(400, str(item))  # names the parameter that failed
                 else:
                     raise GatewayError(500, f"backend '{self.name}': generation failed: {item}")
             cut = result.finish_reason != "stop"

@@ -288,7 +288,7 @@ class Engine:
                 samplers=[job.sampler], logits_processors=[job.logits_processors],
                 stop_sequences=[lm.stops])
         except Exception as exc:  # noqa: BLE001 — a bad request must not kill the engine
-            self._fail(job, RequestFault(_brief(exc)))
+            self._fail(job, EngineFault(f"the batcher refused the request: {_brief(exc)}"))
             return False
         job.uid = uid
         lm.jobs[uid] = job
@@ -476,7 +476,7 @@ class _Guard:
             try:
                 return self.fn(*args)
             except Exception as exc:  # noqa: BLE001 — attributed to this request
-                self.job.fault = RequestFault(_brief(exc))
+                self.job.fault = RequestFault(_first_line(exc))
                 _repair_random_state()  # an exception inside an mx.compile trace leaves a placeholder there
         return self.fallback(*args)
 
@@ -501,10 +501,14 @@ def _probe(model: Any) -> None:
     mx.eval(mx.random.categorical(logits))
 
 
-def _brief(exc: BaseException) -> str:
-    """`Type: first line`: mlx messages run on with links and advice."""
+def _first_line(exc: BaseException) -> str:
+    """mlx messages run on with links and advice; the first line says what happened."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return text[0] if text else type(exc).__name__
+
+
+def _brief(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
 def _deliver(items: list[tuple[Job, Any]]) -> None:

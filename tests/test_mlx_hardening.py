@@ -18,7 +18,14 @@ from mlx_lm.sample_utils import make_sampler
 
 from backends.mlx_cache import PromptCache
 from backends.mlx_demo import DEMO_SYSTEM, SCRIPTS
-from backends.mlx_engine import Engine, EngineFault, Job, JobResult, LoadedModel
+from backends.mlx_engine import (
+    Engine,
+    EngineFault,
+    Job,
+    JobResult,
+    LoadedModel,
+    RequestFault,
+)
 from tests.conftest import gateway_config, parse_sse
 
 ATTACK = {"model": "claude-x", "max_tokens": 5, "top_k": 2000, "messages": [{"role": "user", "content": "hi"}]}
@@ -102,7 +109,7 @@ async def test_schema_that_breaks_decoding_fails_alone_in_a_shared_batch(mlx_gw)
     (status, err), (ok_status, ok) = await asyncio.gather(gw.messages(bad), gw.messages(_sampled()))
     assert status == 400, err
     assert err["type"] == "error" and err["error"]["type"] == "invalid_request_error"
-    assert "output_config.format.schema" in err["error"]["message"]
+    assert err["error"]["message"].startswith("output_config.format.schema: constrained decoding failed")
     assert "Traceback" not in err["error"]["message"]
     assert ok_status == 200, ok
 
@@ -149,6 +156,56 @@ async def test_a_model_that_cannot_generate_shows_in_health(start_gateway, demo_
     assert "cannot generate" in health["detail"] and "rms_norm" in health["detail"]
 
 
+async def _engine_with_demo(demo_model) -> tuple[Engine, LoadedModel, list[int]]:
+    engine = Engine(PromptCache(64 << 20, 60), max_batch=4)
+
+    def loader() -> LoadedModel:
+        model, tokenizer = load(str(demo_model))
+        lm = LoadedModel("m", model, tokenizer, {})
+        engine.install(lm)
+        return lm
+
+    lm = await asyncio.wrap_future(engine.call(loader))
+    chat = [{"role": "system", "content": DEMO_SYSTEM}, {"role": "user", "content": "Write noise for a while."}]
+    return engine, lm, list(lm.tokenizer.apply_chat_template(chat, add_generation_prompt=True))
+
+
+async def _drain(job: Job) -> tuple[str, object]:
+    """The text a job produced and what ended it (a JobResult or an exception)."""
+    text = ""
+    while True:
+        item = await asyncio.wait_for(job.queue.get(), 60)
+        if type(item) is str:
+            text += item
+        else:
+            return text, item
+
+
+async def test_an_out_of_range_sampler_fails_alone_and_later_sampling_works(demo_model):
+    """The engine itself, handed the sampler mlx-lm builds for top_k=2000 (the backend clamps it first).
+
+    mlx-lm raises inside an mx.compile trace, which used to leave mlx's random key a placeholder:
+    every sampled request after it failed. Now only that request fails, with mlx-lm's message.
+    """
+    loop = asyncio.get_running_loop()
+    engine, _, prompt = await _engine_with_demo(demo_model)
+    try:
+        bad = Job("m", prompt, 20, make_sampler(temp=0.7, top_k=2000), "bad", 0, loop)
+        good = Job("m", prompt, 20, make_sampler(temp=0.7), "good", 0, loop)
+        engine.submit(bad)
+        engine.submit(good)
+        (_, bad_end), (_, good_end) = await asyncio.gather(_drain(bad), _drain(good))
+        assert isinstance(bad_end, RequestFault) and "top_k" in str(bad_end), bad_end
+        assert isinstance(good_end, JobResult) and good_end.generated_tokens == 20, good_end
+        for i in range(3):
+            later = Job("m", prompt, 5, make_sampler(temp=0.9, top_k=50), f"later-{i}", 0, loop)
+            engine.submit(later)
+            _, end = await _drain(later)
+            assert isinstance(end, JobResult) and end.generated_tokens == 5, end
+    finally:
+        await asyncio.to_thread(engine.close)
+
+
 async def test_a_step_nobody_is_blamed_for_resumes_the_others(demo_model):
     """The engine itself: a batch step that fails outside any guard is rebuilt and the others resume.
 
@@ -156,41 +213,22 @@ async def test_a_step_nobody_is_blamed_for_resumes_the_others(demo_model):
     generate, batched with another request the step cannot concatenate the rows.
     """
     loop = asyncio.get_running_loop()
-    engine = Engine(PromptCache(64 << 20, 60), max_batch=4)
+    engine, _, prompt = await _engine_with_demo(demo_model)
     try:
-        def loader() -> LoadedModel:
-            model, tokenizer = load(str(demo_model))
-            lm = LoadedModel("m", model, tokenizer, {})
-            engine.install(lm)
-            return lm
-
-        lm = await asyncio.wrap_future(engine.call(loader))
-        chat = [{"role": "system", "content": DEMO_SYSTEM}, {"role": "user", "content": "Write noise for a while."}]
-        prompt = lm.tokenizer.apply_chat_template(chat, add_generation_prompt=True)
-        good = Job("m", list(prompt), 60, make_sampler(temp=0.7), "good", 0, loop)
-        bad = Job("m", list(prompt), 60, None, "bad", 0, loop,
+        good = Job("m", prompt, 60, make_sampler(temp=0.7), "good", 0, loop)
+        bad = Job("m", prompt, 60, None, "bad", 0, loop,
                   logits_processors=[lambda _tokens, logits: logits[:, :-1]])
         engine.submit(good)
         engine.submit(bad)
-
-        async def drain(job: Job) -> tuple[str, object]:
-            text = ""
-            while True:
-                item = await asyncio.wait_for(job.queue.get(), 60)
-                if type(item) is str:
-                    text += item
-                else:
-                    return text, item
-
-        (good_text, good_end), (_, bad_end) = await asyncio.gather(drain(good), drain(bad))
+        (good_text, good_end), (_, bad_end) = await asyncio.gather(_drain(good), _drain(bad))
         assert isinstance(bad_end, EngineFault), bad_end
         assert isinstance(good_end, JobResult), good_end
         assert good_end.finish_reason == "length" and good_end.generated_tokens == 60
         assert good.resumed and good_text
         assert engine.alive and not engine.broken
-        again = Job("m", list(prompt), 5, make_sampler(temp=0.7), "again", 0, loop)
+        again = Job("m", prompt, 5, make_sampler(temp=0.7), "again", 0, loop)
         engine.submit(again)
-        _, end = await drain(again)
+        _, end = await _drain(again)
         assert isinstance(end, JobResult) and end.generated_tokens == 5
     finally:
         await asyncio.to_thread(engine.close)
