@@ -4,6 +4,11 @@ Each resident model has an mlx-lm `BatchGenerator`: new requests join the runnin
 prefill is interleaved with the others' decode steps), finished or cancelled ones leave it. The
 asyncio side talks to the thread through a command queue and gets text back on a per-request
 asyncio.Queue, so the event loop never waits on mlx.
+
+Failures stay with their request: a request's sampler or logits processor that raises ends that
+request only (the step goes on without it); a step that fails with no request to blame gets a
+fresh batcher, a check that the model still generates, and the requests resume from the tokens
+they already have. A model that cannot generate any more is reported through `broken`.
 """
 from __future__ import annotations
 
