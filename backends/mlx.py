@@ -9,14 +9,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
 import structlog
 
 from backends.base import (
-    Backend, BackendHealth, BackendRequest, BackendStartError, ModelInfo, TokenCount,
+    Backend,
+    BackendHealth,
+    BackendRequest,
+    BackendStartError,
+    ModelInfo,
+    TokenCount,
 )
 from backends.mlx_cache import PromptCache
 from backends.mlx_engine import Engine, Job, JobResult, LoadedModel, RequestFault

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 from mlx_lm.models.cache import KVCache, can_trim_prompt_cache
 
-
 PER_SESSION = 4  # sequences kept per session: the conversation and a few side requests
 
 

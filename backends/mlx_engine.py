@@ -19,8 +19,9 @@ import queue
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import mlx.core as mx
 import structlog
@@ -56,7 +57,7 @@ class LoadedModel:
     config: dict
     generator: BatchGenerator | None = None
     stops: Any = None
-    jobs: dict[int, "Job"] = field(default_factory=dict)
+    jobs: dict[int, Job] = field(default_factory=dict)
     broken: str | None = None  # why the last rebuild of the batcher could not generate; None: healthy
 
 
@@ -212,7 +213,7 @@ class Engine:
                 broken = {key: lm.broken for key, lm in self.models.items() if lm.broken}
                 if broken != self.broken:
                     self.broken = broken
-        except BaseException as exc:  # noqa: BLE001 — the thread must report, not vanish
+        except BaseException as exc:
             self.failed = exc
             log.exception("mlx_engine_died")
             for lm in self.models.values():
