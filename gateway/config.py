@@ -63,6 +63,7 @@ class BackendConfig:
     cache_mb: float = 4096  # prompt-cache byte budget (MB)
     cache_ttl_s: float = 1800  # prompt-cache entries unused this long are dropped
     max_batch: int = 8  # requests decoded together
+    cache_across_sessions: bool = False  # any request may reuse any cached prefix (a gateway with one user)
     # Not a key: user:password@ found in base_url, moved out of it so the URL can be shown.
     url_auth: tuple[str, str] | None = None
 
@@ -104,7 +105,7 @@ _BACKEND_KEYS = {"type": str, "model": str, "base_url": str, "api_key": str, "ap
                  "timeout_s": (int, float), "context_window": int, "max_output_tokens": int, "vision": bool,
                  "extra_body": dict, "model_mapping": dict}
 _MLX_KEYS = {"tool_parser": str, "max_resident_models": int, "cache_mb": (int, float), "cache_ttl_s": (int, float),
-             "max_batch": int}
+             "max_batch": int, "cache_across_sessions": bool}
 _BACKEND_KEYS.update(_MLX_KEYS)
 _REMOTE_TYPES = ("vllm", "llamacpp", "openai")
 _TOOL_PARSERS = ("hermes", "qwen3_coder", "llama3_json", "mistral", "none")  # backends.tool_parsers.PARSERS
