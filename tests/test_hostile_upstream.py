@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import time
+import zlib
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -173,6 +174,26 @@ async def test_50_mb_line_is_cut_at_the_line_cap(start_upstream, tmp_path, strea
     assert err["type"] == "api_error"
     assert f"stream line longer than {MAX_LINE_BYTES} bytes" in err["message"], err
     assert elapsed < 5, elapsed
+    probe.check()
+    assert rss < 250, rss
+
+
+async def test_gzip_bomb_is_cut_at_the_line_cap(start_upstream, tmp_path):
+    """1 MB of gzip that inflates to 1 GB of one line: decoded a read at a time and cut at the line
+    cap, so memory stays flat."""
+    up = await start_upstream("openai")
+    gz = zlib.compressobj(9, zlib.DEFLATED, 31)
+    data = gz.compress(b'data: {"choices":[{"index":0,"delta":{"content":"')
+    data += b"".join(gz.compress(b"x" * (1 << 20)) for _ in range(1024)) + gz.flush()
+    assert len(data) < 2 * 1024 * 1024
+    up.push(Script(body_pieces=lambda: [data[i:i + 16384] for i in range(0, len(data), 16384)],
+                   stream_headers={"Content-Encoding": "gzip"}))
+    async with served(tmp_path, up) as gp, LoopProbe(gp.url) as probe:
+        status, text, elapsed = await post(gp, body(stream=True))
+        rss = peak_rss_mb(gp)
+    assert status == 200 and elapsed < 5, elapsed
+    err = stream_error(text)
+    assert f"stream line longer than {MAX_LINE_BYTES} bytes" in err["message"], err
     probe.check()
     assert rss < 250, rss
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from aiohttp import web
 
@@ -35,6 +35,7 @@ class Script:
     body_pieces: Callable[[], Iterable[bytes]] | None = None
     fail_body: bytes | None = None
     fail_quotes_auth: bool = False
+    stream_headers: dict[str, str] = field(default_factory=dict)  # extra headers of the SSE response
 
 
 def TEXT(s: str, pieces: int | None = None) -> Script:
@@ -233,7 +234,7 @@ class Upstream:
                                  "total_tokens": prompt_tokens + len(script.deltas)}
         if not body.get("stream"):
             return web.json_response(self._whole(script, body, usage))
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **script.stream_headers})
         await resp.prepare(request)
         base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": body.get("model")}
