@@ -17,7 +17,7 @@ import orjson
 from jinja2 import TemplateError
 
 from backends.mlx_cache import common_prefix
-from backends.translate import Dialect, to_openai_messages, to_openai_tools
+from backends.translate import Dialect, template_kwargs, to_openai_messages, to_openai_tools
 from gateway.anthropic import MessagesRequest
 from gateway.errors import invalid
 
@@ -69,8 +69,9 @@ class PromptRenderer:
         self._shared: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()  # renders run on worker threads
 
-    def _apply(self, msgs: list[dict], tools: list[dict] | None, thinking: bool, generation: bool) -> str:
-        kwargs: dict = {"add_generation_prompt": generation, "tokenize": False, "enable_thinking": thinking}
+    def _apply(self, msgs: list[dict], tools: list[dict] | None, variables: dict, generation: bool) -> str:
+        # variables: the thinking switch and the effort (backends.translate.template_kwargs)
+        kwargs: dict = {"add_generation_prompt": generation, "tokenize": False, **variables}
         if tools:
             kwargs["tools"] = tools
         try:
@@ -89,7 +90,7 @@ class PromptRenderer:
         msgs = chat_messages(req, self.model)
         use_tools = bool(req.tools) and not (req.tool_choice is not None and req.tool_choice.type == "none")
         tools = to_openai_tools(req) if use_tools else None
-        thinking = req.thinking_enabled
+        thinking = template_kwargs(req)
         try:
             text = self._apply(msgs, tools, thinking, True)
         except TemplateError as exc:
@@ -99,7 +100,7 @@ class PromptRenderer:
         shared = self._shared_prefix(msgs, tools, thinking, tokens)
         return Prompt(tokens, text, shared, text.rstrip().endswith("<think>"), use_tools)
 
-    def _shared_prefix(self, msgs: list[dict], tools: list[dict] | None, thinking: bool,
+    def _shared_prefix(self, msgs: list[dict], tools: list[dict] | None, thinking: dict,
                        tokens: list[int]) -> int:
         system = msgs[:1] if msgs and msgs[0]["role"] == "system" else []
         if not system and not tools:

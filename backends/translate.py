@@ -19,6 +19,9 @@ from gateway.events import (
     Event, Stop, TextDelta, ThinkingDelta, ToolCallDelta, ToolCallEnd, ToolCallStart, UsageReport,
 )
 
+# Anthropic effort levels → the low / medium / high that reasoning_effort and chat templates know.
+EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
+
 FINISH_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                   "function_call": "tool_use", "content_filter": "end_turn"}
 
@@ -114,6 +117,24 @@ def to_openai_messages(req: MessagesRequest, dialect: Dialect, model: str) -> li
     return out
 
 
+def thinking_on(req: MessagesRequest) -> bool:
+    """The template's thinking switch: thinking requested, except adaptive thinking at low effort,
+    where Claude models mostly answer without thinking too."""
+    if not req.thinking_enabled:
+        return False
+    return not (req.thinking.type == "adaptive" and req.effort == "low")
+
+
+def template_kwargs(req: MessagesRequest) -> dict:
+    """Chat-template variables for the request: the thinking switch and, when given, the effort
+    (templates such as gpt-oss read `reasoning_effort`; others ignore it)."""
+    kwargs: dict = {"enable_thinking": thinking_on(req)}
+    effort = EFFORT.get(req.effort or "")
+    if effort:
+        kwargs["reasoning_effort"] = effort
+    return kwargs
+
+
 def to_openai_tools(req: MessagesRequest) -> list[dict]:
     return [{"type": "function", "function": {"name": t.name, "description": t.description,
                                               "parameters": t.input_schema}} for t in req.tools]
@@ -149,7 +170,11 @@ def to_openai(breq: BackendRequest, dialect: Dialect, extra_body: dict | None = 
         body["response_format"] = {"type": "json_schema",
                                    "json_schema": {"name": "output", "schema": req.json_schema, "strict": True}}
     if dialect.thinking_switch:
-        body["chat_template_kwargs"] = {"enable_thinking": req.thinking_enabled}
+        # Servers that render the template (vLLM, llama.cpp) take the effort both ways: vLLM
+        # passes `reasoning_effort` to reasoning models, templates read the kwarg.
+        body["chat_template_kwargs"] = template_kwargs(req)
+        if "reasoning_effort" in body["chat_template_kwargs"]:
+            body["reasoning_effort"] = body["chat_template_kwargs"]["reasoning_effort"]
     if extra_body:
         body.update(extra_body)
     return body
