@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
+import orjson
 import structlog
 
 from backends.base import (
@@ -195,8 +196,9 @@ class MLXBackend(Backend):
         return handle.context
 
     async def models(self) -> list[ModelInfo]:
+        """Configured models; never loads one (a model not loaded yet reports what its local config says)."""
         return [ModelInfo(name, context_window=self._handles[name].context if name in self._handles
-                          else self.config.context_window)
+                          else self.config.context_window or _context_on_disk(name))
                 for name in self.configured_models()]
 
     async def health(self) -> BackendHealth:
@@ -277,6 +279,16 @@ def _sampler(req) -> Callable | None:
     from mlx_lm.sample_utils import make_sampler
     temp = 1.0 if req.temperature is None else req.temperature
     return make_sampler(temp=temp, top_p=req.top_p or 0.0, top_k=req.top_k or 0)
+
+
+def _context_on_disk(name: str) -> int | None:
+    """The context length in a local model directory's config.json; None for hub ids or unreadable files."""
+    path = Path(name).expanduser() / "config.json"
+    try:
+        cfg = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return _context_of(cfg) if isinstance(cfg, dict) else None
 
 
 def _context_of(cfg: dict) -> int | None:

@@ -69,7 +69,7 @@ class ToolChangeBlock:
 
     change: Literal["addition", "removal"]
     name: str
-    definition: "Tool | None" = None  # addition with a full definition (else: one of `tools`)
+    definition: Tool | None = None  # addition with a full definition (else: one of `tools`)
     type: Literal["tool_change"] = "tool_change"
 
 

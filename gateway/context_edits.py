@@ -10,7 +10,13 @@ from __future__ import annotations
 import dataclasses
 
 from gateway.anthropic import (
-    ClearThinkingEdit, ClearToolUsesEdit, Message, MessagesRequest, TextBlock, ThinkingBlock, ToolResultBlock,
+    ClearThinkingEdit,
+    ClearToolUsesEdit,
+    Message,
+    MessagesRequest,
+    TextBlock,
+    ThinkingBlock,
+    ToolResultBlock,
     ToolUseBlock,
 )
 from gateway.tokens import estimate_tokens

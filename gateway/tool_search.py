@@ -12,7 +12,13 @@ from __future__ import annotations
 import dataclasses
 
 from gateway.anthropic import (
-    Message, MessagesRequest, TextBlock, Tool, ToolChangeBlock, ToolReferenceBlock, ToolResultBlock,
+    Message,
+    MessagesRequest,
+    TextBlock,
+    Tool,
+    ToolChangeBlock,
+    ToolReferenceBlock,
+    ToolResultBlock,
 )
 
 
