@@ -304,8 +304,9 @@ def _tolerated(block: dict, where: str, seen: list[str]) -> list[TextBlock]:
     label = f"{kind if isinstance(kind, str) else type(kind).__name__}@{where}"
     if label not in seen:
         seen.append(label)
-    for key in ("text", "content", kind if isinstance(kind, str) else None):
-        text = _text_of(block.get(key)) if key else None
+    keys = ["text", "content"] + [k for k in block if isinstance(k, str) and k.endswith("text") and k != "text"]
+    for key in keys:
+        text = _text_of(block.get(key))
         if text:
             return [TextBlock(text)]
     return []
