@@ -49,7 +49,7 @@ async def test_omitted_thinking_block_goes_back_in_history(start_upstream, start
                                          {"type": "thinking", "thinking": "", "signature": "gw1abc"},
                                          {"type": "text", "text": "hello"}]}, {"role": "user", "content": "more"}]})
     assert status == 200, msg
-    assistant = [m for m in up.received[-1]["messages"] if m["role"] == "assistant"][0]
+    assistant = next(m for m in up.received[-1]["messages"] if m["role"] == "assistant")
     assert assistant["content"] == "hello" and "reasoning_content" not in assistant
 
 

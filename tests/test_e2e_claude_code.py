@@ -72,7 +72,7 @@ def _working_launcher(version: str) -> list[str] | None:
     """The first launcher that reports the pinned version."""
     for argv in _launchers(version):
         try:
-            out = subprocess.run([*argv, "--version"], capture_output=True, text=True, timeout=30)
+            out = subprocess.run([*argv, "--version"], capture_output=True, text=True, timeout=30, check=False)
         except (OSError, subprocess.TimeoutExpired):
             continue
         if out.returncode == 0 and out.stdout.split()[:1] == [version]:
@@ -94,7 +94,8 @@ def claude_bin(request) -> Claude:
     package = f"@anthropic-ai/claude-code@{cli.version}"
     try:
         out = subprocess.run([npm, "install", "--prefix", str(node_dir), "--no-audit", "--no-fund",
-                              "--loglevel=error", package], capture_output=True, text=True, timeout=600)
+                              "--loglevel=error", package], capture_output=True, text=True, timeout=600,
+                             check=False)
     except subprocess.TimeoutExpired:
         pytest.skip(f"npm install {package} timed out (registry unreachable?)")
     if out.returncode != 0:
@@ -114,7 +115,7 @@ class Session:
 
 
 def _claude_env(home: Path, base_url: str, extra: dict | None = None) -> dict:
-    return {**{
+    return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
         "ANTHROPIC_BASE_URL": base_url,
@@ -125,7 +126,8 @@ def _claude_env(home: Path, base_url: str, extra: dict | None = None) -> dict:
         "DISABLE_AUTOUPDATER": "1",
         "DISABLE_ERROR_REPORTING": "1",
         "IS_SANDBOX": "1",  # lets --dangerously-skip-permissions run as root (CI containers)
-    }, **(extra or {})}
+        **(extra or {}),
+    }
 
 
 async def _start_claude(claude, prompt: str, cwd: Path, home: Path, base_url: str, env: dict | None = None):
@@ -292,7 +294,7 @@ async def test_claude_code_loads_a_deferred_tool(claude_bin, start_upstream, sta
         assert names[len(first_names):] == ["NotebookEdit"]
         schema = body["tools"][-1]["function"]["parameters"]
         assert {"notebook_path", "new_source"} <= set(schema["properties"])
-    search_result = [m for m in later[0]["messages"] if m["role"] == "tool"][0]
+    search_result = next(m for m in later[0]["messages"] if m["role"] == "tool")
     assert "NotebookEdit" in search_result["content"]
     cells = json.loads(notebook.read_text())["cells"]
     assert ["".join(c["source"]) for c in cells] == ["print('a')", "print('loaded')"]

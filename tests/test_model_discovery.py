@@ -13,7 +13,7 @@ from gateway.models_api import family_name, shipped_claude_ids
 from tests.compat_helpers import assert_error
 from tests.conftest import gateway_config
 
-CLAUDE_CODE_FILTER = re.compile(r"claude|anthropic", re.I)  # what Claude Code keeps of the list
+CLAUDE_CODE_FILTER = re.compile(r"claude|anthropic", re.IGNORECASE)  # what Claude Code keeps of the list
 
 
 async def _ids(gw, query: str = "?limit=1000") -> list[dict]:
