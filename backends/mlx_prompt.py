@@ -18,7 +18,7 @@ from jinja2 import TemplateError
 
 from backends.mlx_cache import common_prefix
 from backends.translate import Dialect, template_kwargs, to_openai_messages, to_openai_tools
-from gateway.anthropic import MessagesRequest
+from gateway.anthropic import MessagesRequest, ToolReferenceBlock, ToolResultBlock
 from gateway.errors import invalid
 
 
@@ -33,7 +33,7 @@ class Prompt:
 
 def chat_messages(req: MessagesRequest, model: str) -> list[dict]:
     """HF chat-template messages: OpenAI shape, tool-call arguments as objects (templates `tojson` them)."""
-    msgs = to_openai_messages(req, Dialect(vision=False), model)
+    msgs = to_openai_messages(req, Dialect(vision=False, inline_loaded_tools=True), model)
     for m in msgs:
         for call in m.get("tool_calls") or ():
             fn = call["function"]
@@ -58,6 +58,13 @@ def _fold_late_system(msgs: list[dict]) -> list[dict]:
             continue
         out.append(m)
     return out
+
+
+def inline_loaded(req: MessagesRequest) -> set[str]:
+    """Tools a tool_reference loaded: chat_messages writes their definitions where the reference
+    is, so the template's tool list (at the top of the prompt) never changes on a load."""
+    return {c.loads.name for m in req.messages for b in m.content if type(b) is ToolResultBlock
+            for c in b.content if type(c) is ToolReferenceBlock and c.loads is not None}
 
 
 class PromptRenderer:
@@ -89,7 +96,7 @@ class PromptRenderer:
         """The prompt generation would prefill for `req`."""
         msgs = chat_messages(req, self.model)
         use_tools = bool(req.tools) and not (req.tool_choice is not None and req.tool_choice.type == "none")
-        tools = to_openai_tools(req) if use_tools else None
+        tools = to_openai_tools(req, without=inline_loaded(req)) if use_tools else None
         thinking = template_kwargs(req)
         try:
             text = self._apply(msgs, tools, thinking, True)

@@ -12,12 +12,13 @@ import orjson
 from backends.base import BackendRequest
 from backends.text_filters import StopSequenceMatcher, ThinkTagParser
 from gateway.anthropic import (
-    ImageBlock, Message, MessagesRequest, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock,
+    ImageBlock, Message, MessagesRequest, TextBlock, ThinkingBlock, ToolReferenceBlock, ToolResultBlock, ToolUseBlock,
 )
 from gateway.errors import invalid
 from gateway.events import (
     Event, Stop, TextDelta, ThinkingDelta, ToolCallDelta, ToolCallEnd, ToolCallStart, UsageReport,
 )
+from gateway.tool_search import loaded_text
 
 # Anthropic effort levels → the low / medium / high that reasoning_effort and chat templates know.
 EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
@@ -36,6 +37,11 @@ class Dialect:
     # Thinking of the current tool loop goes back as the assistant's `reasoning_content`, which
     # servers that render the chat template themselves (vLLM, llama.cpp) hand to the template.
     reasoning_history: bool = False
+    # A deferred tool loaded by a tool_reference: its definition is written where the reference
+    # is (the <functions> block ToolSearch promises) instead of appended to the tool list. Only
+    # where the gateway renders the prompt and parses tool calls itself (embedded MLX): then
+    # everything before the reference stays a cached prefix.
+    inline_loaded_tools: bool = False
 
 
 def _image_part(block: ImageBlock) -> dict:
@@ -53,8 +59,19 @@ def _user_content(blocks: list, vision: bool, model: str) -> str | list[dict]:
     return [_image_part(b) if type(b) is ImageBlock else {"type": "text", "text": b.text} for b in blocks]
 
 
-def _tool_message(block: ToolResultBlock) -> tuple[dict, list[ImageBlock]]:
-    texts = [b.text for b in block.content if type(b) is TextBlock]
+def _reference_text(block: ToolReferenceBlock, inline: bool) -> str:
+    """A tool_reference as the model reads it: the loaded definition, or one short line."""
+    if inline and block.loads is not None:
+        tool = block.loads
+        definition = orjson.dumps({"description": tool.description, "name": tool.name,
+                                   "parameters": tool.input_schema}).decode()
+        return f"<functions>\n<function>{definition}</function>\n</functions>"
+    return loaded_text(block.tool_name, block.available)
+
+
+def _tool_message(block: ToolResultBlock, inline_tools: bool = False) -> tuple[dict, list[ImageBlock]]:
+    texts = [b.text if type(b) is TextBlock else _reference_text(b, inline_tools)
+             for b in block.content if type(b) is not ImageBlock]
     images = [b for b in block.content if type(b) is ImageBlock]
     text = "\n".join(texts)
     if block.is_error:
@@ -106,7 +123,7 @@ def to_openai_messages(req: MessagesRequest, dialect: Dialect, model: str) -> li
         images: list[ImageBlock] = []
         for b in msg.content:
             if type(b) is ToolResultBlock:
-                tool_msg, tool_images = _tool_message(b)
+                tool_msg, tool_images = _tool_message(b, dialect.inline_loaded_tools)
                 out.append(tool_msg)
                 images.extend(tool_images)
             elif type(b) is not ThinkingBlock:
@@ -135,9 +152,9 @@ def template_kwargs(req: MessagesRequest) -> dict:
     return kwargs
 
 
-def to_openai_tools(req: MessagesRequest) -> list[dict]:
+def to_openai_tools(req: MessagesRequest, without: set[str] | frozenset = frozenset()) -> list[dict]:
     return [{"type": "function", "function": {"name": t.name, "description": t.description,
-                                              "parameters": t.input_schema}} for t in req.tools]
+                                              "parameters": t.input_schema}} for t in req.tools if t.name not in without]
 
 
 def to_openai(breq: BackendRequest, dialect: Dialect, extra_body: dict | None = None) -> dict:

@@ -44,6 +44,9 @@ class ToolReferenceBlock:
     """A tool search result: loads the deferred tool `tool_name` from here on."""
 
     tool_name: str
+    # Set by gateway.tool_search: the tool is one of `tools`; the deferred tool this reference loaded.
+    available: bool = False
+    loads: Tool | None = None
     type: Literal["tool_reference"] = "tool_reference"
 
 

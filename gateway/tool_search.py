@@ -2,10 +2,12 @@
 
 Tools marked `defer_loading` are left out of what the backend sees until a `tool_reference` in
 the history loads them; system-message `tool_addition` / `tool_removal` blocks change the set
-from their point on. A loaded tool goes to the end of the tool list, in load order, so the part
-of the prompt a chat template renders before it (system prompt, earlier tools) stays the same
-and the backend's prefix cache keeps it. References and tool changes reach the backend as one
-short line of text each.
+from their point on (and reach the backend as one short line each). A loaded tool goes to the end
+of the tool list, in load order, so the part of the prompt a chat template renders before it
+(system prompt, earlier tools) stays the same and the backend's prefix cache keeps it. Each
+reference is annotated with what it loaded; backends.translate turns it into text: a short line,
+or, where the gateway renders the prompt itself (embedded MLX), the tool's definition in place,
+which leaves the whole earlier prompt cached.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from gateway.anthropic import (
 
 
 def loaded_text(name: str, available: bool) -> str:
-    """What the model reads where a tool_reference was."""
+    """What the model reads where a tool_reference was (when the definition is in the tool list)."""
     if available:
         return f"Tool {name} loaded: it is in the tool list now and can be called."
     return f"Tool {name} is not available."
@@ -37,7 +39,7 @@ def change_text(block: ToolChangeBlock) -> str:
 
 
 def apply_tool_search(req: MessagesRequest) -> MessagesRequest:
-    """`req` with the tools the backend should see and tool-search blocks turned into text."""
+    """`req` with the tools the backend should see, references annotated, tool changes as text."""
     deferred = any(t.defer_loading for t in req.tools)
     if not deferred and not _has_search_blocks(req.messages):
         return req
@@ -89,6 +91,9 @@ def _load(block, defined: dict[str, Tool], active: dict[str, Tool]):
     if type(block) is not ToolReferenceBlock:
         return block
     tool = defined.get(block.tool_name)
-    if tool is not None:
-        active.setdefault(tool.name, tool)
-    return TextBlock(loaded_text(block.tool_name, tool is not None))
+    if tool is None:
+        return ToolReferenceBlock(block.tool_name)
+    loads = tool if tool.name not in active else None
+    active.setdefault(tool.name, tool)
+    return ToolReferenceBlock(block.tool_name, available=True,
+                              loads=dataclasses.replace(loads, defer_loading=False) if loads else None)

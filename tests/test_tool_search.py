@@ -159,8 +159,10 @@ async def test_forced_deferred_tool_is_sent(start_upstream, start_gateway):
 
 
 async def test_mlx_prefix_cache_survives_a_tool_load(start_gateway, demo_model_dir, tmp_path):
-    """Embedded MLX: the turn after a load reads the system prompt and the eager tools from the
-    prompt cache (the loaded tool is rendered after them), and the turn after that reads all of it."""
+    """Embedded MLX: the loaded tool's definition is written where the reference is (the tool list
+    at the top of the prompt stays the same), so the turn after a load reads all of the previous
+    turn from the prompt cache; inserting the tool into the list, as a client resending its tools
+    would, keeps only the prefix before it."""
     from tests.conftest import gateway_config
 
     gw = await start_gateway(gateway_config(
@@ -168,30 +170,30 @@ async def test_mlx_prefix_cache_survives_a_tool_load(start_gateway, demo_model_d
         default="m"))
     headers = {"X-Claude-Code-Session-Id": "tool-load"}
     system = "You are a terse assistant. " * 20
+    eager = [t for t in TOOLS if "defer_loading" not in t]
     turn1 = {"model": MODEL, "max_tokens": 4, "temperature": 0, "system": system, "tools": TOOLS,
              "messages": [{"role": "user", "content": "Edit the notebook please."}]}
     status, first = await gw.messages(turn1, **headers)
     assert status == 200, first
     prompt1 = first["usage"]["input_tokens"] + first["usage"]["cache_read_input_tokens"]
-    resp = await gw.post("/v1/messages/count_tokens", {**turn1, "tools": [t for t in TOOLS if "defer_loading"
-                                                                            not in t]})
-    eager_only = (await resp.json())["input_tokens"]
-    assert eager_only == prompt1  # the deferred tools were not rendered
+    resp = await gw.post("/v1/messages/count_tokens", {**turn1, "tools": eager})
+    assert (await resp.json())["input_tokens"] == prompt1  # the deferred tools were not rendered
 
     turn2 = dict(turn1, messages=turn1["messages"] + search_turn("toolu_1", "NotebookEdit"))
     status, second = await gw.messages(turn2, **headers)
     assert status == 200, second
     prompt2 = second["usage"]["input_tokens"] + second["usage"]["cache_read_input_tokens"]
     cached2 = second["usage"]["cache_read_input_tokens"]
-    assert prompt2 > prompt1  # NotebookEdit's schema is in the prompt now
-    # The system prompt and the three eager tools come from the cache: far more than when the tool
-    # enters at its place in Claude Code's list (after Bash), as a plain resend of all tools would.
-    assert cached2 >= 0.8 * prompt1, (cached2, prompt1, prompt2)
+    # NotebookEdit's definition is in the prompt now: more than the short line a reference becomes.
+    without_schema = dict(turn2, tools=eager)
+    resp = await gw.post("/v1/messages/count_tokens", without_schema)
+    assert prompt2 > (await resp.json())["input_tokens"] + 30
+    # All of turn 1 but the few generation-prompt tokens comes from the cache.
+    assert cached2 >= prompt1 - 8, (cached2, prompt1, prompt2)
     in_place = [dict(t, defer_loading=False) if t["name"] == "NotebookEdit" else t for t in TOOLS]
     status, _ = await gw.messages(turn1, **{"X-Claude-Code-Session-Id": "in-place"})
     status, naive = await gw.messages(dict(turn2, tools=in_place), **{"X-Claude-Code-Session-Id": "in-place"})
     assert status == 200
-    assert naive["usage"]["input_tokens"] + naive["usage"]["cache_read_input_tokens"] == prompt2
     assert naive["usage"]["cache_read_input_tokens"] < cached2 - 50, (naive["usage"], cached2)
 
     turn3 = dict(turn2, messages=turn2["messages"] + [{"role": "assistant", "content": second["content"]},
@@ -202,3 +204,4 @@ async def test_mlx_prefix_cache_survives_a_tool_load(start_gateway, demo_model_d
     print(json.dumps({"prompt_before_load": prompt1, "prompt_after_load": prompt2, "cache_read_after_load": cached2,
                       "cache_read_after_load_in_place": naive["usage"]["cache_read_input_tokens"],
                       "cache_read_next_turn": third["usage"]["cache_read_input_tokens"]}))
+
