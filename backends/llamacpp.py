@@ -6,7 +6,12 @@ import zlib
 
 from backends.base import BackendRequest, BackendUnavailable, TokenCount
 from backends.openai import OpenAIBackend, _int
-from backends.translate import Dialect, template_kwargs, to_openai_messages, to_openai_tools
+from backends.translate import (
+    Dialect,
+    template_kwargs,
+    to_openai_messages,
+    to_openai_tools,
+)
 from gateway.errors import GatewayError
 
 

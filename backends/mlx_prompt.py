@@ -17,7 +17,12 @@ import orjson
 from jinja2 import TemplateError
 
 from backends.mlx_cache import common_prefix
-from backends.translate import Dialect, template_kwargs, to_openai_messages, to_openai_tools
+from backends.translate import (
+    Dialect,
+    template_kwargs,
+    to_openai_messages,
+    to_openai_tools,
+)
 from gateway.anthropic import MessagesRequest, ToolReferenceBlock, ToolResultBlock
 from gateway.errors import invalid
 

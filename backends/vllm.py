@@ -3,7 +3,12 @@ from __future__ import annotations
 
 from backends.base import BackendRequest, BackendUnavailable, TokenCount
 from backends.openai import OpenAIBackend
-from backends.translate import Dialect, template_kwargs, to_openai_messages, to_openai_tools
+from backends.translate import (
+    Dialect,
+    template_kwargs,
+    to_openai_messages,
+    to_openai_tools,
+)
 from gateway.errors import GatewayError
 
 

@@ -132,7 +132,7 @@ class ClearToolUsesEdit:
     type: Literal["clear_tool_uses_20250919"] = "clear_tool_uses_20250919"
 
 
-ContextEdit = Union[ClearThinkingEdit, ClearToolUsesEdit]
+ContextEdit = ClearThinkingEdit | ClearToolUsesEdit
 
 
 @dataclass(slots=True)
@@ -177,6 +177,10 @@ class Usage:
             "cache_creation_input_tokens": self.cache_creation_input_tokens,
         }
 
+
+# Block types Claude Code knows that carry text for the model (connector text between thinking, a
+# system note inside the conversation): passed on as text, like a text block.
+_TEXT_LIKE = ("connector_text", "mid_conv_system")
 
 # Content blocks produced by Anthropic-hosted server tools. They mean nothing to a local model
 # and are dropped from history instead of failing the whole request.
@@ -307,6 +311,11 @@ def _tolerated(block: dict, where: str, seen: list[str]) -> list[TextBlock]:
     label = f"{kind if isinstance(kind, str) else type(kind).__name__}@{where}"
     if label not in seen:
         seen.append(label)
+    return _carried_text(block)
+
+
+def _carried_text(block: dict) -> list[TextBlock]:
+    """The text a block carries in `text`, `content` or a `…text` field; nothing when it has none."""
     keys = ["text", "content"] + [k for k in block if isinstance(k, str) and k.endswith("text") and k != "text"]
     for key in keys:
         text = _text_of(block.get(key))
@@ -362,6 +371,8 @@ def _content(value: Any, where: str, role: str, seen: list[str]) -> list[Content
             out.extend(_document(block, at))
         elif kind in ("tool_addition", "tool_removal"):
             out.append(_tool_change(block, at))
+        elif kind in _TEXT_LIKE:
+            out.extend(_carried_text(block))
         elif isinstance(kind, str) and kind.endswith(_SERVER_BLOCK_SUFFIXES):
             continue
         else:

@@ -143,6 +143,26 @@ async def test_unknown_blocks_pass_as_text_or_are_dropped(start_upstream, start_
     assert rc == 0 and len(listed) == 2 and all(r["unknown_blocks"] for r in listed)
 
 
+async def test_claude_code_text_blocks_are_text(start_upstream, start_gateway, tmp_path):
+    """connector_text and mid_conv_system (types Claude Code 2.1.328 knows) reach the model as text
+    and are not reported as unknown."""
+    up = await start_upstream("openai")
+    log = tmp_path / "requests.jsonl"
+    gw = await start_gateway(gateway_config({"up": {"type": "openai", "base_url": up.url, "model": "test-model"}},
+                                            default="up", log_path=str(log)))
+    status, msg = await gw.messages({"model": MODEL, "max_tokens": 20, "messages": [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": [{"type": "connector_text", "connector_text": "bridging words"},
+                                          {"type": "text", "text": "a"}]},
+        {"role": "user", "content": [{"type": "mid_conv_system", "content": "note words"},
+                                     {"type": "text", "text": "q2"}]}]})
+    assert status == 200, msg
+    sent = json.dumps(up.received[-1]["messages"])
+    assert "bridging words" in sent and "note words" in sent
+    [record] = await wait_records(log, 1)
+    assert "unknown_blocks" not in record
+
+
 async def test_dropping_that_would_change_the_answer_stays_a_400(start_upstream, start_gateway):
     """An image for a text-only backend and a PDF are refused, not silently dropped."""
     _, gw = await start_stack(start_upstream, start_gateway)
