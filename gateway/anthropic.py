@@ -215,16 +215,20 @@ def _text_blocks(value: Any, where: str) -> list[TextBlock]:
     return out
 
 
-def _system(value: Any, seen: list[str]) -> list[TextBlock]:
+def _system(value: Any, seen: dict[str, None]) -> list[TextBlock]:
     """The system prompt: a string or text blocks; other block types are tolerated as in messages."""
-    if isinstance(value, list):
-        known = [b for b in value if not isinstance(b, dict) or b.get("type") == "text"]
-        if len(known) < len(value):
-            out: list[TextBlock] = []
-            for b in value:
-                out.extend(_text_blocks([b], "system") if b in known else _tolerated(b, "system", seen))
-            return out
-    return _text_blocks(value, "system")
+    if not isinstance(value, list) or all(isinstance(b, dict) and b.get("type") == "text" for b in value):
+        return _text_blocks(value, "system")
+    out: list[TextBlock] = []
+    for i, block in enumerate(value):
+        _expect(isinstance(block, dict), f"system.{i}: expected an object")
+        if block.get("type") != "text":
+            out.extend(_tolerated(block, "system", seen))
+            continue
+        text = block.get("text")
+        _expect(isinstance(text, str), f"system.{i}.text: expected a string")
+        out.append(TextBlock(text))
+    return out
 
 
 def _image(block: dict, where: str) -> ImageBlock:
@@ -244,7 +248,7 @@ def _image(block: dict, where: str) -> ImageBlock:
     raise invalid(f"{where}.source.type: expected 'base64' or 'url'")
 
 
-def _tool_result_content(value: Any, where: str, seen: list[str]) -> list[TextBlock | ImageBlock | ToolReferenceBlock]:
+def _tool_result_content(value: Any, where: str, seen: dict[str, None]) -> list[TextBlock | ImageBlock | ToolReferenceBlock]:
     if value is None:
         return []
     if isinstance(value, str):
@@ -301,17 +305,23 @@ def _text_of(value: Any) -> str | None:
     return None
 
 
-def _tolerated(block: dict, where: str, seen: list[str]) -> list[TextBlock]:
+def _tolerated(block: dict, where: str, seen: dict[str, None]) -> list[TextBlock]:
     """A block type this gateway does not know: its text when it carries some, else nothing.
 
     Claude Code adds block types every few weeks; failing the request would end the session.
     The type and place go into `seen`, so the gateway logs each one.
     """
-    kind = block.get("type")
-    label = f"{kind if isinstance(kind, str) else type(kind).__name__}@{where}"
-    if label not in seen:
-        seen.append(label)
+    _note_unknown(seen, block.get("type"), where)
     return _carried_text(block)
+
+
+_MAX_UNKNOWN = 32  # distinct type@where labels kept per request (they go on its log line)
+
+
+def _note_unknown(seen: dict[str, None], kind: Any, where: str) -> None:
+    name = kind[:64] if isinstance(kind, str) else type(kind).__name__
+    if len(seen) < _MAX_UNKNOWN:
+        seen.setdefault(f"{name}@{where}", None)
 
 
 def _carried_text(block: dict) -> list[TextBlock]:
@@ -334,7 +344,7 @@ def _document(block: dict, where: str) -> list[TextBlock]:
     raise invalid(f"{where}: only text documents are supported by this gateway's backends")
 
 
-def _content(value: Any, where: str, role: str, seen: list[str]) -> list[ContentBlock]:
+def _content(value: Any, where: str, role: str, seen: dict[str, None]) -> list[ContentBlock]:
     if isinstance(value, str):
         return [TextBlock(value)]
     _expect(isinstance(value, list), f"{where}: expected a string or a list of content blocks")
@@ -380,7 +390,7 @@ def _content(value: Any, where: str, role: str, seen: list[str]) -> list[Content
     return out
 
 
-def _messages(value: Any, seen: list[str]) -> list[Message]:
+def _messages(value: Any, seen: dict[str, None]) -> list[Message]:
     _expect(value is not None, "messages: field required")
     _expect(isinstance(value, list), "messages: expected a list")
     _expect(len(value) > 0, "messages: at least one message is required")
@@ -462,7 +472,7 @@ def _output_schema(body: dict) -> tuple[dict | None, str | None]:
     return schema, effort
 
 
-def _context_management(value: Any, seen: list[str]) -> list[ContextEdit] | None:
+def _context_management(value: Any, seen: dict[str, None]) -> list[ContextEdit] | None:
     """context_management.edits: the two strategies the API has; other edit types are tolerated."""
     if value is None:
         return None
@@ -479,9 +489,7 @@ def _context_management(value: Any, seen: list[str]) -> list[ContextEdit] | None
         elif kind == "clear_tool_uses_20250919":
             out.append(_clear_tool_uses(edit, at))
         else:
-            label = f"{kind}@context_management.edits"
-            if label not in seen:
-                seen.append(label)
+            _note_unknown(seen, kind, "context_management.edits")
     return out
 
 
@@ -558,7 +566,7 @@ def parse_messages_request(body: Any, *, count_only: bool = False) -> MessagesRe
         _expect(_is_int(max_tokens), "max_tokens: expected an integer")
         _expect(max_tokens >= 1, "max_tokens: must be at least 1")
 
-    seen: list[str] = []
+    seen: dict[str, None] = {}  # an ordered set
     messages = _messages(body.get("messages"), seen)
     system = _system(body["system"], seen) if body.get("system") is not None else []
     top_k = body.get("top_k")
@@ -586,5 +594,5 @@ def parse_messages_request(body: Any, *, count_only: bool = False) -> MessagesRe
         json_schema=schema,
         metadata_user_id=user_id if isinstance(user_id, str) else None,
         context_edits=_context_management(body.get("context_management"), seen),
-        unknown_blocks=seen,
+        unknown_blocks=list(seen),
     )

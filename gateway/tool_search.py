@@ -27,7 +27,7 @@ from gateway.anthropic import (
 def loaded_text(name: str, available: bool) -> str:
     """What the model reads where a tool_reference was (when the definition is in the tool list)."""
     if available:
-        return f"Tool {name} loaded: it is in the tool list now and can be called."
+        return f"Tool {name} loaded: it can be called now."
     return f"Tool {name} is not available."
 
 

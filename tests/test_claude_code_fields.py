@@ -187,3 +187,22 @@ async def test_api_hello_answers_without_auth(start_upstream, start_gateway):
     await assert_error(resp, 401, "authentication_error")
     resp = await gw.session.post(gw.url + "/api/hello")
     assert resp.status == 405 or resp.status == 404
+
+
+async def test_many_unknown_blocks_stay_cheap_and_bounded(start_upstream, start_gateway, tmp_path):
+    """20,000 distinct unknown types with long names: answered quickly, the log line keeps a bounded
+    list with bounded names."""
+    import time
+
+    up = await start_upstream("openai")
+    log = tmp_path / "requests.jsonl"
+    gw = await start_gateway(gateway_config({"up": {"type": "openai", "base_url": up.url, "model": "test-model"}},
+                                            default="up", log_path=str(log)))
+    blocks = [{"type": f"x{i}-" + "y" * 500} for i in range(20_000)] + [{"type": "text", "text": "q"}]
+    started = time.perf_counter()
+    status, msg = await gw.messages({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": blocks}]})
+    assert status == 200, msg
+    assert time.perf_counter() - started < 5
+    [record] = await wait_records(log, 1)
+    assert 0 < len(record["unknown_blocks"]) <= 32
+    assert all(len(label) < 100 for label in record["unknown_blocks"])
