@@ -57,7 +57,12 @@ def reuse(model_dir: Path, before: dict, after: dict) -> dict:
 
     from backends.mlx_cache import common_prefix
     from backends.mlx_prompt import PromptRenderer
-    from backends.translate import Dialect, template_kwargs, to_openai_messages, to_openai_tools
+    from backends.translate import (
+        Dialect,
+        template_kwargs,
+        to_openai_messages,
+        to_openai_tools,
+    )
     from gateway.anthropic import parse_messages_request
     from gateway.normalize import normalize
     from gateway.tool_search import apply_tool_search
