@@ -415,32 +415,40 @@ def demo_model_dir() -> Path:
     return ensure_demo_model(root=os.environ.get(DEMO_DIR_ENV) or default_root())
 
 
-async def _mlx_gateway(start_gateway, model: Path, log: Path):
+async def _mlx_gateway(start_gateway, model: Path, log: Path, **backend):
     return await start_gateway(gateway_config(
-        {"demo": {"type": "mlx", "model": str(model), "model_mapping": {"claude-*": str(model)}}},
+        {"demo": {"type": "mlx", "model": str(model), "model_mapping": {"claude-*": str(model)}, **backend}},
         default="demo", log_path=str(log)))
 
 
 async def test_claude_code_on_embedded_mlx_backend(claude_bin, demo_model_dir, start_gateway, tmp_path):
     """`claude -p` against the embedded MLX backend with the demo model (whose answers to unscripted
-    prompts are noise): the session ends successfully, every streamed answer was well-formed enough
-    for the CLI, and the gateway logged no error."""
+    prompts are noise): every streamed answer was well-formed enough for the CLI, the gateway logged
+    no error, and the session ends successfully, or (2.1.328), when the noise never reached an end
+    of turn, with the CLI's own verdict on answers that keep stopping at max_tokens."""
     work, home = tmp_path / "work", tmp_path / "home"
     work.mkdir()
     home.mkdir()
     log = tmp_path / "requests.jsonl"
-    gw = await _mlx_gateway(start_gateway, demo_model_dir, log)
+    # 2.1.328 continues an answer cut by max_tokens (up to three times, then gives up): capped at
+    # 256 tokens, the continuations of the seldom-ending noise stay inside the 8k context.
+    gw = await _mlx_gateway(start_gateway, demo_model_dir, log, max_output_tokens=256)
     # A short system prompt and no tools: Claude Code's own ~40k-token prompt does not fit the demo
     # model's 8k context (that case is the next test).
     s = await _run_claude([*claude_bin, "--system-prompt", "Be brief.", "--tools", "", "--max-turns", "2"],
                           "Say hello.", work, home, gw.url)
-    assert s.returncode == 0, (s.result, s.stderr[-2000:])
-    assert s.result.get("is_error") is False and s.result.get("subtype") == "success", s.result
-    assert s.result["usage"]["output_tokens"] >= 1
     lines = await _log_lines(log, at_least=1)
     api = [ln for ln in lines if ln["path"].endswith("/messages")]
     assert api and all(ln["status"] == 200 and ln["error"] is None and ln["backend"] == "demo" for ln in api), api
     assert all(ln["stream"] and ln["stop_reason"] for ln in api), api
+    assert s.result["usage"]["output_tokens"] >= 1
+    gave_up_on_length = (s.result.get("terminal_reason") == "api_error" and s.result.get("api_error_status") is None
+                         and "output token maximum" in s.result.get("result", "")
+                         and api[-1]["stop_reason"] == "max_tokens")
+    if gave_up_on_length:
+        return
+    assert s.returncode == 0, (s.result, s.stderr[-2000:])
+    assert s.result.get("is_error") is False and s.result.get("subtype") == "success", s.result
 
 
 async def test_claude_code_sees_prompt_too_long_from_mlx_backend(claude_bin, demo_model_dir, start_gateway,
