@@ -53,6 +53,7 @@ class MessageStream:
         # thinking.display "omitted": the block is sent with its signature but no thinking text.
         self.omit_thinking = omit_thinking
         self.context_management = context_management  # reported in message_delta, as the API does
+        self.omitted_thinking: list[tuple[str, str]] = []  # (signature, text) of blocks sent without text
         self.usage = Usage(input_tokens=max(1, input_tokens))
         self._index = -1
         self._open: str | None = None  # type of the open block: text | thinking | tool_use
@@ -231,7 +232,10 @@ class MessageStream:
             return []
         out: list[dict] = []
         if self._open == "thinking":
-            signature = self._signature or sign_thinking("".join(self._thinking_parts))
+            text = "".join(self._thinking_parts)
+            signature = self._signature or sign_thinking(text)
+            if self.omit_thinking:
+                self.omitted_thinking.append((signature, text))
             out.append({"type": "content_block_delta", "index": self._index,
                         "delta": {"type": "signature_delta", "signature": signature}})
             self._thinking_parts = []

@@ -66,7 +66,7 @@ async def _prepare(request: web.Request, count_only: bool) -> tuple[MessagesRequ
     gw = request.app[GATEWAY]
     record = request[RECORD]
     body = await read_body(request, record)
-    req = apply_tool_search(normalize(parse_messages_request(body, count_only=count_only)))
+    req = apply_tool_search(gw.thinking.restore(normalize(parse_messages_request(body, count_only=count_only))))
     _note_unknown(req, record)
     req, applied = apply_context_edits(req)
     request[APPLIED_EDITS] = applied
@@ -136,6 +136,8 @@ async def _generate(request: web.Request) -> web.StreamResponse:
         record.output_tokens = usage.output_tokens
         record.cache_read_tokens = usage.cache_read_input_tokens
         record.tool_names = ms.tool_names or None
+        for signature, thinking in ms.omitted_thinking:
+            request.app[GATEWAY].thinking.remember(signature, thinking)
         if ms.engine_stats is not None:
             stats = ms.engine_stats
             record.prefill_tps, record.decode_tps = stats.prefill_tps, stats.decode_tps

@@ -41,16 +41,36 @@ async def test_display_omitted_sends_signature_without_thinking(start_upstream, 
     assert msg["content"][0]["thinking"] == "secret reasoning"
 
 
-async def test_omitted_thinking_block_goes_back_in_history(start_upstream, start_gateway):
-    """The next turn carries the empty thinking block back: accepted, nothing empty reaches the model."""
-    up, gw = await start_stack(start_upstream, start_gateway, "vllm")
-    status, msg = await gw.messages({"model": MODEL, "max_tokens": 50, "thinking": {"type": "adaptive", "display": "omitted"},
-                                     "messages": HI + [{"role": "assistant", "content": [
-                                         {"type": "thinking", "thinking": "", "signature": "gw1abc"},
-                                         {"type": "text", "text": "hello"}]}, {"role": "user", "content": "more"}]})
-    assert status == 200, msg
+async def test_omitted_thinking_goes_back_to_the_backend(start_upstream, start_gateway):
+    """As with the API, omitted thinking is still the model's context: when the empty block comes
+    back in the current tool loop, the backend gets the reasoning it wrote; an unknown signature
+    gives nothing, and the client never sees the text."""
+    from tests.upstream import Script
+
+    up, gw = await start_stack(start_upstream, start_gateway, "vllm")  # vLLM gets the loop's reasoning back
+    tools = [{"name": "Bash", "description": "Run", "input_schema": {"type": "object"}}]
+    omitted = {"type": "adaptive", "display": "omitted"}
+    up.push(Script(deltas=[{"reasoning_content": "plan: list files"},
+                           {"tool_calls": [{"index": 0, "id": "c1", "type": "function",
+                                            "function": {"name": "Bash", "arguments": "{}"}}]}],
+                   finish_reason="tool_calls"))
+    status, first = await gw.messages({"model": MODEL, "max_tokens": 50, "tools": tools, "thinking": omitted,
+                                       "messages": HI})
+    assert status == 200, first
+    thinking, call = first["content"]
+    assert thinking["thinking"] == "" and thinking["signature"] and call["type"] == "tool_use"
+    follow = {"model": MODEL, "max_tokens": 50, "tools": tools, "thinking": omitted, "messages": HI + [
+        {"role": "assistant", "content": first["content"]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call["id"], "content": "a.txt"}]}]}
+    status, _ = await gw.messages(follow)
+    assert status == 200
     assistant = next(m for m in up.received[-1]["messages"] if m["role"] == "assistant")
-    assert assistant["content"] == "hello" and "reasoning_content" not in assistant
+    assert assistant["reasoning_content"] == "plan: list files"
+    follow["messages"][1]["content"][0] = {"type": "thinking", "thinking": "", "signature": "gw1unknown"}
+    status, _ = await gw.messages(follow)
+    assert status == 200
+    assistant = next(m for m in up.received[-1]["messages"] if m["role"] == "assistant")
+    assert "reasoning_content" not in assistant
 
 
 # -- effort ----------------------------------------------------------------------------------
