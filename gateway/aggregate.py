@@ -38,6 +38,8 @@ class Aggregator:
         elif kind == "message_delta":
             self.message.update(event["delta"])
             self.message["usage"] = event["usage"]
+            if "context_management" in event:
+                self.message["context_management"] = event["context_management"]
 
     def _finish_block(self, index: int) -> None:
         block = self.message["content"][index]

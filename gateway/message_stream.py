@@ -45,10 +45,15 @@ def sign_thinking(thinking: str) -> str:
 class MessageStream:
     """Per-response state: feed it backend events, get Anthropic stream events (dicts) back."""
 
-    def __init__(self, *, model: str, input_tokens: int, show_thinking: bool, message_id: str | None = None):
+    def __init__(self, *, model: str, input_tokens: int, show_thinking: bool, message_id: str | None = None,
+                 omit_thinking: bool = False, context_management: dict | None = None):
         self.message_id = message_id or new_id("msg_")
         self.model = model
         self.show_thinking = show_thinking
+        # thinking.display "omitted": the block is sent with its signature but no thinking text.
+        self.omit_thinking = omit_thinking
+        self.context_management = context_management  # reported in message_delta, as the API does
+        self.omitted_thinking: list[tuple[str, str]] = []  # (signature, text) of blocks sent without text
         self.usage = Usage(input_tokens=max(1, input_tokens))
         self._index = -1
         self._open: str | None = None  # type of the open block: text | thinking | tool_use
@@ -90,8 +95,9 @@ class MessageStream:
             self._pending_ws = ""
             self._deltas += 1
             self._thinking_parts.append(ev.thinking)
-            out.append({"type": "content_block_delta", "index": self._index,
-                        "delta": {"type": "thinking_delta", "thinking": ev.thinking}})
+            if not self.omit_thinking:
+                out.append({"type": "content_block_delta", "index": self._index,
+                            "delta": {"type": "thinking_delta", "thinking": ev.thinking}})
             return out
         if type(ev) is ToolCallStart:
             out = self._close_block()
@@ -147,11 +153,14 @@ class MessageStream:
             out += self._close_block()
         self._pending_ws = ""
         usage = self.final_usage()
-        out.append({
+        delta = {
             "type": "message_delta",
             "delta": {"stop_reason": self.stop_reason, "stop_sequence": self.stop_sequence},
             "usage": usage.to_dict(),
-        })
+        }
+        if self.context_management is not None:
+            delta["context_management"] = self.context_management
+        out.append(delta)
         out.append({"type": "message_stop"})
         return out
 
@@ -223,7 +232,10 @@ class MessageStream:
             return []
         out: list[dict] = []
         if self._open == "thinking":
-            signature = self._signature or sign_thinking("".join(self._thinking_parts))
+            text = "".join(self._thinking_parts)
+            signature = self._signature or sign_thinking(text)
+            if self.omit_thinking:
+                self.omitted_thinking.append((signature, text))
             out.append({"type": "content_block_delta", "index": self._index,
                         "delta": {"type": "signature_delta", "signature": signature}})
             self._thinking_parts = []

@@ -117,6 +117,11 @@ async def handle_root(request: web.Request) -> web.Response:
     return web.Response(text="claude-gateway: Anthropic Messages API at /v1/messages\n")
 
 
+async def handle_hello(request: web.Request) -> web.Response:
+    """Claude Code's connection warm-up (HEAD /api/hello at start): 200, no auth, like `/`."""
+    return web.Response(text="ok\n")
+
+
 async def handle_health(request: web.Request) -> web.Response:
     """Each backend's state, models and context window."""
     gw = request.app[GATEWAY]
@@ -162,6 +167,7 @@ def create_app(gateway: Gateway) -> web.Application:
                           client_max_size=int(gateway.config.server.max_body_mb * 1024 * 1024))
     app[GATEWAY] = gateway
     app.router.add_get("/", handle_root)
+    app.router.add_get("/api/hello", handle_hello)  # aiohttp answers HEAD on every GET route
     app.router.add_get("/health", handle_health)
     app.router.add_get("/metrics", handle_metrics)
     # A base URL that ends in /v1 makes SDKs call /v1/v1/…: serve both.

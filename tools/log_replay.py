@@ -63,6 +63,8 @@ def _common(parser: argparse.ArgumentParser, suppress: bool, model_filter: bool 
     f = parser.add_argument_group("filters (all must match)")
     f.add_argument("--errors-only", action="store_true", help="failed requests (status >= 400 or an error)", **d)
     f.add_argument("--unknown-routes", action="store_true", help="requests to paths the gateway does not serve", **d)
+    f.add_argument("--unknown-blocks", action="store_true", help="requests with block types the gateway does not "
+                   "know (passed on as text or dropped; the line's unknown_blocks says which and where)", **d)
     f.add_argument("--status", action="append", metavar="CODE", help="404, 5xx, … (repeatable)", **d)
     if model_filter:  # after `replay`, --model names the model to send instead
         f.add_argument("--model", action="append", metavar="GLOB", help="requested or backend model (repeatable)",
@@ -75,8 +77,8 @@ def _common(parser: argparse.ArgumentParser, suppress: bool, model_filter: bool 
 
 
 _DEFAULTS = {"file": None, "config": "config.toml", "no_rotated": False, "json": False, "limit": 20,
-             "errors_only": False, "unknown_routes": False, "status": None, "model": None, "backend": None,
-             "session": None, "path": None, "since": None, "until": None}
+             "errors_only": False, "unknown_routes": False, "unknown_blocks": False, "status": None, "model": None,
+             "backend": None, "session": None, "path": None, "since": None, "until": None}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _filter(args: argparse.Namespace) -> Filter:
-    return Filter(errors_only=args.errors_only, unknown_routes=args.unknown_routes, statuses=args.status or [],
+    return Filter(errors_only=args.errors_only, unknown_routes=args.unknown_routes,
+                  unknown_blocks=args.unknown_blocks, statuses=args.status or [],
                   models=args.model or [], backends=args.backend or [], sessions=args.session or [],
                   paths=args.path or [], since=parse_time(args.since) if args.since else None,
                   until=parse_time(args.until) if args.until else None)

@@ -176,6 +176,7 @@ class Filter:
 
     errors_only: bool = False
     unknown_routes: bool = False
+    unknown_blocks: bool = False  # requests carrying block types the gateway passed on as text or dropped
     statuses: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     backends: list[str] = field(default_factory=list)
@@ -191,6 +192,8 @@ class Filter:
             groups.append((b'"event":"unknown_route"',))
         if self.errors_only:
             groups.append((b'"error":{', b'"status":4', b'"status":5'))
+        if self.unknown_blocks:
+            groups.append((b'"unknown_blocks":',))
         if self._status:
             groups.append(tuple(n for _, n in self._status))
         if self.backends:
@@ -206,7 +209,8 @@ class Filter:
     @property
     def empty(self) -> bool:
         """No filter given: every record matches."""
-        return not (self._needles or self._status or self.errors_only or self.unknown_routes or self.models
+        return not (self._needles or self._status or self.errors_only or self.unknown_routes
+                    or self.unknown_blocks or self.models
                     or self.paths or self.since or self.until)
 
     def line_may_match(self, line: bytes) -> bool:
@@ -233,6 +237,8 @@ class Filter:
         if self.unknown_routes and rec.get("event") != "unknown_route":
             return False
         if self.errors_only and not (rec.get("error") or status >= 400):
+            return False
+        if self.unknown_blocks and not rec.get("unknown_blocks"):
             return False
         if self._status and not any(test(status) for test, _ in self._status):
             return False
