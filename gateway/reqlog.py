@@ -28,7 +28,7 @@ REDACTED_HEADERS = frozenset({"authorization", "x-api-key", "cookie", "set-cooki
 _FIELDS = ("ts", "request_id", "event", "method", "path", "query", "status", "duration_ms", "ttft_ms",
            "model", "backend", "backend_model", "stream", "input_tokens", "output_tokens",
            "cache_read_tokens", "stop_reason", "tool_names", "error", "session_id", "user_agent")
-_OPTIONAL = ("headers", "body_bytes", "prefill_tps", "decode_tps", "peak_memory_mb")  # written when set
+_OPTIONAL = ("raw_path", "headers", "body_bytes", "prefill_tps", "decode_tps", "peak_memory_mb")  # written when set
 # Characters JSON allows raw inside strings but that str.splitlines() and JavaScript treat as line
 # breaks: escaped, so a line of the log is a line for every tool.
 _LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
@@ -64,6 +64,7 @@ class RequestRecord:
     session_id: str | None = None
     user_agent: str | None = None
     body: Any = None  # the decoded JSON body; the raw text when it was not JSON
+    raw_path: str | None = None  # the request target still percent-encoded, when `path?query` differs from it
     headers: dict | None = None  # unknown routes only, redacted
     body_bytes: int | None = None
     prefill_tps: float | None = None  # in-process engines: prompt tokens computed per second

@@ -19,6 +19,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import orjson
 
+from gateway.terminal import escape_controls
 from tools.logread import (
     Filter,
     LogError,
@@ -30,7 +31,14 @@ from tools.logread import (
     records,
 )
 from tools.logstats import Summary, percentile
-from tools.render import curl_command, ms, records_table, summary_text, table
+from tools.render import (
+    curl_command,
+    ms,
+    records_table,
+    summary_text,
+    table,
+    terminal_json,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -154,7 +162,7 @@ def cmd_show(args, files, as_json: bool) -> int:
     if found is None:
         return 1
     line, rec = found
-    _out(line if as_json else orjson.dumps(rec, option=orjson.OPT_INDENT_2) + b"\n")
+    _out(line if as_json else terminal_json(rec) + "\n")
     return 0
 
 
@@ -181,7 +189,7 @@ def _arrow(a: object, b: object) -> str:
 
 def _result_line(r) -> str:
     if r.skipped:
-        return f"{r.request_id}  {r.path}  skipped: {r.skipped}"
+        return escape_controls(f"{r.request_id}  {r.path}  skipped: {r.skipped}")
     rec, new = r.recorded, r.new
     tools = _arrow(",".join(rec.tool_names) or "-", ",".join(new.tool_names) or "-")
     line = (f"{r.request_id}  {r.model or '-'}  status {_arrow(rec.status, new.status)}  "
@@ -194,7 +202,7 @@ def _result_line(r) -> str:
         line += f"  error {new.error}"
     if r.regressions:
         line += "  REGRESSION: " + ",".join(r.regressions)
-    return line
+    return escape_controls(line)
 
 
 def cmd_replay(args, files, flt: Filter, as_json: bool) -> int:

@@ -1,10 +1,14 @@
 """Terminal tables for log_replay (JSON output needs none of this)."""
 from __future__ import annotations
 
+import re
 import shlex
 import uuid
+from urllib.parse import quote
 
 import orjson
+
+from gateway.terminal import escape_controls
 
 
 def table(rows: list[list[object]], header: list[str]) -> str:
@@ -17,8 +21,18 @@ def table(rows: list[list[object]], header: list[str]) -> str:
 def _cell(value: object) -> str:
     if value is None:
         return "-"
-    text = str(value)
+    text = escape_controls(str(value))  # a path or model name is the client's text
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+# What orjson leaves raw that a terminal acts on (it escapes C0 itself): C1, DEL, separators, bidi.
+_JSON_CONTROL = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_json(value: object) -> str:
+    """Indented JSON that is still valid JSON and safe to print on a terminal."""
+    text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+    return _JSON_CONTROL.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
 
 
 def ms(value: float | None) -> str:
@@ -34,7 +48,7 @@ def summary_text(s: dict) -> str:
     speed = (f"latency p50 {ms(s['latency_ms']['p50'])}  p95 {ms(s['latency_ms']['p95'])}   "
              f"TTFT p50 {ms(s['ttft_ms']['p50'])}  p95 {ms(s['ttft_ms']['p95'])}   "
              f"tokens in {s['tokens']['input']}  out {s['tokens']['output']}")
-    out = [head, speed]
+    out = [escape_controls(head), speed]
     if s["status"]:
         out += ["", table([[k, v] for k, v in s["status"].items()], ["STATUS", "COUNT"])]
     if s["models"]:
@@ -66,12 +80,25 @@ def records_table(recs: list[dict]) -> str:
                         "TOKENS", "STOP / ERROR"])
 
 
+def request_target(rec: dict) -> str:
+    """The path and query as they arrived: raw_path when the gateway saw them encoded, else path?query
+    (quoted only where a character cannot travel raw, for records older than raw_path)."""
+    if rec.get("raw_path"):
+        return rec["raw_path"]
+    target = quote(rec.get("path") or "/", safe=_RAW_OK)
+    if rec.get("query"):
+        target += "?" + quote(rec["query"], safe=_RAW_OK + "?%")
+    return target
+
+
+_RAW_OK = "/!$&'()*+,;=:@-._~[]{}|^"  # characters the gateway accepts unencoded in a request target
+
+
 def curl_command(rec: dict, base_url: str) -> str:
     """A runnable curl command that re-sends the recorded request (body via a quoted heredoc)."""
-    url = base_url.rstrip("/") + (rec.get("path") or "/")
-    if rec.get("query"):
-        url += "?" + rec["query"]
-    parts = ["curl", "-sS", "-X", rec.get("method") or "POST", shlex.quote(url),
+    url = base_url.rstrip("/") + request_target(rec)
+    # -g: a recorded path like /x[1-40] must not become 40 requests carrying the key.
+    parts = ["curl", "-sS", "-g", "-X", rec.get("method") or "POST", shlex.quote(url),
              "-H", shlex.quote("anthropic-version: 2023-06-01"),
              # the token never went into the log: the command reads it from the environment
              "-H", '"x-api-key: ${ANTHROPIC_API_KEY:-$ANTHROPIC_AUTH_TOKEN}"']

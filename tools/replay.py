@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass, field
 
 import aiohttp
 import orjson
+from yarl import URL
 
+from tools.render import request_target
 
 
 @dataclass
@@ -97,9 +99,8 @@ def _body(rec: dict, model: str | None) -> bytes | None:
 
 async def _send(session: aiohttp.ClientSession, base: str, rec: dict, body: bytes | None,
                 token: str | None) -> Outcome:
-    url = base.rstrip("/") + (rec.get("path") or "/")
-    if rec.get("query"):
-        url += "?" + rec["query"]
+    # encoded=True: the target goes out byte for byte as it was recorded, not re-quoted by yarl.
+    url = URL(base.rstrip("/") + request_target(rec), encoded=True)
     out = Outcome()
     start = time.perf_counter()
     try:
