@@ -24,7 +24,8 @@ log = structlog.get_logger("gateway.request")
 REDACTED = "[REDACTED]"
 REDACTED_HEADERS = frozenset({"authorization", "x-api-key", "cookie", "set-cookie", "proxy-authorization"})
 
-# Line order: the contract fields, then the optional extras; `body` is always written last.
+# Line order: the contract fields, then the optional extras; `body` then `response` always come last
+# (readers skip both by stopping at `,"body":`).
 _FIELDS = ("ts", "request_id", "event", "method", "path", "query", "status", "duration_ms", "ttft_ms",
            "model", "backend", "backend_model", "stream", "input_tokens", "output_tokens",
            "cache_read_tokens", "stop_reason", "tool_names", "error", "session_id", "user_agent")
@@ -64,6 +65,7 @@ class RequestRecord:
     session_id: str | None = None
     user_agent: str | None = None
     body: Any = None  # the decoded JSON body; the raw text when it was not JSON
+    response: list[dict] | None = None  # the content blocks the client was sent (written with the body)
     raw_path: str | None = None  # the request target still percent-encoded, when `path?query` differs from it
     headers: dict | None = None  # unknown routes only, redacted
     body_bytes: int | None = None
@@ -89,6 +91,7 @@ class RequestRecord:
                 data[name] = value
         if with_body:
             data["body"] = self.body
+            data["response"] = self.response
         return data
 
 
@@ -120,9 +123,10 @@ class LineRenderer:
         return line
 
     def __call__(self, _logger: object, _method: str, event_dict: dict) -> bytes:
-        """structlog processor: the final renderer, `body` moved last."""
-        if "body" in event_dict:
-            event_dict["body"] = event_dict.pop("body")
+        """structlog processor: the final renderer, `body` and `response` moved last."""
+        for name in ("body", "response"):
+            if name in event_dict:
+                event_dict[name] = event_dict.pop(name)
         try:
             return self.render(event_dict) + b"\n"
         except RecursionError:  # scrubbing a body nested ~1000 deep: the line is still written, without it

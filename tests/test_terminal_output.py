@@ -13,7 +13,14 @@ import sys
 
 from tests.conftest import TOKEN, gateway_config
 from tests.gateway_process import ROOT, free_port
-from tests.logtools import log_has, read_records, run_cli, run_cli_tty, wait_records, wait_until
+from tests.logtools import (
+    log_has,
+    read_records,
+    run_cli,
+    run_cli_tty,
+    wait_records,
+    wait_until,
+)
 
 # Retitles the window, rings the bell, clears the screen; then a forged line; then C1 CSI and a bidi override.
 HOSTILE_PATH = "/v1/x%1b%5d0;PWNED%07%1b[2J%0aFORGED%20status=200%c2%9b31m%e2%80%aeevil"
@@ -153,7 +160,7 @@ async def test_curl_command_sends_exactly_the_recorded_target_once(start_upstrea
         assert " -g " in cmd
         rc, out = await _sh(cmd)
         assert rc == 0, out
-        await wait_until(lambda: len(read_records(log)) >= i * 2 + 2)
+        await wait_until(lambda n=i * 2 + 2: len(read_records(log)) >= n)
         await asyncio.sleep(0.2)  # a globbing curl would still be sending
         recs = read_records(log)
         assert len(recs) == i * 2 + 2, [r["path"] for r in recs]  # one request, not one per glob expansion
@@ -178,10 +185,11 @@ async def test_rotated_logs_keep_the_live_logs_permissions(start_upstream, start
                 resp = await gw.post("/v1/messages", {"model": "m", "max_tokens": 5,
                                                       "messages": [{"role": "user", "content": "z" * 1500}]})
                 await resp.read()
-            await wait_until(lambda: log_has(log, resp.headers["request-id"]))
+            last = resp.headers["request-id"]
+            await wait_until(lambda log=log, last=last: log_has(log, last))
             suffix = ".gz" if compress == "true" else ""
             expected = ["requests.jsonl"] + [f"requests.jsonl.{i}{suffix}" for i in (1, 2, 3)]
-            await wait_until(lambda: sorted(p.name for p in d.iterdir()) == expected)  # compression done
+            await wait_until(lambda d=d, expected=expected: sorted(p.name for p in d.iterdir()) == expected)  # compression done
             files = sorted(p.name for p in d.iterdir())
             modes = {name: stat.S_IMODE((d / name).stat().st_mode) for name in files}
             assert set(modes.values()) == {0o600}, modes
