@@ -187,14 +187,16 @@ class RequestLog:
         if self._writer is not None:
             self._lines.info(**record.to_dict(self.bodies))
         path, model = record.path, record.model
-        for secret in self.secrets:  # the path and model name are the client's text: a pasted token shows here
-            if secret in path or (model and secret in model):
+        message = (record.error or {}).get("message")  # says what to fix; the type alone rarely does
+        for secret in self.secrets:  # the path, model name and error echo the client's text: a pasted token shows here
+            if secret in path or (model and secret in model) or (message and secret in message):
                 path, model = path.replace(secret, REDACTED), model and model.replace(secret, REDACTED)
+                message = message and message.replace(secret, REDACTED)
         log.info(record.event, request_id=record.request_id, method=record.method, path=path,
                  status=record.status, model=model, backend=record.backend,
                  duration_ms=record.duration_ms, ttft_ms=record.ttft_ms,
                  tokens_in=record.input_tokens, tokens_out=record.output_tokens,
-                 stop_reason=record.stop_reason, error=(record.error or {}).get("type"))
+                 stop_reason=record.stop_reason, error=(record.error or {}).get("type"), error_message=message)
 
     def close(self) -> None:
         """Write every queued line and close the file."""
