@@ -67,6 +67,7 @@ def compare(recorded: list[dict] | None, new: list[dict] | None) -> AnswerDiff:
         d.tool_calls = "changed_arguments"
     d.changed = a != b or d.tool_calls != "same"
     if d.changed:
-        d.diff = [line.rstrip("\n") for line in
-                  difflib.unified_diff(_lines(recorded), _lines(new), n=1, lineterm="")][2:]  # no ---/+++ header
+        lines = list(difflib.unified_diff(_lines(recorded), _lines(new), n=1, lineterm=""))[2:]  # no ---/+++
+        # Hunk headers number wrapped lines nobody sees: a "…" between hunks says enough.
+        d.diff = [("…" if line.startswith("@@") else line) for line in lines][1:]
     return d

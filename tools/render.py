@@ -12,27 +12,28 @@ from gateway.terminal import escape_controls
 
 
 def table(rows: list[list[object]], header: list[str], width: int | None = None,
-          flexible: tuple[str, ...] = ()) -> str:
-    """Left-aligned columns separated by two spaces; with `width`, the `flexible` columns (widest
-    first) are cut short with "…" until every line fits."""
+          flexible: dict[str, int] | None = None, clip: tuple[str, ...] = ()) -> str:
+    """Left-aligned columns separated by two spaces. With `width`, the `flexible` columns (name →
+    narrowest width), widest first, are cut short with "…" until every line fits; `clip` columns
+    are cut without the mark (an id prefix still works as an id)."""
     cells = [[_cell(c) for c in row] for row in [header] + rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    if width:
-        shrinkable = [i for i, h in enumerate(header) if h in flexible]
+    if width and flexible:
+        floor = {i: max(len(h), flexible[h]) for i, h in enumerate(header) if h in flexible}
         while sum(widths) + 2 * (len(widths) - 1) > width:
-            i = max(shrinkable, key=lambda j: widths[j], default=None)
-            if i is None or widths[i] <= max(len(header[i]), _MIN_WIDTH):
+            i = max((j for j in floor if widths[j] > floor[j]), key=lambda j: widths[j], default=None)
+            if i is None:
                 break  # nothing left to cut: let the terminal wrap
             widths[i] -= 1
-        cells = [[_fit(c, w) for c, w in zip(row, widths)] for row in cells]
+        cells = [cells[0]] + [[_fit(c, w, header[j] in clip) for j, (c, w) in enumerate(zip(row, widths))]
+                              for row in cells[1:]]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
-_MIN_WIDTH = 8
-
-
-def _fit(text: str, width: int) -> str:
-    return text if len(text) <= width else text[:width - 1] + "…"
+def _fit(text: str, width: int, clip: bool) -> str:
+    if len(text) <= width:
+        return text
+    return text[:width] if clip else text[:width - 1] + "…"
 
 
 def _cell(value: object) -> str:
@@ -91,17 +92,22 @@ def error_text(err: object) -> str:
 
 
 def records_table(recs: list[dict], width: int | None = None) -> str:
-    """One row per record; errors with their message."""
+    """One row per record; errors with their message. Times of day only when all fall on one day."""
+    one_day = len({str(r.get("ts", ""))[:10] for r in recs}) <= 1
     rows = []
     for r in recs:
         what = r.get("stop_reason") or error_text(r.get("error"))
         if r.get("tool_names"):
             what += " " + ",".join(r["tool_names"])
-        rows.append([r.get("ts", "")[:23], r.get("request_id"), r.get("method"), r.get("path"), r.get("status"),
-                     r.get("model"), r.get("backend"), ms(r.get("duration_ms")), ms(r.get("ttft_ms")),
+        ts = str(r.get("ts", ""))
+        rows.append([ts[11:23] if one_day else ts[5:10] + " " + ts[11:19], r.get("request_id"),
+                     f"{r.get('method')} {r.get('path')}", r.get("status"), r.get("model"), r.get("backend"),
+                     ms(r.get("duration_ms")), ms(r.get("ttft_ms")),
                      f"{r.get('input_tokens') or 0}/{r.get('output_tokens') or 0}", what])
-    return table(rows, ["TS", "REQUEST ID", "METHOD", "PATH", "STATUS", "MODEL", "BACKEND", "TIME", "TTFT",
-                        "TOKENS", "STOP / ERROR"], width, flexible=("PATH", "MODEL", "BACKEND", "STOP / ERROR", "TS"))
+    return table(rows, ["TIME (UTC)" if one_day else "DATE TIME (UTC)", "REQUEST ID", "REQUEST", "STATUS", "MODEL",
+                        "BACKEND", "TOTAL", "TTFT", "TOKENS", "RESULT"], width,
+                 flexible={"REQUEST ID": 12, "REQUEST": 10, "MODEL": 8, "BACKEND": 7, "RESULT": 10},
+                 clip=("REQUEST ID",))
 
 
 def request_target(rec: dict) -> str:
@@ -156,7 +162,7 @@ def brief(rec: dict) -> str:
            + (f"  decode {rec['decode_tps']:.0f} tok/s" if rec.get("decode_tps") else ""),
            (f"tokens     in {rec.get('input_tokens') or 0}  out {rec.get('output_tokens') or 0}"
            f"  cache read {rec.get('cache_read_tokens') or 0}"),
-           f"request    {len(messages)} messages, system {system_chars} chars, {rec.get('body_bytes') or 0} bytes"]
+           f"request    messages {len(messages)}, system {system_chars} chars, body {rec.get('body_bytes') or 0} bytes"]
     out.append(f"tools      {len(tools)} offered" + (": " + ", ".join(map(str, tools)) if tools else ""))
     last_user = next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None)
     if last_user is not None:
