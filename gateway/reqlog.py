@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -156,13 +157,21 @@ def _dumps(data: dict) -> bytes:
         return orjson.dumps({**data, "body": "[not logged: nested too deeply to serialize]"}, default=str)
 
 
+RECENT_LINES = 200  # kept in memory for the request inspector (/inspect)
+
+
 class _Enqueue:
-    """structlog's "logger" at the end of the chain: hands the rendered line to the writer."""
+    """structlog's "logger" at the end of the chain: hands the rendered line to the writer and
+    keeps the latest ones (numbered) for the request inspector."""
 
     def __init__(self, writer: LineWriter | None):
         self.writer = writer
+        self.recent: deque[tuple[int, bytes]] = deque(maxlen=RECENT_LINES)
+        self.seq = 0
 
     def msg(self, line: bytes) -> None:
+        self.seq += 1
+        self.recent.append((self.seq, line))
         if self.writer is not None:
             self.writer.put(line)
 
@@ -177,15 +186,16 @@ class RequestLog:
         self.bodies = bodies
         self.secrets = tuple(s for s in secrets if s)
         self._writer = LineWriter(RotatingFile(path, rotate_bytes, keep, compress)) if path else None
-        self._lines = structlog.wrap_logger(_Enqueue(self._writer), processors=[LineRenderer(self.secrets)],
+        self._sink = _Enqueue(self._writer)
+        self._lines = structlog.wrap_logger(self._sink, processors=[LineRenderer(self.secrets)],
                                             wrapper_class=structlog.BoundLogger, context_class=dict)
         if self._writer is not None:
             atexit.register(self.close)  # an exit that skips the app's cleanup still flushes
 
     def write(self, record: RequestRecord) -> None:
         """Record one finished request (returns at once; the line is written off the event loop)."""
-        if self._writer is not None:
-            self._lines.info(**record.to_dict(self.bodies))
+        # Rendered even without a file: the inspector shows the same (scrubbed) lines.
+        self._lines.info(**record.to_dict(self.bodies))
         path, model = record.path, record.model
         message = (record.error or {}).get("message")  # says what to fix; the type alone rarely does
         for secret in self.secrets:  # the path, model name and error echo the client's text: a pasted token shows here
@@ -197,6 +207,10 @@ class RequestLog:
                  duration_ms=record.duration_ms, ttft_ms=record.ttft_ms,
                  tokens_in=record.input_tokens, tokens_out=record.output_tokens,
                  stop_reason=record.stop_reason, error=(record.error or {}).get("type"), error_message=message)
+
+    def recent(self, after: int = 0) -> list[tuple[int, bytes]]:
+        """The latest rendered lines numbered above `after`, oldest first (at most RECENT_LINES)."""
+        return [(n, line) for n, line in self._sink.recent if n > after]
 
     def close(self) -> None:
         """Write every queued line and close the file."""

@@ -8,6 +8,7 @@ import structlog
 from aiohttp import web
 
 from gateway.errors import GatewayError
+from gateway.inspect import add_inspector
 from gateway.messages import handle_count_tokens, handle_messages
 from gateway.metrics import CONTENT_TYPE, CacheUse, loopback
 from gateway.message_stream import new_id
@@ -173,6 +174,7 @@ def create_app(gateway: Gateway) -> web.Application:
         app.router.add_get(f"{prefix}/models", handle_list_models)
         app.router.add_get(prefix + "/models/{model_id:.+}", handle_get_model)
     app.router.add_post("/api/event_logging/batch", handle_event_logging)
+    add_inspector(app, _authorized)
     # (?s): a path holding a decoded newline is an unknown route too, not an unlogged 404.
     app.router.add_route("*", "/{tail:(?s:.*)}", handle_unknown)
 
