@@ -20,7 +20,8 @@ from tests.upstream import TEXT, TOOL
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine "
                                 "(apt-get install chromium) — the inspector page is tested in a real browser")
-SCREENSHOT = Path(os.environ.get("INSPECT_SCREENSHOT", "/work/wt/inspect.png"))
+# Set INSPECT_SCREENSHOT=PATH to keep a screenshot of the page (for a note or a review).
+SCREENSHOT = os.environ.get("INSPECT_SCREENSHOT")
 
 
 class Browser:
@@ -113,7 +114,7 @@ ROWS = "document.querySelectorAll('#requests tbody tr').length"
 
 
 async def test_inspector_shows_requests_live_opens_one_and_charts_a_session(start_upstream, start_gateway,
-                                                                            browser):
+                                                                            browser, tmp_path):
     up = await start_upstream("vllm", models=["qwen-coder"], context=3000)
     up.default = TEXT("Here is the refactored module, tidy and tested.")
     gw = await start_gateway(gateway_config({"up": {"type": "vllm", "base_url": up.url, "model": "qwen-coder",
@@ -167,8 +168,9 @@ async def test_inspector_shows_requests_live_opens_one_and_charts_a_session(star
     assert heights[0] > heights[1] > heights[2] > heights[3] < heights[4]  # higher on screen = more context
     await browser.js(f"document.querySelector('tr[data-id=\"{ids[3]}\"]').click()")
     await browser.wait("document.querySelector('.answer-text') !== null")
-    await browser.screenshot(SCREENSHOT)
-    assert SCREENSHOT.stat().st_size > 10_000
+    shot = Path(SCREENSHOT) if SCREENSHOT else tmp_path / "inspect.png"
+    await browser.screenshot(shot)
+    assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 async def test_inspector_behind_a_token_asks_for_it(start_upstream, start_gateway, browser):
