@@ -146,6 +146,22 @@ class LineRenderer:
         return value
 
 
+def _without_body(line: bytes) -> bytes:
+    """A rendered line minus its body and response (they come last)."""
+    i = line.find(_BODY_FIELD)
+    if i < 0:
+        return line
+    head = line[:i] + b"}\n"
+    try:
+        orjson.loads(head)
+        return head
+    except orjson.JSONDecodeError:  # the needle sat inside an earlier field (a header named "body")
+        rec = orjson.loads(line)
+        rec.pop("body", None)
+        rec.pop("response", None)
+        return orjson.dumps(rec) + b"\n"
+
+
 def _dumps(data: dict) -> bytes:
     try:
         return orjson.dumps(data)
@@ -158,6 +174,8 @@ def _dumps(data: dict) -> bytes:
 
 
 RECENT_LINES = 200  # kept in memory for the request inspector (/inspect)
+RECENT_BYTES = 8 << 20  # beyond this, the oldest kept lines lose their body and response
+_BODY_FIELD = b',"body":'
 
 
 class _Enqueue:
@@ -166,14 +184,27 @@ class _Enqueue:
 
     def __init__(self, writer: LineWriter | None):
         self.writer = writer
-        self.recent: deque[tuple[int, bytes]] = deque(maxlen=RECENT_LINES)
+        self.recent: deque[list] = deque()  # [seq, line], oldest first; the first `_trimmed` lost their body
         self.seq = 0
+        self._bytes = 0
+        self._trimmed = 0
 
     def msg(self, line: bytes) -> None:
-        self.seq += 1
-        self.recent.append((self.seq, line))
         if self.writer is not None:
             self.writer.put(line)
+        self.seq += 1
+        self.recent.append([self.seq, line])
+        self._bytes += len(line)
+        if len(self.recent) > RECENT_LINES:
+            self._bytes -= len(self.recent.popleft()[1])
+            self._trimmed = max(0, self._trimmed - 1)
+        # Claude Code lines are ~100 KB: without a budget 200 of them would add 20 MB to the process.
+        while self._bytes > RECENT_BYTES and self._trimmed < len(self.recent) - 1:
+            entry = self.recent[self._trimmed]
+            head = _without_body(entry[1])
+            self._bytes -= len(entry[1]) - len(head)
+            entry[1] = head
+            self._trimmed += 1
 
     info = msg
 

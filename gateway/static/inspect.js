@@ -124,7 +124,7 @@ async function openRecord(id) {
 }
 
 function answerBlocks(rec) {
-  if (!("response" in rec)) return [el("p", { class: "muted" }, "Not logged: answers are kept with log.bodies = true.")];
+  if (!("response" in rec)) return [el("p", { class: "muted" }, "Not here: answers are logged with log.bodies = true, and the page keeps only the latest ones whole (claude-gateway-replay show ID reads the log).")];
   if (!Array.isArray(rec.response) || !rec.response.length) return [el("p", { class: "muted" }, "No answer was sent.")];
   return rec.response.map((b) => {
     const cut = b.incomplete ? " (cut short)" : "";
