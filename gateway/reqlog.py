@@ -174,7 +174,7 @@ def _dumps(data: dict) -> bytes:
 
 
 RECENT_LINES = 200  # kept in memory for the request inspector (/inspect)
-RECENT_BYTES = 8 << 20  # beyond this, the oldest kept lines lose their body and response
+RECENT_BYTES = 4 << 20  # beyond this, the oldest kept lines lose their body and response
 _BODY_FIELD = b',"body":'
 
 

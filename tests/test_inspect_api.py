@@ -28,7 +28,7 @@ async def test_recent_lines_keep_whole_records_within_a_memory_budget(start_upst
     oldest = await (await gw.get(f"/inspect/api/records/{ids[0]}")).json()
     assert "body" not in oldest and "response" not in oldest  # over the budget: the head only
     assert oldest == {k: v for k, v in recs[ids[0]].items() if k not in ("body", "response")}
-    assert sum(len(line) for _, line in gw.gateway.reqlog.recent()) <= 8.5 * 2**20
+    assert sum(len(line) for _, line in gw.gateway.reqlog.recent()) <= 4.5 * 2**20
     # Only what is new since the last poll.
     after = (await (await gw.get(f"/inspect/api/records?after={data['seq']}")).json())
     assert after["records"] == [] and after["seq"] == data["seq"]
