@@ -52,7 +52,9 @@ def add_inspector(app: web.Application, authorized: Callable[[web.Request, str],
         lines = gw.reqlog.recent(after)
         heads = []
         for seq, line in lines:
-            rec = orjson.loads(line)
+            rec = _decode(line)
+            if rec is None:
+                continue
             rec.pop("body", None)
             response = rec.pop("response", None)
             rec["seq"] = seq
@@ -68,7 +70,7 @@ def add_inspector(app: web.Application, authorized: Callable[[web.Request, str],
         wanted = request.match_info["request_id"]
         needle = b'"request_id":' + orjson.dumps(wanted)
         for _, line in reversed(request.app[GATEWAY].reqlog.recent()):
-            if needle in line and orjson.loads(line).get("request_id") == wanted:
+            if needle in line and (_decode(line) or {}).get("request_id") == wanted:
                 return web.Response(body=line, content_type="application/json", headers=_HEADERS)
         raise GatewayError(404, f"{wanted} is not among the gateway's latest requests; "
                                 "older ones are in the request log (claude-gateway-replay show ID)")
@@ -77,6 +79,19 @@ def add_inspector(app: web.Application, authorized: Callable[[web.Request, str],
         app.router.add_get(path, page)
     app.router.add_get("/inspect/api/records", records)
     app.router.add_get("/inspect/api/records/{request_id}", record)
+
+
+def _decode(line: bytes) -> dict | None:
+    """A log line as a dict; only its head when the body nests deeper than orjson reads."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        pass
+    i = line.find(b',"body":')
+    try:
+        return orjson.loads(line[:i] + b"}") if i > 0 else None
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _preview(response: object) -> str:

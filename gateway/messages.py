@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import AsyncIterator
 
 import orjson
@@ -242,4 +243,7 @@ def _feed(ms: MessageStream, item: Event | list[Event]) -> list[dict]:
 
 
 def _dumps(obj: object) -> str:
-    return orjson.dumps(obj).decode()
+    try:
+        return orjson.dumps(obj).decode()
+    except TypeError:  # tool arguments from the upstream nested past orjson's 255 levels
+        return json.dumps(obj, ensure_ascii=False)

@@ -156,10 +156,14 @@ def _without_body(line: bytes) -> bytes:
         orjson.loads(head)
         return head
     except orjson.JSONDecodeError:  # the needle sat inside an earlier field (a header named "body")
+        pass
+    try:
         rec = orjson.loads(line)
-        rec.pop("body", None)
-        rec.pop("response", None)
-        return orjson.dumps(rec) + b"\n"
+    except orjson.JSONDecodeError:  # nested too deeply for orjson: kept whole
+        return line
+    rec.pop("body", None)
+    rec.pop("response", None)
+    return orjson.dumps(rec) + b"\n"
 
 
 def _dumps(data: dict) -> bytes:
