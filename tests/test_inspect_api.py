@@ -72,6 +72,6 @@ async def test_hostile_lines_do_not_break_the_inspector(start_upstream, start_ga
                                           "messages": [{"role": "user", "content": "</script><img src=x onerror=alert(1)>"}]})
     assert resp.status == 200
     data = await (await gw.get("/inspect/api/records")).json()
-    assert [r["request_id"] for r in data["records"]][0] == deep_id and len(data["records"]) == 3
+    assert data["records"][0]["request_id"] == deep_id and len(data["records"]) == 3
     one = await gw.get(f"/inspect/api/records/{deep_id}")
     assert one.status == 200 and one.content_type == "application/json"
