@@ -162,7 +162,7 @@ async def test_inspector_shows_requests_live_opens_one_and_charts_a_session(star
     await browser.js("document.querySelector('tr[data-id] a.session').click()")
     await browser.wait("document.querySelectorAll('#chart circle').length === 5")
     facts = await browser.js("document.querySelector('#session-facts').textContent")
-    assert facts.startswith("5 turns") and "of 3000" in facts and "1 compactions" in facts, facts
+    assert facts.startswith("5 turns") and "of 3000" in facts and "1 compaction ·" in facts and "0 errors" in facts, facts
     assert await browser.js("document.querySelectorAll('#chart line.window').length") == 1
     heights = await browser.js("[...document.querySelectorAll('#chart circle')].map(c => +c.getAttribute('cy'))")
     assert heights[0] > heights[1] > heights[2] > heights[3] < heights[4]  # higher on screen = more context

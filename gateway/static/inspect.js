@@ -20,6 +20,7 @@ function el(tag, attrs, ...children) {
 function ms(v) { return v === null || v === undefined ? "–" : v >= 10000 ? (v / 1000).toFixed(1) + "s" : Math.round(v) + "ms"; }
 function num(v) { return v === null || v === undefined ? "–" : v >= 10000 ? (v / 1000).toFixed(1) + "k" : String(v); }
 function errText(e) { return e ? (e.message ? `${e.type}: ${e.message}` : e.type) : ""; }
+function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
 function context(r) { return (r.input_tokens || 0) + (r.cache_read_tokens || 0); }
 
 async function api(path) {
@@ -73,7 +74,7 @@ function row(r) {
   if (r.error) what.append(el("span", { class: "err" }, errText(r.error)));
   else if (r.answer_preview) what.append(el("span", { class: "muted" }, r.answer_preview));
   else if (r.stop_reason) what.append(el("span", { class: "muted" }, r.stop_reason));
-  const req = el("td", {}, el("code", {}, r.request_id.slice(0, 12)), " ", el("span", { class: "muted" }, `${r.method} ${r.path}`));
+  const req = el("td", {}, el("code", {}, r.request_id.slice(0, 12)), " ", el("span", { class: "muted req-path" }, `${r.method} ${r.path}`));
   if (r.session_id) req.append(" ", el("a", { class: "session", href: "#", title: "session timeline", onclick: (ev) => { ev.preventDefault(); ev.stopPropagation(); openSession(r.session_id); } }, "session"));
   const tr = el("tr", { "data-id": r.request_id, onclick: () => openRecord(r.request_id) },
     el("td", {}, (r.ts || "").slice(11, 19)),
@@ -171,7 +172,8 @@ function drawSession() {
   const compactions = turns.filter((r, i) => i > 0 && context(r) < COMPACTION_DROP * context(turns[i - 1])).length;
   const last = turns.length ? context(turns[turns.length - 1]) : 0;
   $("session-facts").textContent = `${turns.length} turns · context now ${num(last)} tokens` +
-    (windowSize ? ` of ${num(windowSize)} (${Math.round(100 * last / windowSize)}%)` : "") + ` · ${compactions} compactions · ${errors} errors`;
+    (windowSize ? ` of ${num(windowSize)} (${Math.round(100 * last / windowSize)}%)` : "") +
+    ` · ${plural(compactions, "compaction")} · ${plural(errors, "error")}`;
   const W = 900, H = 220, L = 56, R = 12, T = 12, B = 28;
   const top = Math.max(windowSize, ...turns.map(context), 1);
   const x = (i) => L + (turns.length < 2 ? (W - L - R) / 2 : i * (W - L - R) / (turns.length - 1));
