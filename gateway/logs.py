@@ -6,6 +6,17 @@ import sys
 
 import structlog
 
+from gateway.terminal import escape_controls
+
+
+def _escape_for_terminal(_logger: object, _method: str, event_dict: dict) -> dict:
+    """structlog processor: the console renderer prints str values raw (others via repr(), which
+    escapes controls), so escape them; a traceback keeps its line breaks."""
+    return {escape_controls(k): (v if not isinstance(v, str) else
+                                 "\n".join(map(escape_controls, v.split("\n"))) if k == "exception" else
+                                 escape_controls(v))
+            for k, v in event_dict.items()}
+
 
 def configure_logging(level: str = "info", json: bool | None = None) -> None:
     """Route structlog (and stdlib logging) to stderr at `level`."""
@@ -18,6 +29,7 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            *(() if json else (_escape_for_terminal,)),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),

@@ -2,8 +2,8 @@
 
 One `MessageStream` per response owns the content-block lifecycle: indices, start/stop, the
 thinking signature, the final `message_delta`. The SSE encoder writes its events as frames and
-the aggregator folds the very same events into a non-streaming message, so the two answers
-cannot differ.
+the aggregator folds the very same events into the answer — the non-streaming message, and the
+`response` of the request log for both kinds — so the two cannot differ.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import os
 import secrets
 import string
 
+from gateway.aggregate import Aggregator
 from gateway.anthropic import StopReason, Usage
 from gateway.errors import GatewayError
 from gateway.events import (
@@ -69,12 +70,14 @@ class MessageStream:
         self._stop: Stop | None = None
         self.ttft_seen = False
         self.engine_stats: EngineStats | None = None
+        self.answer = Aggregator()  # every event handed out, folded: what the client has been sent
+        self.finished = False
 
     # -- events -------------------------------------------------------------------------------
 
     def message_start(self) -> dict:
         """The first event of every response."""
-        return {
+        event = {
             "type": "message_start",
             "message": {
                 "id": self.message_id, "type": "message", "role": "assistant", "content": [],
@@ -83,9 +86,17 @@ class MessageStream:
                           "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
             },
         }
+        self.answer.add(event)
+        return event
 
     def feed(self, ev: Event) -> list[dict]:
         """Anthropic events for one backend event (often one, sometimes none or several)."""
+        out = self._events(ev)
+        for event in out:
+            self.answer.add(event)
+        return out
+
+    def _events(self, ev: Event) -> list[dict]:
         if type(ev) is TextDelta:
             return self._text(ev.text)
         if type(ev) is ThinkingDelta:
@@ -162,6 +173,9 @@ class MessageStream:
             delta["context_management"] = self.context_management
         out.append(delta)
         out.append({"type": "message_stop"})
+        for event in out:
+            self.answer.add(event)
+        self.finished = True
         return out
 
     @staticmethod

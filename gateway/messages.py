@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import AsyncIterator
 
 import orjson
@@ -10,7 +11,6 @@ import structlog
 from aiohttp import web
 
 from backends.base import BackendRequest
-from gateway.aggregate import Aggregator
 from gateway.anthropic import MessagesRequest, parse_messages_request
 from gateway.context_edits import apply_context_edits
 from gateway.errors import GatewayError
@@ -131,7 +131,10 @@ async def _generate(request: web.Request) -> web.StreamResponse:
         return await _respond_json(ms, events, record)
     finally:
         await events.aclose()
-        usage = ms.usage
+        # A cut stream never reached finish(): count what it delivered, not 0.
+        usage = ms.usage if ms.finished else ms.final_usage()
+        # What the client was sent (the log writes it with the bodies); nothing when it failed before message_start.
+        record.response = ms.answer.content() if ms.answer.message else None
         record.input_tokens = usage.input_tokens
         record.output_tokens = usage.output_tokens
         record.cache_read_tokens = usage.cache_read_input_tokens
@@ -145,17 +148,14 @@ async def _generate(request: web.Request) -> web.StreamResponse:
 
 
 async def _respond_json(ms: MessageStream, events: AsyncIterator[Event], record: RequestRecord) -> web.Response:
-    agg = Aggregator()
-    agg.add(ms.message_start())
+    ms.message_start()
     async for ev in events:
-        for out in _feed(ms, ev):
-            agg.add(out)
+        _feed(ms, ev)
         if ms.ttft_seen:
             record.mark_first_token()
-    for out in ms.finish():
-        agg.add(out)
+    ms.finish()
     record.stop_reason = ms.stop_reason
-    return web.json_response(agg.message, dumps=_dumps)
+    return web.json_response(ms.answer.message, dumps=_dumps)
 
 
 class _Pinger:
@@ -272,4 +272,7 @@ def _feed(ms: MessageStream, item: Event | list[Event]) -> list[dict]:
 
 
 def _dumps(obj: object) -> str:
-    return orjson.dumps(obj).decode()
+    try:
+        return orjson.dumps(obj).decode()
+    except TypeError:  # tool arguments from the upstream nested past orjson's 255 levels
+        return json.dumps(obj, ensure_ascii=False)
