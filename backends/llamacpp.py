@@ -6,7 +6,12 @@ import zlib
 
 from backends.base import BackendRequest, BackendUnavailable, TokenCount
 from backends.openai import OpenAIBackend, _int
-from backends.translate import Dialect, to_openai_messages, to_openai_tools
+from backends.translate import (
+    Dialect,
+    template_kwargs,
+    to_openai_messages,
+    to_openai_tools,
+)
 from gateway.errors import GatewayError
 
 
@@ -47,7 +52,7 @@ class LlamaCppBackend(OpenAIBackend):
     async def count_tokens(self, breq: BackendRequest) -> TokenCount:
         req = breq.request
         body: dict = {"messages": to_openai_messages(req, self.dialect, breq.model),
-                      "chat_template_kwargs": {"enable_thinking": req.thinking_enabled}}
+                      "chat_template_kwargs": template_kwargs(req)}
         if req.tools:
             body["tools"] = to_openai_tools(req)
         try:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import structlog
 
 from backends.base import (
@@ -202,8 +203,9 @@ class MLXBackend(Backend):
         return handle.context
 
     async def models(self) -> list[ModelInfo]:
+        """Configured models; never loads one (a model not loaded yet reports what its local config says)."""
         return [ModelInfo(name, context_window=self._handles[name].context if name in self._handles
-                          else self.config.context_window)
+                          else self.config.context_window or _context_on_disk(name))
                 for name in self.configured_models()]
 
     async def health(self) -> BackendHealth:
@@ -305,6 +307,16 @@ def _vocab_of(cfg: dict, tokenizer) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return len(getattr(tokenizer, "vocab", None) or ()) or 1
+
+
+def _context_on_disk(name: str) -> int | None:
+    """The context length in a local model directory's config.json; None for hub ids or unreadable files."""
+    path = Path(name).expanduser() / "config.json"
+    try:
+        cfg = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return _context_of(cfg) if isinstance(cfg, dict) else None
 
 
 def _context_of(cfg: dict) -> int | None:

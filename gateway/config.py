@@ -89,6 +89,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     default_backend: str | None = None
     backends: dict[str, BackendConfig] = field(default_factory=dict)
+    claude_models: list[str] | None = None  # [routing].claude_models; None: gateway/claude_models.toml
 
     def secrets(self) -> tuple[str, ...]:
         """Every configured secret: the gateway token and each backend's."""
@@ -100,7 +101,7 @@ class Config:
 _SERVER_KEYS = {"host": str, "port": int, "auth_token": str, "max_body_mb": (int, float),
                 "ping_interval_s": (int, float), "allow_public": bool, "shutdown_grace_s": (int, float)}
 _LOG_KEYS = {"requests": str, "bodies": bool, "level": str, "rotate_mb": (int, float), "keep": int, "gzip": bool}
-_ROUTING_KEYS = {"default": str}
+_ROUTING_KEYS = {"default": str, "claude_models": list}
 _BACKEND_KEYS = {"type": str, "model": str, "base_url": str, "api_key": str, "api_key_env": str,
                  "timeout_s": (int, float), "context_window": int, "max_output_tokens": int, "vision": bool,
                  "extra_body": dict, "model_mapping": dict}
@@ -222,6 +223,12 @@ def parse_config(text: str, path: Path | None = None) -> Config:
     routing = data.get("routing", {})
     _check_table(routing, _ROUTING_KEYS, ("routing",), loc)
     cfg.default_backend = routing.get("default")
+    if "claude_models" in routing:
+        ids = routing["claude_models"]
+        if not all(isinstance(i, str) and i for i in ids):
+            raise ConfigError(f"{loc.where(('routing',), 'claude_models')}: 'routing.claude_models' must be a list "
+                              "of model ids (non-empty strings), e.g. [\"claude-sonnet-4-6\"].")
+        cfg.claude_models = list(ids)
     if cfg.default_backend is not None and cfg.default_backend not in cfg.backends:
         raise ConfigError(f"{loc.where(('routing',), 'default')}: 'routing.default' names backend "
                           f"'{cfg.default_backend}', which is not defined. Defined: {', '.join(cfg.backends)}.")

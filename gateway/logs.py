@@ -7,6 +7,16 @@ import sys
 import structlog
 
 from gateway.redact import scrub
+from gateway.terminal import escape_controls
+
+
+def _escape_for_terminal(_logger: object, _method: str, event_dict: dict) -> dict:
+    """structlog processor: the console renderer prints str values raw (others via repr(), which
+    escapes controls), so escape them; a traceback keeps its line breaks."""
+    return {escape_controls(k): (v if not isinstance(v, str) else
+                                 "\n".join(map(escape_controls, v.split("\n"))) if k == "exception" else
+                                 escape_controls(v))
+            for k, v in event_dict.items()}
 
 
 class SecretScrubber(logging.Filter):
@@ -58,7 +68,8 @@ def configure_logging(level: str = "info", json: bool | None = None, secrets: tu
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            scrubber,
+            scrubber,  # before escaping: a secret must match as configured
+            *(() if json else (_escape_for_terminal,)),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),

@@ -12,6 +12,7 @@ from gateway.config import Config
 from gateway.metrics import Metrics
 from gateway.reqlog import RequestLog, RequestRecord
 from gateway.router import Router
+from gateway.thinking_store import ThinkingStore
 
 log = structlog.get_logger("gateway")
 
@@ -31,6 +32,7 @@ class Gateway:
         self.unavailable: dict[str, str] = {}
         self.stopping = False  # set on SIGTERM/SIGINT: see cut_inflight
         self.inflight: set[asyncio.Task] = set()  # running /v1/messages handlers
+        self.thinking = ThinkingStore()  # thinking sent with display "omitted", for the next turn
 
     async def start(self) -> None:
         """Start every backend; one that is not reachable yet is reported, not fatal.
