@@ -58,7 +58,8 @@ class MessageStream:
         self.usage = Usage(input_tokens=max(1, input_tokens))
         self._index = -1
         self._open: str | None = None  # type of the open block: text | thinking | tool_use
-        self._pending_ws = ""  # leading whitespace of a text block not yet worth opening
+        self._pending_ws: list[str] = []  # leading whitespace of a text block not yet worth opening (pieces:
+        # an upstream sending only whitespace must not make each piece copy all the earlier ones)
         self._thinking_parts: list[str] = []
         self._signature: str | None = None
         self._deltas = 0  # output-token estimate when the backend reports no usage
@@ -103,7 +104,7 @@ class MessageStream:
             if not self.show_thinking or not ev.thinking:
                 return []
             out = self._open_block("thinking")
-            self._pending_ws = ""
+            self._pending_ws = []
             self._deltas += 1
             self._thinking_parts.append(ev.thinking)
             if not self.omit_thinking:
@@ -112,7 +113,7 @@ class MessageStream:
             return out
         if type(ev) is ToolCallStart:
             out = self._close_block()
-            self._pending_ws = ""
+            self._pending_ws = []
             self._saw_tool = True
             self.tool_names.append(ev.name)
             self._index += 1
@@ -159,10 +160,10 @@ class MessageStream:
             # An empty answer is still one (empty) text block, as Anthropic sends it.
             out += self._open_block("text")
             if self._pending_ws:
-                out.append(self._text_delta(self._pending_ws))
-                self._pending_ws = ""
+                out.append(self._text_delta("".join(self._pending_ws)))
+                self._pending_ws = []
             out += self._close_block()
-        self._pending_ws = ""
+        self._pending_ws = []
         usage = self.final_usage()
         delta = {
             "type": "message_delta",
@@ -218,11 +219,11 @@ class MessageStream:
             return [self._text_delta(text)]
         if text.isspace():
             # Whitespace before a tool call is noise; hold it until real text shows it belongs.
-            self._pending_ws += text
+            self._pending_ws.append(text)
             return []
         out = self._open_block("text")
         if self._pending_ws:
-            text, self._pending_ws = self._pending_ws + text, ""
+            text, self._pending_ws = "".join(self._pending_ws) + text, []
         out.append(self._text_delta(text))
         return out
 

@@ -19,11 +19,14 @@ import orjson
 import structlog
 
 from gateway.logfile import LineWriter, RotatingFile
+from gateway.redact import REDACTED
 
 log = structlog.get_logger("gateway.request")
 
-REDACTED = "[REDACTED]"
-REDACTED_HEADERS = frozenset({"authorization", "x-api-key", "cookie", "set-cookie", "proxy-authorization"})
+# A header whose name says it carries a credential (api-key, X-Auth-Token, Proxy-Authorization,
+# a session cookie …) is logged as [REDACTED]; an id such a name also covers (a session id) is
+# lost from the dump only, as the record keeps session_id in its own field.
+_CREDENTIAL_WORDS = ("key", "token", "secret", "auth", "cookie", "session", "passw")
 
 # Line order: the contract fields, then the optional extras; `body` then `response` always come last
 # (readers skip both by stopping at `,"body":`).
@@ -100,7 +103,12 @@ class RequestRecord:
 
 def redact_headers(headers) -> dict[str, str]:
     """Request headers with credentials replaced."""
-    return {k: (REDACTED if k.lower() in REDACTED_HEADERS else v) for k, v in headers.items()}
+    return {k: (REDACTED if _is_credential(k) else v) for k, v in headers.items()}
+
+
+def _is_credential(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in _CREDENTIAL_WORDS)
 
 
 class LineRenderer:

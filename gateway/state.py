@@ -25,10 +25,8 @@ class Gateway:
         self.backends = backends if backends is not None else {
             name: create_backend(bcfg) for name, bcfg in config.backends.items()}
         self.router = Router(config, self.backends)
-        secrets = (config.server.auth_token,) + tuple(
-            b.resolved_api_key() or "" for b in config.backends.values())
         lc = config.log
-        self.reqlog = RequestLog(lc.requests or None, lc.bodies, secrets, rotate_bytes=int(lc.rotate_mb * 1024 * 1024),
+        self.reqlog = RequestLog(lc.requests or None, lc.bodies, config.secrets(), rotate_bytes=int(lc.rotate_mb * 1024 * 1024),
                                  keep=lc.keep, compress=lc.gzip)
         self.metrics = Metrics(tuple(self.backends))
         self.unavailable: dict[str, str] = {}
