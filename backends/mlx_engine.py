@@ -208,8 +208,7 @@ class Engine:
                         except Exception as exc:  # noqa: BLE001 — rebuild this model's batch, keep the engine
                             self._recover(lm, exc)
                 self._flush()
-                self.status = (tuple(self.models), sum(len(lm.jobs) for lm in self.models.values()),
-                               len(self.cache.entries), self.cache.nbytes)
+                self._publish_status()
                 broken = {key: lm.broken for key, lm in self.models.items() if lm.broken}
                 if broken != self.broken:
                     self.broken = broken
@@ -232,6 +231,11 @@ class Engine:
             self._flush(force=True)
             self.models.clear()
 
+    def _publish_status(self) -> None:
+        """What /health reads without asking the engine thread (one tuple swap: no lock needed)."""
+        self.status = (tuple(self.models), sum(len(lm.jobs) for lm in self.models.values()),
+                       len(self.cache.entries), self.cache.nbytes)
+
     def _handle(self, cmd: tuple) -> None:
         kind = cmd[0]
         if kind in ("submit", "cancel"):
@@ -250,9 +254,13 @@ class Engine:
             _, fn, fut = cmd
             if fut.set_running_or_notify_cancel():
                 try:
-                    fut.set_result(fn())
+                    result = fn()
                 except BaseException as exc:  # noqa: BLE001 — delivered to the caller
                     fut.set_exception(exc)
+                else:
+                    # Before the caller wakes: a load it awaited shows in /health at once.
+                    self._publish_status()
+                    fut.set_result(result)
         elif kind == "stop":
             self._stopping = True
 
