@@ -176,8 +176,11 @@ async def test_rotation_keeps_n_gzipped_files_of_whole_lines(start_upstream, sta
         await resp.read()
         ids.append(resp.headers["request-id"])
     await wait_until(lambda: log_has(log, ids[-1]))
+    # The newest rotated file is compressed in a side thread: wait for it, then the set is final.
+    expected = ["requests.jsonl", "requests.jsonl.1.gz", "requests.jsonl.2.gz"]
+    await wait_until(lambda: sorted(p.name for p in tmp_path.iterdir()) == expected)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["requests.jsonl", "requests.jsonl.1.gz", "requests.jsonl.2.gz"]
+    assert names == expected
     kept = []
     for name in ["requests.jsonl.2.gz", "requests.jsonl.1.gz", "requests.jsonl"]:
         recs = read_records(tmp_path / name)
