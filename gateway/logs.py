@@ -1,10 +1,14 @@
-"""structlog set-up: key=value lines on a terminal, JSON lines otherwise."""
+"""structlog set-up: key=value lines on a terminal, JSON lines otherwise; one line per event, never
+a traceback (aiohttp's and asyncio's own log records included)."""
 from __future__ import annotations
 
 import logging
 import sys
+import traceback
+from typing import Any
 
 import structlog
+from aiohttp import http_exceptions
 
 
 def configure_logging(level: str = "info", json: bool | None = None) -> None:
@@ -17,11 +21,82 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
+            one_line_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(lvl, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(StdlibToStructlog())
+    root.setLevel(max(lvl, logging.WARNING))
+
+
+def one_line_exc_info(_logger: Any, _method: str, event: dict) -> dict:
+    """structlog processor: an exception becomes `error` ("Type: message") and `where` (its innermost
+    frame) instead of a multi-line traceback."""
+    exc = _exception(event.pop("exc_info", None))
+    if exc is not None:
+        event.setdefault("error", _describe(exc))
+        if (where := _where(exc)) is not None:
+            event.setdefault("where", where)
+    return event
+
+
+def _exception(exc_info: Any) -> BaseException | None:
+    if isinstance(exc_info, BaseException):
+        return exc_info
+    if isinstance(exc_info, tuple) and len(exc_info) == 3:
+        return exc_info[1]
+    if exc_info:
+        return sys.exc_info()[1]
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, http_exceptions.HttpProcessingError):
+        # aiohttp's parser messages quote the raw request bytes (a header can carry a credential)
+        return f"{type(exc).__name__} (HTTP {exc.code})"
+    text = str(exc).splitlines()[0][:300] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _where(exc: BaseException) -> str | None:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return None
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"
+
+
+class StdlibToStructlog(logging.Handler):
+    """Writes stdlib log records (aiohttp, asyncio, libraries) as one structlog line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, Any] = {"logger": record.name}
+            exc = record.exc_info[1] if record.exc_info else None
+            if record.name == "aiohttp.server" and record.msg == "Error handling request from %s":
+                event = _aiohttp_event(exc)
+                fields["peer"] = str(record.args[0]) if record.args else None
+            else:
+                event = record.getMessage().splitlines()[0][:300] if record.getMessage() else record.name
+            if exc is not None:
+                fields["exc_info"] = exc
+            logger = structlog.get_logger(record.name)
+            level = "info" if event == "client_disconnected" else record.levelname.lower()
+            getattr(logger, level if level in ("debug", "info", "warning", "error", "critical") else "error")(
+                event, **fields)
+        except Exception:  # noqa: BLE001 — logging must never take the server down
+            self.handleError(record)
+
+
+def _aiohttp_event(exc: BaseException | None) -> str:
+    if isinstance(exc, http_exceptions.HttpProcessingError):
+        return "bad_http_request"  # the client got aiohttp's 400; nothing is wrong with the server
+    if isinstance(exc, ConnectionError):
+        return "client_disconnected"
+    return "server_error"
