@@ -3,6 +3,7 @@ with a cap on open connections that closes idle ones first."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -13,6 +14,7 @@ from gateway.errors import GatewayError
 
 log = structlog.get_logger("gateway.listener")
 
+_LOG_EVERY_S = 1.0
 _REFUSED_LINGER_S = 1.0  # a refused connection's request bytes are drained this long so the answer is not reset
 
 
@@ -44,6 +46,7 @@ class ConnectionCap:
         self.server: web.Server | None = None  # set once the app is set up
         self.evicted = 0
         self.refused = 0
+        self._logged_at = float("-inf")
 
     def __call__(self) -> asyncio.Protocol:
         assert self.server is not None, "ConnectionCap.server must be set before serving"
@@ -52,8 +55,11 @@ class ConnectionCap:
             victim = next((h for h in open_ if not self.connections.is_busy(h)), None)
             if victim is None:
                 self.refused += 1
-                log.warning("connection_refused", reason="server.max_connections reached, every connection busy",
-                            max_connections=self.limit)
+                now = time.monotonic()
+                if now - self._logged_at >= _LOG_EVERY_S:  # a flood of connections must not flood stderr
+                    self._logged_at = now
+                    log.warning("connection_refused", reason="server.max_connections reached, every connection busy",
+                                max_connections=self.limit, refused_so_far=self.refused)
                 return _Refused(self.limit)
             self.evicted += 1
             victim.force_close()
@@ -67,13 +73,12 @@ class _Refused(asyncio.Protocol):
         self.limit = limit
         self.timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def connection_made(self, transport: Any) -> None:  # an asyncio.Transport (uvloop's is not a subclass)
         err = GatewayError(529, f"the gateway has {self.limit} connections open (server.max_connections); "
                                 "retry shortly", "overloaded_error")
         body = orjson.dumps(err.body())
         head = (f"HTTP/1.1 529 Overloaded\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
                 "Retry-After: 1\r\nConnection: close\r\n\r\n").encode()
-        assert isinstance(transport, asyncio.Transport)
         transport.write(head + body)
         if transport.can_write_eof():
             transport.write_eof()

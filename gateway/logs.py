@@ -41,6 +41,8 @@ def one_line_exc_info(_logger: Any, _method: str, event: dict) -> dict:
     exc = _exception(event.pop("exc_info", None))
     if exc is not None:
         event.setdefault("error", _describe(exc))
+        if isinstance(exc, http_exceptions.HttpProcessingError):
+            return event  # the client's fault: where aiohttp's parser noticed says nothing
         if (where := _where(exc)) is not None:
             event.setdefault("where", where)
     return event
@@ -72,6 +74,10 @@ def _where(exc: BaseException) -> str | None:
     return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"
 
 
+# aiohttp reports every request it could not handle as an error; most are the client's doing.
+_LEVELS = {"bad_http_request": "warning", "client_disconnected": "info"}
+
+
 class StdlibToStructlog(logging.Handler):
     """Writes stdlib log records (aiohttp, asyncio, libraries) as one structlog line each."""
 
@@ -87,7 +93,7 @@ class StdlibToStructlog(logging.Handler):
             if exc is not None:
                 fields["exc_info"] = exc
             logger = structlog.get_logger(record.name)
-            level = "info" if event == "client_disconnected" else record.levelname.lower()
+            level = _LEVELS.get(event) or record.levelname.lower()
             getattr(logger, level if level in ("debug", "info", "warning", "error", "critical") else "error")(
                 event, **fields)
         except Exception:  # noqa: BLE001 — logging must never take the server down

@@ -6,7 +6,7 @@ import hmac
 
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from gateway.errors import GatewayError
 from gateway.message_stream import new_id
@@ -18,6 +18,7 @@ from gateway.state import GATEWAY, RECORD, Gateway
 
 log = structlog.get_logger("gateway.server")
 
+REFUSED_BODY_DRAIN_S = 1.0
 # Routes whose calls go into the request log; everything else is probes and health checks.
 _LOGGED_PREFIXES = ("/v1/messages", "/v1/v1/messages", "/v1/models", "/v1/v1/models")
 
@@ -92,12 +93,12 @@ async def _read_body(request: web.Request, timeout_s: float) -> None:
 
 async def expect_handler(request: web.Request) -> None:
     """`Expect: 100-continue`: invite the body only for a request that will not be refused."""
-    if request.version != web.HttpVersion11:
+    if request.version != HttpVersion11:
         return
     if request.headers.get("Expect", "").lower() != "100-continue":
         raise web.HTTPExpectationFailed(text=f"Unknown Expect: {request.headers.get('Expect')}")
     if request.match_info.route.handler is not handle_unknown and _refusal(request, request.app[GATEWAY]) is None:
-        request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
 @web.middleware
@@ -136,8 +137,12 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         err = GatewayError(exc.status, exc.reason or "error")
         record.status, record.error = exc.status, {"type": err.type, "message": err.message}
         return error_response(err, request_id)
-    except (ConnectionResetError, web.RequestPayloadError):
-        record.status = 499  # the client went away mid-request or mid-response; nobody is left to answer
+    except web.RequestPayloadError as exc:  # a broken chunked/compressed body, or the client left mid-body
+        err = GatewayError(400, f"the request body could not be read: {type(exc.__cause__ or exc).__name__}")
+        record.status, record.error = 400, {"type": err.type, "message": err.message}
+        return error_response(err, request_id)
+    except ConnectionResetError:
+        record.status = 499  # the client went away mid-response; nobody is left to answer
         raise
     except Exception as exc:
         log.exception("unhandled_error", request_id=request_id, path=path)
@@ -204,8 +209,8 @@ async def handle_unknown(request: web.Request) -> web.Response:
     record = request[RECORD]
     record.event = "unknown_route"
     record.headers = redact_headers(request.headers)
-    # Never read: an unauthenticated client must not make the gateway buffer what it will refuse.
-    # The connection closes after the answer when a body is left unread.
+    # Never read: an unauthenticated client must not make the gateway buffer what it will refuse
+    # (see runner_options for what happens to the unread bytes).
     record.body_bytes = request.content_length
     raise GatewayError(404, f"no route for {request.method} {request.path}")
 
@@ -217,8 +222,10 @@ def runner_options(gateway: Gateway) -> dict:
         # aiohttp closes a connection that has not delivered a complete request within this long,
         # counted from its opening (or its previous answer), however slowly bytes trickle in.
         "keepalive_timeout": gateway.config.server.header_timeout_s,
-        # No lingering: a body left unread (a refused request) closes the connection instead of being drained.
-        "lingering_time": 0,
+        # A body left unread (a refused request) is never buffered: after the answer, incoming bytes are
+        # discarded for at most this long, then the connection closes. The short drain lets the client
+        # read the answer instead of a TCP reset; aiohttp's default drains for 10 s.
+        "lingering_time": REFUSED_BODY_DRAIN_S,
     }
 
 

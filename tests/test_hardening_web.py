@@ -4,6 +4,7 @@ of refused requests, and what malformed traffic prints on stderr."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -13,9 +14,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.compat_helpers import MODEL, assert_error, backend_table, body, start_stack, with_server
+from tests.compat_helpers import (
+    MODEL,
+    assert_error,
+    backend_table,
+    body,
+    start_stack,
+    with_server,
+)
 from tests.conftest import TOKEN, gateway_config
-from tests.gateway_process import free_port, start_serve
+from tests.gateway_process import free_port, run_cli, start_serve
 from tests.upstream import TEXT, Script, Upstream
 
 
@@ -35,7 +43,7 @@ async def raw_request(url: str, data: bytes, timeout: float = 10) -> tuple[int, 
         writer.close()
     head, _, rest = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    headers = dict((k.strip().lower(), v.strip()) for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln))
+    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
     return int(lines[0].split()[1]), headers, rest
 
 
@@ -70,7 +78,7 @@ async def test_dns_rebinding_host_is_refused_everywhere(start_upstream, start_ga
                                   "[::1]:{port}", "127.0.0.2", "gateway.lan:9999", "GATEWAY.LAN"])
 async def test_loopback_and_configured_hosts_are_served(start_upstream, start_gateway, host):
     """What real clients send (Claude Code: Host 127.0.0.1:port) and names in server.allowed_hosts work."""
-    up, gw = await start_stack(start_upstream, start_gateway, token=None, server={"allowed_hosts": ["gateway.lan"]})
+    _, gw = await start_stack(start_upstream, start_gateway, token=None, server={"allowed_hosts": ["gateway.lan"]})
     host = host.format(port=_hostport(gw.url)[1])
     payload = json.dumps(body()).encode()
     status, _, rest = await raw_request(gw.url, (
@@ -134,7 +142,7 @@ async def test_non_json_post_is_415(start_upstream, start_gateway, content_type)
 async def test_json_variants_and_real_clients_still_work(start_upstream, start_gateway):
     """application/json with a charset, the anthropic SDK, and curl with -H content-type all succeed;
     curl -d without it gets the 415 that says what to add."""
-    up, gw = await start_stack(start_upstream, start_gateway)
+    _, gw = await start_stack(start_upstream, start_gateway)
     resp = await gw.session.post(gw.url + "/v1/messages", data=json.dumps(body()),
                                  headers={"x-api-key": TOKEN, "Content-Type": "application/json; charset=utf-8"})
     assert resp.status == 200, await resp.text()
@@ -245,3 +253,345 @@ async def test_health_reports_a_backend_going_down(start_upstream, start_gateway
             break
         await asyncio.sleep(0.1)
     assert data["status"] == "degraded" and not data["backends"]["up"]["ok"], data
+
+
+# -- item 8: slow clients, idle connections, unread bodies (the real `serve` process) -------------
+
+async def _serve(start_upstream, tmp_path: Path, level: str = "warning", **server):
+    up = await start_upstream()
+    up.default = TEXT("ok")
+    toml = with_server(gateway_config({"up": backend_table(up)}, default="up",
+                                      log_path=str(tmp_path / "requests.jsonl")), port=free_port(), **server)
+    toml = toml.replace('level = "warning"', f'level = "{level}"')
+    path = tmp_path / "config.toml"
+    path.write_text(toml)
+    gp = await start_serve(path)
+    return up, gp
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def _closed_by_server(reader: asyncio.StreamReader, within: float) -> bool:
+    """Does the server end this connection (EOF or reset, maybe after an error answer) within `within` s?"""
+    try:
+        while await asyncio.wait_for(reader.read(65536), within):
+            pass
+        return True
+    except (ConnectionError, OSError):
+        return True
+    except asyncio.TimeoutError:
+        return False
+
+
+async def _get_root_latency(url: str) -> float:
+    t0 = time.perf_counter()
+    async with aiohttp.ClientSession() as s, s.get(url + "/", timeout=aiohttp.ClientTimeout(total=10)) as r:
+        assert r.status == 200
+        await r.read()
+    return time.perf_counter() - t0
+
+
+async def test_idle_half_sent_and_slowloris_connections_are_closed(start_upstream, tmp_path):
+    """500 idle sockets, 200 requests cut inside their headers and 50 slowloris clients (a header byte
+    every 0.2 s): all closed once server.header_timeout_s has passed since they opened, while GET /
+    stays fast throughout; the gateway's open file count returns to where it was."""
+    _, gp = await _serve(start_upstream, tmp_path, header_timeout_s=1.5, max_connections=1000)
+    host, port = _hostport(gp.url)
+    pid = gp.proc.pid
+    try:
+        baseline = _open_fds(pid)
+        conns = [await asyncio.open_connection(host, port) for _ in range(750)]
+        for _, w in conns[500:700]:
+            w.write(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl")
+        loris = conns[700:]
+
+        async def drip(writer: asyncio.StreamWriter) -> None:
+            writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            with contextlib.suppress(ConnectionError, OSError):
+                for _ in range(100):
+                    writer.write(b"X-a: b\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(0.2)
+
+        drips = [asyncio.ensure_future(drip(w)) for _, w in loris]
+        t_open = time.monotonic()
+        await asyncio.sleep(0.3)
+        assert _open_fds(pid) >= baseline + 700  # the gateway really holds them now
+        latencies = [await _get_root_latency(gp.url) for _ in range(3)]
+        closed = await asyncio.gather(*(_closed_by_server(r, 4.0) for r, _ in conns))
+        elapsed = time.monotonic() - t_open
+        for d in drips:
+            d.cancel()
+        assert all(closed), f"{closed.count(False)} of 750 connections still open after {elapsed:.1f} s"
+        assert elapsed < 4.0
+        assert max(latencies) < 0.5, latencies
+        for _, w in conns:
+            w.close()
+        deadline = time.monotonic() + 5
+        while _open_fds(pid) > baseline + 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert _open_fds(pid) <= baseline + 5
+        assert "Traceback" not in gp.stderr
+    finally:
+        await gp.stop()
+
+
+async def test_slow_body_gets_408_and_the_connection_closes(start_upstream, tmp_path):
+    """Headers complete, body trickling: 408 in the Anthropic shape after server.body_timeout_s; nothing
+    reached the upstream."""
+    up, gp = await _serve(start_upstream, tmp_path, body_timeout_s=1.0)
+    try:
+        payload = json.dumps(body()).encode()
+        reader, writer = await asyncio.open_connection(*_hostport(gp.url))
+        writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"anthropic-version: 2023-06-01\r\nx-api-key: " + TOKEN.encode() +
+                     b"\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload[:10])
+        t0 = time.monotonic()
+        raw = await asyncio.wait_for(reader.read(), 5)
+        waited = time.monotonic() - t0
+        writer.close()
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), raw[:200]
+        assert _error_type(rest) == "invalid_request_error" and b"body_timeout_s" in rest
+        assert 0.8 < waited < 3
+        assert up.received == []
+    finally:
+        await gp.stop()
+
+
+async def test_connection_cap_closes_idle_connections_first(start_upstream, tmp_path):
+    """server.max_connections = 20 and 20 idle sockets open: a new client is still served at once (the
+    oldest idle socket is closed for it), and the gateway never holds more than the cap."""
+    _, gp = await _serve(start_upstream, tmp_path, max_connections=20, header_timeout_s=30)
+    pid = gp.proc.pid
+    try:
+        baseline = _open_fds(pid)
+        conns = [await asyncio.open_connection(*_hostport(gp.url)) for _ in range(60)]
+        await asyncio.sleep(0.3)
+        assert _open_fds(pid) <= baseline + 20
+        assert await _get_root_latency(gp.url) < 0.5
+        closed = await asyncio.gather(*(_closed_by_server(r, 0.5) for r, _ in conns))
+        assert closed.count(False) <= 20 and closed[:40] == [True] * 40  # oldest first
+        for _, w in conns:
+            w.close()
+    finally:
+        await gp.stop()
+
+
+async def test_connection_cap_with_every_connection_busy_answers_529(start_upstream, tmp_path):
+    """When every connection is mid-request, a connection past the cap gets 529 overloaded_error (SDKs
+    retry it) instead of being queued."""
+    up, gp = await _serve(start_upstream, tmp_path, max_connections=3)
+    up.default = Script(deltas=[{"content": "slow"}], first_delay_s=3)
+    try:
+        async with aiohttp.ClientSession() as s:
+            headers = {"x-api-key": TOKEN, "anthropic-version": "2023-06-01"}
+            busy = [asyncio.ensure_future(s.post(gp.url + "/v1/messages", json=body(), headers=headers))
+                    for _ in range(3)]
+            await asyncio.sleep(0.5)
+            status, headers_, rest = await raw_request(gp.url, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert status == 529 and _error_type(rest) == "overloaded_error", rest
+            assert headers_.get("retry-after") == "1"
+            for resp in await asyncio.gather(*busy):
+                assert resp.status == 200
+    finally:
+        await gp.stop()
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.parametrize("path,auth", [("/v1/nope", True), ("/v1/messages", False), ("/v1/messages", True)],
+                         ids=["unknown-route", "bad-token", "unknown-content-type"])
+async def test_refused_requests_never_read_their_body(start_upstream, tmp_path, path, auth):
+    """20 clients announce 30 MB bodies to requests the gateway refuses (an unknown route, a wrong token,
+    text/plain): each gets its Anthropic-shaped answer after sending only 1 MB, the gateway's peak RSS
+    grows by far less than the 600 MB announced, and the request log reports the announced size."""
+    _, gp = await _serve(start_upstream, tmp_path, max_body_mb=64)
+    pid = gp.proc.pid
+    size = 30 * 1024 * 1024
+    key = TOKEN if auth else "wrong"
+    ctype = "text/plain" if path == "/v1/messages" and auth else "application/json"
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\nx-api-key: {key}\r\n"
+            f"Content-Length: {size}\r\n\r\n").encode()
+    try:
+        await _get_root_latency(gp.url)
+        before = _vm_hwm_mb(pid)
+
+        async def attack() -> bytes:
+            reader, writer = await asyncio.open_connection(*_hostport(gp.url))
+            writer.write(head + b"x" * (1024 * 1024))
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            answer = b""
+            with contextlib.suppress(ConnectionError):
+                answer = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return answer
+
+        answers = await asyncio.gather(*(attack() for _ in range(20)))
+        expected = {"/v1/nope": b"HTTP/1.1 404", "/v1/messages": b"HTTP/1.1 401" if not auth else b"HTTP/1.1 415"}
+        assert all(a.startswith(expected[path]) for a in answers), [a[:40] for a in answers]
+        assert _vm_hwm_mb(pid) - before < 100, (before, _vm_hwm_mb(pid))
+        if path == "/v1/nope":
+            await asyncio.sleep(0.5)  # the log writer thread
+            lines = [json.loads(ln) for ln in (tmp_path / "requests.jsonl").read_text().splitlines()]
+            assert [ln["body_bytes"] for ln in lines if ln["event"] == "unknown_route"] == [size] * 20
+    finally:
+        await gp.stop()
+
+
+async def test_expect_100_continue_is_not_sent_to_a_refused_request(start_upstream, start_gateway):
+    """curl sends `Expect: 100-continue` for big bodies: a wrong token gets its 401 without being invited
+    to send the body; a good one is invited."""
+    _, gw = await start_stack(start_upstream, start_gateway)
+    for key, first in [("wrong", b"HTTP/1.1 401"), (TOKEN, b"HTTP/1.1 100 Continue")]:
+        reader, writer = await asyncio.open_connection(*_hostport(gw.url))
+        writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"x-api-key: " + key.encode() + b"\r\nExpect: 100-continue\r\nContent-Length: 100000\r\n\r\n")
+        got = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
+        writer.close()
+        assert got.startswith(first), got
+
+
+# -- item 11: malformed traffic prints one line each, never a traceback ---------------------------
+
+MALFORMED = [
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header Line\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + TOKEN.encode() + b"A" * 9000 + b"\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: " + TOKEN.encode() + b"\x00\r\n\r\n",
+    b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+    b"Content-Type: application/json\r\nx-api-key: " + TOKEN.encode() + b"\r\n\r\nzz\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGARBAGE /x HTTP/1.1\r\n\r\n",  # a bad second request
+    b"GET /\x01 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"GET / HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n",
+    b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
+]
+
+
+async def test_malformed_requests_and_vanishing_clients_print_one_json_line_each(start_upstream, tmp_path):
+    """Malformed HTTP (bad header lines, an oversized Authorization, a NUL after the token, broken chunked
+    bodies, a bad pipelined request, bad versions) and clients that vanish mid-body or mid-stream: stderr
+    holds only single JSON lines, no traceback, and never the token."""
+    up, gp = await _serve(start_upstream, tmp_path, level="info")
+    up.default = Script(deltas=[{"content": "x"}] * 50, delay_s=0.05)
+    try:
+        for raw in MALFORMED:
+            with contextlib.suppress(ConnectionError):
+                reader, writer = await asyncio.open_connection(*_hostport(gp.url))
+                writer.write(raw)
+                await asyncio.wait_for(reader.read(), 5)
+                writer.close()
+        # mid-body: headers announce 1000 bytes, 10 arrive, the client is gone
+        reader, writer = await asyncio.open_connection(*_hostport(gp.url))
+        writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"x-api-key: " + TOKEN.encode() + b"\r\nContent-Length: 1000\r\n\r\n{\"model\":")
+        await writer.drain()
+        writer.close()
+        # mid-stream: read the first SSE bytes, then vanish
+        for _ in range(3):
+            payload = json.dumps(body(stream=True)).encode()
+            reader, writer = await asyncio.open_connection(*_hostport(gp.url))
+            writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"x-api-key: " + TOKEN.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
+            await reader.readuntil(b"content_block_delta")
+            writer.transport.abort()
+        await asyncio.sleep(1.0)
+        assert await _get_root_latency(gp.url) < 1
+    finally:
+        await gp.stop()
+    lines = [ln for ln in gp.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in gp.stderr, gp.stderr[-3000:]
+    assert TOKEN not in gp.stderr
+    logged = [ln for ln in lines if not ln.startswith(("claude-gateway", "  use it:"))]
+    for ln in logged:
+        assert isinstance(json.loads(ln), dict), ln
+    events = [json.loads(ln)["event"] for ln in logged]
+    assert events.count("bad_http_request") >= 4, events
+
+
+# -- also found: CLI and config ---------------------------------------------------------------
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])
+async def test_serve_port_out_of_range_is_refused_like_the_config_value(start_upstream, tmp_path, port):
+    """`serve --port 99999` used to print one URL and listen on another; now it exits 2 naming the range."""
+    up = await start_upstream()
+    path = tmp_path / "config.toml"
+    path.write_text(gateway_config({"up": backend_table(up)}, default="up"))
+    rc, _, err = await run_cli("serve", "--config", str(path), "--port", port)
+    assert rc == 2, err
+    assert "--port" in err and "between 1 and 65535" in err, err
+    assert "listening" not in err and "Traceback" not in err
+
+
+def _mlx_config(tmp_path: Path, port: int) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[server]\nport = {port}\n[log]\nrequests = ""\n[backends.local]\ntype = "mlx"\n'
+                    f'model = "{tmp_path / "no-such-model"}"\n')
+    return path
+
+
+async def test_models_with_a_model_that_cannot_load_prints_one_paragraph(tmp_path):
+    """`claude-gateway models` with an mlx model that is not there: exit 1 and the paragraph `serve` prints."""
+    path = _mlx_config(tmp_path, free_port())
+    rc, out, err = await run_cli("models", "--config", str(path), timeout=120)
+    assert rc == 1, (out, err)
+    assert "Traceback" not in err and "Traceback" not in out
+    assert err.startswith("claude-gateway: ") and "no-such-model" in err, err
+    rc2, _, serve_err = await run_cli("serve", "--config", str(path), timeout=120)
+    assert rc2 == 1 and serve_err.strip().splitlines()[-1] == err.strip().splitlines()[-1]
+
+
+async def test_port_in_use_is_reported_before_any_model_loads(tmp_path):
+    """A taken port fails at once with the port's message, not after (or instead of) loading the model:
+    here the model could never load, and the port error still comes first."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        rc, _, err = await run_cli("serve", "--config", str(_mlx_config(tmp_path, port)), timeout=60)
+    assert rc == 1, err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "no-such-model" not in err, err
+
+
+@pytest.mark.parametrize("key,fragment", [("claude-[opus", "'[' at position 8"), ("", "is empty"), ("  ", "is empty")])
+async def test_bad_model_mapping_keys_are_rejected_with_their_line(tmp_path, key, fragment):
+    path = tmp_path / "config.toml"
+    path.write_text('[backends.gpu]\ntype = "openai"\nbase_url = "http://127.0.0.1:9"\n\n'
+                    f'[backends.gpu.model_mapping]\n"claude-*" = "m"\n{json.dumps(key)} = "m"\n')
+    rc, _, err = await run_cli("check", "--config", str(path))
+    assert rc == 2, err
+    assert f"{path}:7:" in err and fragment in err and "model_mapping" in err, err
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8000", "localhost:8000/v1", "ftp://host", "http://"])
+async def test_base_url_without_scheme_is_rejected_with_its_line(tmp_path, url):
+    path = tmp_path / "config.toml"
+    path.write_text(f'[backends.gpu]\ntype = "vllm"\nmodel = "m"\nbase_url = "{url}"\n')
+    rc, _, err = await run_cli("check", "--config", str(path))
+    assert rc == 2, err
+    assert f"{path}:4:" in err and "'backends.gpu.base_url' must be an http:// or https:// URL" in err, err
+
+
+@pytest.mark.parametrize("server,fragment", [
+    ('allowed_hosts = ["gw.lan:8082"]', "without scheme or port"),
+    ('allowed_hosts = "gw.lan"', "must be a list"),
+    ('allowed_origins = ["localhost:3000"]', "scheme://host[:port]"),
+    ('allowed_origins = ["http://x.example/path"]', "no path"),
+    ("header_timeout_s = 0", "must be positive"),
+    ("body_timeout_s = -1", "must be positive"),
+    ("max_connections = 0", "must be positive")])
+async def test_new_server_keys_are_validated(tmp_path, server, fragment):
+    path = tmp_path / "config.toml"
+    path.write_text(f'[server]\nport = 8082\n{server}\n[backends.gpu]\ntype = "openai"\nbase_url = "http://127.0.0.1:9"\n')
+    rc, _, err = await run_cli("check", "--config", str(path))
+    assert rc == 2, err
+    assert f"{path}:3:" in err and fragment in err, err
