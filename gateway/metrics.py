@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 
 from gateway.config import Config
+from gateway.errors import STATUS_TYPES
 from gateway.reqlog import RequestRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -21,6 +22,7 @@ TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 # Label values a client can choose are limited to what the config names, so no request can grow
 # the label set (or one label value) without bound.
 OTHER = "other"
+_ERROR_TYPES = frozenset(STATUS_TYPES.values())
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"))
 # Errors the client caused by leaving, not failures of the backend.
 _CLIENT_GONE = ("client_disconnected", "client_closed")
@@ -114,7 +116,8 @@ class Metrics:
         err = record.error
         if record.backend and err and err.get("type") not in _CLIENT_GONE and (
                 record.status >= 429 or record.status < 400):  # < 400: the stream had begun
-            self.upstream_errors.labels(backend, err.get("type") or "api_error").inc()
+            etype = err.get("type") or "api_error"
+            self.upstream_errors.labels(backend, etype if etype in _ERROR_TYPES else OTHER).inc()
         if record.backend and route.endswith("/messages") and record.status < 400:
             self._count_tokens(record, backend, model)
 
