@@ -36,21 +36,25 @@ class HealthMonitor:
         self.checks = 0  # rounds of backend checks run so far
 
     async def snapshot(self) -> dict[str, Checked]:
-        """The latest results; a stale one starts a refresh and is served meanwhile.
+        """The latest results; a stale one starts a refresh and is served meanwhile. Only the very
+        first call waits, for the one check every concurrent caller shares. Backends whose health
+        is a local read (`Backend.local_health`) are asked every time."""
+        remote = [n for n, b in self.backends.items() if not b.local_health]
+        if remote:
+            oldest = min((c.at for c in self._latest.values()), default=0.0) if self._latest is not None else None
+            if (oldest is None or oldest + self.refresh_s < time.monotonic()) and self._task is None:
+                self._task = asyncio.get_running_loop().create_task(self._refresh(remote))
+            if self._latest is None:
+                assert self._task is not None
+                await asyncio.shield(self._task)
+        latest = dict(self._latest or {})
+        for name, backend in self.backends.items():
+            if backend.local_health:
+                latest[name] = await self._check(backend)
+        return {name: latest[name] for name in self.backends}
 
-        Only the very first call waits, for the one check every concurrent caller shares."""
-        stale = self._latest is None or min((c.at for c in self._latest.values()), default=0.0) + self.refresh_s < time.monotonic()
-        if stale and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._refresh())
-        if self._latest is None:
-            assert self._task is not None
-            await asyncio.shield(self._task)
-        assert self._latest is not None
-        return self._latest
-
-    async def _refresh(self) -> None:
+    async def _refresh(self, names: list[str]) -> None:
         try:
-            names = list(self.backends)
             results = await asyncio.gather(*(self._check(self.backends[n]) for n in names))
             self._latest = dict(zip(names, results))
             self.checks += 1

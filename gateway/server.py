@@ -55,8 +55,7 @@ def _refusal(request: web.Request, gw: Gateway) -> GatewayError | None:
     server = gw.config.server
     if (err := gw.browser_guard.refusal(request)) is not None:
         return err
-    known = request.match_info.route.handler is not handle_unknown
-    if not known:
+    if _unknown_route(request):
         return None  # answered 404 by handle_unknown, which never reads the body
     token = server.auth_token
     if token and request.path.startswith("/v1/") and not _authorized(request, token):
@@ -70,6 +69,10 @@ def _refusal(request: web.Request, gw: Gateway) -> GatewayError | None:
         if length is not None and length > server.max_body_mb * 1024 * 1024:
             return _too_large(server.max_body_mb)
     return None
+
+
+def _unknown_route(request: web.Request) -> bool:
+    return request.match_info.route.handler is handle_unknown
 
 
 def _json_content_type(mimetype: str) -> bool:
@@ -97,7 +100,7 @@ async def expect_handler(request: web.Request) -> None:
         return
     if request.headers.get("Expect", "").lower() != "100-continue":
         raise web.HTTPExpectationFailed(text=f"Unknown Expect: {request.headers.get('Expect')}")
-    if request.match_info.route.handler is not handle_unknown and _refusal(request, request.app[GATEWAY]) is None:
+    if not _unknown_route(request) and _refusal(request, request.app[GATEWAY]) is None:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
@@ -117,7 +120,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     try:
         if (refused := _refusal(request, gw)) is not None:
             raise refused
-        if request.method == "POST" and request.can_read_body and request.match_info.route.handler is not handle_unknown:
+        if request.method == "POST" and request.can_read_body and not _unknown_route(request):
             await _read_body(request, gw.config.server.body_timeout_s)
         resp = await handler(request)
         if not resp.prepared:
