@@ -338,6 +338,26 @@ async def test_idle_half_sent_and_slowloris_connections_are_closed(start_upstrea
         await gp.stop()
 
 
+async def test_header_timeout_never_cuts_a_request_in_progress(start_upstream, tmp_path):
+    """header_timeout_s = 1: a stream that takes 2.5 s, and a non-streaming answer that takes 2 s,
+    finish; the same keep-alive connection then serves another request."""
+    up, gp = await _serve(start_upstream, tmp_path, header_timeout_s=1)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as s:
+            headers = {"x-api-key": TOKEN, "anthropic-version": "2023-06-01"}
+            up.push(Script(deltas=[{"content": "tick "}] * 5, delay_s=0.5), Script(deltas=[{"content": "late"}],
+                                                                                first_delay_s=2))
+            async with s.post(gp.url + "/v1/messages", json=body(stream=True), headers=headers) as r:
+                text = await r.text()
+                assert r.status == 200 and "message_stop" in text and text.count("tick") == 5
+            async with s.post(gp.url + "/v1/messages", json=body(), headers=headers) as r:
+                assert r.status == 200 and (await r.json())["content"][0]["text"] == "late"
+            async with s.get(gp.url + "/v1/models", headers=headers) as r:
+                assert r.status == 200
+    finally:
+        await gp.stop()
+
+
 async def test_slow_body_gets_408_and_the_connection_closes(start_upstream, tmp_path):
     """Headers complete, body trickling: 408 in the Anthropic shape after server.body_timeout_s; nothing
     reached the upstream."""
