@@ -53,8 +53,9 @@ class BrowserGuard:
             return False  # a name nobody configured: what a DNS-rebinding page sends
         if addr.is_loopback:
             return True
-        # An address literal the connection actually arrived on (e.g. the LAN address of a 0.0.0.0
-        # bind): a browser only sends it when the page itself was loaded from that address.
+        # The address literal the connection arrived on (e.g. the LAN address of a 0.0.0.0 bind): no
+        # DNS name is involved, so nothing can be rebound; a cross-site page using it still sends an
+        # Origin, which `refusal` checks.
         sock = request.transport.get_extra_info("sockname") if request.transport else None
         if not sock:
             return False

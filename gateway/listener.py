@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from http import HTTPStatus
 from typing import Any
 
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from gateway.errors import GatewayError
 
@@ -63,7 +64,32 @@ class ConnectionCap:
                 return _Refused(self.limit)
             self.evicted += 1
             victim.force_close()
-        return self.server()
+        handler = self.server()
+        handler.__class__ = AnthropicErrors  # same slots, one method more: set per connection, not per request
+        return handler
+
+
+class AnthropicErrors(web.RequestHandler):
+    """aiohttp's connection handler, answering the requests it cannot even parse (a bad request line,
+    header or chunked body) in the Anthropic error shape instead of plain text."""
+
+    __slots__ = ()
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs it; raises if the answer had begun
+        if isinstance(exc, http_exceptions.HttpProcessingError):
+            # never the parser's message: it quotes the raw bytes, credentials included
+            text = f"malformed HTTP request ({type(exc).__name__})"
+        else:
+            try:
+                text = HTTPStatus(status).phrase
+            except ValueError:
+                text = f"HTTP {status}"
+        resp = web.Response(status=status, body=orjson.dumps(GatewayError(status, text).body()),
+                            content_type="application/json")
+        resp.force_close()
+        return resp
 
 
 class _Refused(asyncio.Protocol):
