@@ -212,10 +212,10 @@ class SlowModels(Upstream):
 
 
 async def test_health_does_not_amplify_or_queue(start_gateway):
-    """50 concurrent /health against a backend whose /v1/models takes 1 s: a couple of upstream calls,
-    not 50, and every answer within about one upstream delay instead of 1, 2, … s behind each other.
+    """50 concurrent /health against a backend whose /v1/models takes 2 s: a couple of upstream calls,
+    not 50, and every answer within about one upstream delay instead of 2, 4, … s behind each other.
     Later calls answer from the snapshot at once while it is refreshed in the background."""
-    up = SlowModels(1.0)
+    up = SlowModels(2.0)
     await up.start()
     try:
         gw = await start_gateway(gateway_config({"up": backend_table(up)}, default="up"))
@@ -230,11 +230,11 @@ async def test_health_does_not_amplify_or_queue(start_gateway):
 
         times = await asyncio.gather(*(one() for _ in range(50)))
         assert up.models_calls <= 2, up.models_calls
-        assert max(times) < 2.5, sorted(times)[-5:]
+        assert max(times) < 3.5, sorted(times)[-5:]
         gw.gateway.health.refresh_s = 0  # every snapshot is now stale: refreshes run, nobody waits for them
         calls = up.models_calls
         times = await asyncio.gather(*(one() for _ in range(20)))
-        assert max(times) < 0.5, sorted(times)[-5:]
+        assert max(times) < 1.0, sorted(times)[-5:]  # not waiting for the 2 s refresh
         assert up.models_calls - calls <= 1
     finally:
         await up.stop()
@@ -333,7 +333,7 @@ async def test_idle_half_sent_and_slowloris_connections_are_closed(start_upstrea
             d.cancel()
         assert all(closed), f"{closed.count(False)} of 750 connections still open after {elapsed:.1f} s"
         assert elapsed >= timeout_s * 0.9  # nobody was closed early
-        assert max(latencies) < 0.5, latencies
+        assert max(latencies) < 1.0, latencies
         for _, w in conns:
             w.close()
         deadline = time.monotonic() + 5
@@ -398,7 +398,7 @@ async def test_connection_cap_closes_idle_connections_first(start_upstream, tmp_
         conns = [await asyncio.open_connection(*_hostport(gp.url)) for _ in range(60)]
         await asyncio.sleep(0.3)
         assert _open_fds(pid) <= baseline + 20
-        assert await _get_root_latency(gp.url) < 0.5
+        assert await _get_root_latency(gp.url) < 1.0
         closed = await asyncio.gather(*(_closed_by_server(r, 0.5) for r, _ in conns))
         assert closed.count(False) <= 20 and closed[:40] == [True] * 40  # oldest first
         for _, w in conns:
