@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import traceback
 from typing import Any
 
@@ -33,6 +34,15 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
         root.removeHandler(handler)
     root.addHandler(StdlibToStructlog())
     root.setLevel(max(lvl, logging.WARNING))
+    threading.excepthook = _thread_crashed
+
+
+def _thread_crashed(args: threading.ExceptHookArgs) -> None:
+    """A thread's uncaught exception as one line (Python would print its traceback)."""
+    if args.exc_type is SystemExit:
+        return
+    structlog.get_logger("gateway").error("thread_crashed", thread=getattr(args.thread, "name", None),
+                                          exc_info=args.exc_value)
 
 
 def one_line_exc_info(_logger: Any, _method: str, event: dict) -> dict:
