@@ -33,7 +33,6 @@ class HealthMonitor:
         self.refresh_s = refresh_s
         self._latest: dict[str, Checked] | None = None
         self._task: asyncio.Task | None = None
-        self.checks = 0  # rounds of backend checks run so far
 
     async def snapshot(self) -> dict[str, Checked]:
         """The latest results; a stale one starts a refresh and is served meanwhile. Only the very
@@ -57,7 +56,6 @@ class HealthMonitor:
         try:
             results = await asyncio.gather(*(self._check(self.backends[n]) for n in names))
             self._latest = dict(zip(names, results))
-            self.checks += 1
         finally:
             self._task = None
 

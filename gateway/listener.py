@@ -45,7 +45,6 @@ class ConnectionCap:
         self.limit = limit
         self.connections = connections
         self.server: web.Server | None = None  # set once the app is set up
-        self.evicted = 0
         self.refused = 0
         self._logged_at = float("-inf")
 
@@ -62,7 +61,6 @@ class ConnectionCap:
                     log.warning("connection_refused", reason="server.max_connections reached, every connection busy",
                                 max_connections=self.limit, refused_so_far=self.refused)
                 return _Refused(self.limit)
-            self.evicted += 1
             victim.force_close()
         handler = self.server()
         handler.__class__ = AnthropicErrors  # same slots, one method more: set per connection, not per request
