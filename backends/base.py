@@ -48,6 +48,10 @@ class BackendUnavailable(Exception):
 class Backend(ABC):
     """One configured backend: a remote server or an in-process engine."""
 
+    # health() only reads in-process state (no network call): /health may ask it on every request
+    # instead of serving a background snapshot.
+    local_health = False
+
     def __init__(self, config: BackendConfig):
         self.config = config
         self.name = config.name

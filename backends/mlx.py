@@ -87,6 +87,8 @@ def resolve_model_path(name: str, backend: str) -> Path:
 class MLXBackend(Backend):
     """Models in this process, on MLX (Apple GPU on macOS, CPU on Linux)."""
 
+    local_health = True  # the engine's published status: reading it costs nothing
+
     def __init__(self, config: BackendConfig):
         super().__init__(config)
         self.engine: Engine | None = None

@@ -114,7 +114,7 @@ class Gateway:
 async def _stream(session: aiohttp.ClientSession, url: str, body: dict, sid: str) -> tuple[float, int]:
     """(seconds until message_stop, output tokens) of one streamed request."""
     t0 = time.perf_counter()
-    headers = {"anthropic-version": "2023-06-01", "X-Claude-Code-Session-Id": sid}
+    headers = {"anthropic-version": "2023-06-01", "content-type": "application/json", "X-Claude-Code-Session-Id": sid}
     async with session.post(url + "/v1/messages", data=orjson.dumps({**body, "stream": True}),
                             headers=headers) as resp:
         if resp.status != 200:
@@ -146,7 +146,8 @@ async def session_ttft(url: str, turns: int, target_bytes: int, tools: int) -> t
     body["max_tokens"] = 1
     async with aiohttp.ClientSession() as s:
         count = {k: body[k] for k in ("model", "system", "messages", "tools", "thinking")}
-        async with s.post(url + "/v1/messages/count_tokens", data=orjson.dumps(count)) as resp:
+        async with s.post(url + "/v1/messages/count_tokens", data=orjson.dumps(count),
+                          headers={"content-type": "application/json"}) as resp:
             prompt_tokens = (await resp.json())["input_tokens"]
         t1, _ = await _stream(s, url, body, "cc-session")
         assistant, user = _tool_round(turns)

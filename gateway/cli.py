@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import gc
 import ipaddress
+import json
 import signal
 import socket
 import sys
@@ -13,16 +13,29 @@ import sys
 from aiohttp import web
 
 from backends.base import BackendStartError
-from gateway.config import Config, ConfigError, load_config, parse_config
+from gateway.config import Config, ConfigError, load_config, parse_config, port_problem
+from gateway.errors import GatewayError
+from gateway.listener import ConnectionCap, ListenerSite, bind, raise_open_files_limit
 from gateway.logs import configure_logging
 from gateway.models_api import catalog
-from gateway.server import create_app
+from gateway.server import create_app, runner_options
 from gateway.state import Gateway
 
 
 def _fail(message: str, code: int = 2) -> int:
     print(f"claude-gateway: {message}", file=sys.stderr)
     return code
+
+
+def _port(text: str) -> int:
+    """argparse type for --port: the rule server.port follows in the config file."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number between 1 and 65535, got {text!r}") from None
+    if (problem := port_problem(port)) is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return port
 
 
 def _loopback_only(host: str) -> bool:
@@ -58,15 +71,26 @@ def _describe(cfg: Config, name: str) -> str:
 
 async def _serve(cfg: Config) -> int:
     gateway = Gateway(cfg)
+    raise_open_files_limit(cfg.server.max_connections)
+    cap = ConnectionCap(cfg.server.max_connections, gateway.connections)
+    try:
+        # Bound before the backends load: a port in use is reported at once, not after a model download.
+        bound = await bind(cfg.server.host, cfg.server.port, cap)
+    except OSError as exc:
+        await gateway.close()
+        return _fail(f"cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror or exc}. "
+                     "Another process may hold the port; pick another with --port.", 1)
     # aiohttp's own shutdown timeout is a backstop: Gateway.cut_inflight ends streams at the grace
     # period itself, with an error event, while their connections are still open.
-    runner = web.AppRunner(create_app(gateway), handler_cancellation=True, access_log=None,
+    runner = web.AppRunner(create_app(gateway), **runner_options(gateway), access_log=None,
                            shutdown_timeout=cfg.server.shutdown_grace_s + 2)
     try:
         await runner.setup()
     except BackendStartError as exc:
+        bound.close()
         await gateway.close()
         return _fail(str(exc), 1)
+    cap.server = runner.server
     # Everything loaded so far lives as long as the process: move it out of the collector's
     # reach, or each full collection walks it again (~100 ms pauses under load, see bench/).
     gc.collect()
@@ -75,13 +99,7 @@ async def _serve(cfg: Config) -> int:
         print(f"claude-gateway: backend '{name}' ({_describe(cfg, name)}) is not reachable: {detail}. "
               f"Start that server or fix base_url in [backends.{name}] of {cfg.path}. The gateway runs anyway; "
               f"requests routed to '{name}' fail with api_error until it answers.", file=sys.stderr)
-    site = web.TCPSite(runner, cfg.server.host, cfg.server.port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        return _fail(f"cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror or exc}. "
-                     "Another process may hold the port; pick another with --port.", 1)
+    await ListenerSite(runner, bound, cfg.server.host, cfg.server.port).start()
     url = f"http://{cfg.server.host}:{cfg.server.port}"
     auth = "ANTHROPIC_AUTH_TOKEN=<server.auth_token>" if cfg.server.auth_token else "ANTHROPIC_AUTH_TOKEN=any"
     print(f"claude-gateway listening on {url}\n  use it: ANTHROPIC_BASE_URL={url} {auth} claude",
@@ -136,6 +154,10 @@ async def _models(cfg: Config) -> int:
     try:
         await gateway.start()
         entries = await catalog(gateway)
+    except BackendStartError as exc:  # a model that cannot load: the same paragraph `serve` prints
+        return _fail(str(exc), 1)
+    except GatewayError as exc:
+        return _fail(exc.message, 1)
     finally:
         await gateway.close()
     rows = [[e["id"], e["display_name"], str(e.get("max_input_tokens", "-"))] for e in entries]
@@ -171,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--config", default="config.toml", help="config file (default: ./config.toml)")
     serve.add_argument("--host", help="listen address (overrides server.host)")
-    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument("--port", type=_port, help="listen port, 1-65535 (overrides server.port)")
     serve.add_argument("--allow-public", action="store_true",
                        help="listen on a non-loopback --host even without server.auth_token")
     serve.add_argument("--demo", action="store_true",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 import re
 import sys
@@ -31,6 +32,13 @@ class ServerConfig:
     ping_interval_s: float = 5.0
     allow_public: bool = False  # listen on a non-loopback address without auth_token (serve refuses otherwise)
     shutdown_grace_s: float = 30.0  # on SIGTERM/SIGINT, in-flight requests get this long to finish
+    # Host names (besides loopback, localhost and the listening address) that requests may name:
+    # anything else is refused, so a DNS-rebinding page cannot reach the gateway.
+    allowed_hosts: list[str] = field(default_factory=list)
+    allowed_origins: list[str] = field(default_factory=list)  # browser origins allowed to call; none by default
+    header_timeout_s: float = 20.0  # a connection must finish its request headers this soon (idle ones close too)
+    body_timeout_s: float = 60.0  # a request body must arrive within this long after its headers
+    max_connections: int = 512  # open client connections; past it, idle ones are closed first
 
 
 @dataclass
@@ -99,7 +107,9 @@ class Config:
 
 # Keys each table accepts, with the Python types a value may have.
 _SERVER_KEYS = {"host": str, "port": int, "auth_token": str, "max_body_mb": (int, float),
-                "ping_interval_s": (int, float), "allow_public": bool, "shutdown_grace_s": (int, float)}
+                "ping_interval_s": (int, float), "allow_public": bool, "shutdown_grace_s": (int, float),
+                "allowed_hosts": list, "allowed_origins": list, "header_timeout_s": (int, float),
+                "body_timeout_s": (int, float), "max_connections": int}
 _LOG_KEYS = {"requests": str, "bodies": bool, "level": str, "rotate_mb": (int, float), "keep": int, "gzip": bool}
 _ROUTING_KEYS = {"default": str, "claude_models": list}
 _BACKEND_KEYS = {"type": str, "model": str, "base_url": str, "api_key": str, "api_key_env": str,
@@ -189,8 +199,13 @@ def parse_config(text: str, path: Path | None = None) -> Config:
     server = data.get("server", {})
     _check_table(server, _SERVER_KEYS, ("server",), loc)
     cfg.server = ServerConfig(**{k: v for k, v in server.items()})
-    if not 0 < cfg.server.port < 65536:
-        raise ConfigError(f"{loc.where(('server',), 'port')}: 'server.port' must be between 1 and 65535.")
+    if (problem := port_problem(cfg.server.port)) is not None:
+        raise ConfigError(f"{loc.where(('server',), 'port')}: 'server.port' {problem}.")
+    for key in ("header_timeout_s", "body_timeout_s", "max_connections"):
+        if getattr(cfg.server, key) <= 0:
+            raise ConfigError(f"{loc.where(('server',), key)}: 'server.{key}' must be positive.")
+    cfg.server.allowed_hosts = [_allowed_host(h, loc) for h in cfg.server.allowed_hosts]
+    cfg.server.allowed_origins = [_allowed_origin(o, loc) for o in cfg.server.allowed_origins]
     if cfg.server.max_body_mb <= 0:
         raise ConfigError(f"{loc.where(('server',), 'max_body_mb')}: 'server.max_body_mb' must be positive.")
     if cfg.server.ping_interval_s <= 0:
@@ -235,6 +250,56 @@ def parse_config(text: str, path: Path | None = None) -> Config:
     return cfg
 
 
+def port_problem(port: int) -> str | None:
+    """Why `port` cannot be listened on (the same rule for server.port and --port), or None."""
+    return None if 0 < port < 65536 else f"must be between 1 and 65535, got {port}"
+
+
+def _allowed_host(value: Any, loc: _Locator) -> str:
+    where = loc.where(("server",), "allowed_hosts")
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: 'server.allowed_hosts' entries must be non-empty host names, got {value!r}.")
+    host = value.strip().lower().rstrip(".")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if "/" in bare or (":" in bare and not _is_ipv6(bare)):
+        raise ConfigError(f"{where}: 'server.allowed_hosts' entry {value!r} must be a host name or address "
+                          "without scheme or port, e.g. \"gateway.lan\" (any port is accepted).")
+    return bare
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
+
+
+def _allowed_origin(value: Any, loc: _Locator) -> str:
+    where = loc.where(("server",), "allowed_origins")
+    origin = value.strip().lower().rstrip("/") if isinstance(value, str) else ""
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query or parts.fragment:
+        raise ConfigError(f"{where}: 'server.allowed_origins' entries must be origins as browsers send them, "
+                          f"scheme://host[:port] with no path, e.g. \"http://localhost:3000\"; got {value!r}.")
+    return origin
+
+
+def _glob_problem(key: str) -> str | None:
+    """Why a model_mapping key cannot be used as a name or glob, or None."""
+    if not key.strip():
+        return "is empty"
+    i = 0
+    while (i := key.find("[", i)) != -1:
+        # fnmatch: '[' opens a class closed by the next ']' (one right after '[' or '[!' is literal)
+        j = i + 1 + (key[i + 1:i + 2] == "!")
+        j += key[j:j + 1] == "]"
+        end = key.find("]", j)
+        if end == -1:
+            return f"has a '[' at position {i + 1} that no ']' closes (a glob character class)"
+        i = end + 1
+    return None
+
+
 def _backend(name: str, table: Any, loc: _Locator) -> BackendConfig:
     where = ("backends", name)
     if not isinstance(table, dict):
@@ -246,12 +311,20 @@ def _backend(name: str, table: Any, loc: _Locator) -> BackendConfig:
                           f"{', '.join(BACKEND_TYPES)}" + (f", got {kind!r}." if kind else " (missing)."))
     mapping = table.get("model_mapping", {})
     for key, value in mapping.items():
+        if (problem := _glob_problem(key)) is not None:
+            raise ConfigError(f"{loc.where(where + ('model_mapping',), key)}: 'backends.{name}.model_mapping' key "
+                              f"{key!r} {problem}; keys are exact model names or globs such as \"claude-*\".")
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{loc.where(where + ('model_mapping',), key)}: 'backends.{name}.model_mapping.{key}' "
                               "must be a non-empty string (the backend model).")
     if kind in _REMOTE_TYPES and not table.get("base_url"):
         raise ConfigError(f"{loc.where(where)}: backend '{name}' (type {kind}) needs 'base_url', "
                           "e.g. base_url = \"http://127.0.0.1:8000\".")
+    if kind in _REMOTE_TYPES:
+        parts = urlsplit(table["base_url"].strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{loc.where(where, 'base_url')}: 'backends.{name}.base_url' must be an http:// or "
+                              f"https:// URL with a host, e.g. \"http://127.0.0.1:8000\"; got {_without_userinfo(table['base_url'])!r}.")
     if kind == "mlx" and not table.get("model"):
         raise ConfigError(f"{loc.where(where)}: backend '{name}' (type mlx) needs 'model': a Hugging Face id "
                           "or a local path.")
@@ -278,6 +351,11 @@ def _backend(name: str, table: Any, loc: _Locator) -> BackendConfig:
                               "'base_url' (user:password@) and an API key; the server gets one Authorization "
                               "header, so keep one of them.")
     return BackendConfig(name=name, model_mapping=dict(mapping), url_auth=url_auth, **fields)
+
+
+def _without_userinfo(url: str) -> str:
+    """`url` as an error message may show it: anything before an '@' in its authority is a credential."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://)?[^/@]*@", r"\1[REDACTED]@", url, flags=re.I)
 
 
 def _split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:

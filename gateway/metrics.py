@@ -5,20 +5,25 @@ several gateways in one process — the tests start many — never share or clas
 """
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from gateway.config import Config
+from gateway.errors import STATUS_TYPES
 from gateway.reqlog import RequestRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
-# Requested model names are client-chosen; past this many distinct ones, new names count as "other"
-# so a client cycling through names cannot grow the label set without bound.
-MAX_MODEL_LABELS = 100
+# Label values a client can choose are limited to what the config names, so no request can grow
+# the label set (or one label value) without bound.
+OTHER = "other"
+_ERROR_TYPES = frozenset(STATUS_TYPES.values())
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"))
 # Errors the client caused by leaving, not failures of the backend.
 _CLIENT_GONE = ("client_disconnected", "client_closed")
 
@@ -38,11 +43,34 @@ class CacheUse:
                 "hit_ratio": round(self.read_tokens / total, 4) if total else 0.0}
 
 
+class ModelLabels:
+    """The `model` label of a requested name: an exact name the config maps, the glob that matched it,
+    or the backend model it names; anything else is "other"."""
+
+    def __init__(self, config: Config):
+        self.exact: set[str] = set()
+        self.globs: list[str] = []
+        for backend in config.backends.values():
+            for key in backend.model_mapping:
+                if any(ch in key for ch in "*?["):  # the router's rule for globs
+                    self.globs.append(key)
+                else:
+                    self.exact.add(key)
+
+    def label(self, requested: str | None, backend_model: str | None) -> str:
+        if not requested:
+            return ""
+        if requested in self.exact or requested == backend_model:
+            return requested
+        return next((g for g in self.globs if fnmatch.fnmatchcase(requested, g)), OTHER)
+
+
 class Metrics:
     """The collectors of one gateway, fed one finished RequestRecord at a time."""
 
-    def __init__(self, backends: tuple[str, ...] = ()) -> None:
+    def __init__(self, backends: tuple[str, ...], labels: ModelLabels) -> None:
         self.backends = backends  # the in-flight gauges report 0 for these rather than nothing
+        self.labels = labels
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("gateway_requests", "API requests by route, status, backend and requested model",
@@ -64,7 +92,6 @@ class Metrics:
                                       ["method"], registry=r)
         self.in_flight: set[RequestRecord] = set()
         self.cache: dict[str, CacheUse] = {}
-        self._models: set[str] = set()
         r.register(_InFlightCollector(self))
 
     def track(self, record: RequestRecord) -> None:
@@ -77,10 +104,10 @@ class Metrics:
     def observe(self, record: RequestRecord, route: str) -> None:
         """Count one finished request."""
         backend = record.backend or ""
-        model = self._model_label(record.model) if record.backend else ""
+        model = self.labels.label(record.model, record.backend_model) if record.backend else ""
         self.requests.labels(route, str(record.status), backend, model).inc()
         if record.event == "unknown_route":
-            self.unknown_routes.labels(record.method).inc()
+            self.unknown_routes.labels(record.method if record.method in _METHODS else OTHER).inc()
             return
         if record.duration_ms is not None:
             self.latency.labels(route, backend).observe(record.duration_ms / 1000)
@@ -89,7 +116,8 @@ class Metrics:
         err = record.error
         if record.backend and err and err.get("type") not in _CLIENT_GONE and (
                 record.status >= 429 or record.status < 400):  # < 400: the stream had begun
-            self.upstream_errors.labels(backend, err.get("type") or "api_error").inc()
+            etype = err.get("type") or "api_error"
+            self.upstream_errors.labels(backend, etype if etype in _ERROR_TYPES else OTHER).inc()
         if record.backend and route.endswith("/messages") and record.status < 400:
             self._count_tokens(record, backend, model)
 
@@ -106,16 +134,6 @@ class Metrics:
             cache.read_tokens += record.cache_read_tokens
             self.cache_hits.labels(backend).inc()
             self.cache_read_tokens.labels(backend).inc(record.cache_read_tokens)
-
-    def _model_label(self, model: str | None) -> str:
-        if not model:
-            return ""
-        if model in self._models:
-            return model
-        if len(self._models) >= MAX_MODEL_LABELS:
-            return "other"
-        self._models.add(model)
-        return model
 
     def exposition(self) -> bytes:
         """The text exposition format Prometheus scrapes."""

@@ -8,8 +8,11 @@ from aiohttp import web
 
 from backends import create_backend
 from backends.base import Backend, BackendUnavailable
+from gateway.browser_guard import BrowserGuard
 from gateway.config import Config
-from gateway.metrics import Metrics
+from gateway.health import HealthMonitor
+from gateway.listener import Connections
+from gateway.metrics import Metrics, ModelLabels
 from gateway.reqlog import RequestLog, RequestRecord
 from gateway.router import Router
 from gateway.thinking_store import ThinkingStore
@@ -28,7 +31,10 @@ class Gateway:
         lc = config.log
         self.reqlog = RequestLog(lc.requests or None, lc.bodies, config.secrets(), rotate_bytes=int(lc.rotate_mb * 1024 * 1024),
                                  keep=lc.keep, compress=lc.gzip)
-        self.metrics = Metrics(tuple(self.backends))
+        self.metrics = Metrics(tuple(self.backends), ModelLabels(config))
+        self.health = HealthMonitor(self.backends)
+        self.browser_guard = BrowserGuard(config.server)
+        self.connections = Connections()  # which connections are mid-request (the connection cap spares them)
         self.unavailable: dict[str, str] = {}
         self.stopping = False  # set on SIGTERM/SIGINT: see cut_inflight
         self.inflight: set[asyncio.Task] = set()  # running /v1/messages handlers
@@ -54,6 +60,7 @@ class Gateway:
             task.cancel()
 
     async def close(self) -> None:
+        await self.health.close()
         for backend in self.backends.values():
             await backend.close()
         await asyncio.to_thread(self.reqlog.close)  # drains the writer thread's queue

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from gateway.config import parse_config
-from gateway.server import create_app
+from gateway.server import create_app, runner_options
 from gateway.state import Gateway
 from tests.upstream import Upstream
 
@@ -101,7 +101,7 @@ async def start_gateway():
     async def start(toml: str, token: str | None = TOKEN) -> RunningGateway:
         cfg = parse_config(toml)
         gw = Gateway(cfg)
-        runner = web.AppRunner(create_app(gw), handler_cancellation=True)
+        runner = web.AppRunner(create_app(gw), **runner_options(gw))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

@@ -14,7 +14,7 @@ MODEL = "claude-opus-4-8"
 
 def _cfg(up) -> str:
     return gateway_config({"up": {"type": up.flavor, "base_url": up.url, "model": "test-model",
-                                  "model_mapping": {"claude-*": "test-model"}}})
+                                  "model_mapping": {MODEL: "test-model", "claude-*": "test-model"}}})
 
 
 def _msg(**kw) -> dict:

@@ -26,7 +26,7 @@ async def _raw_post(url: str, header_line: bytes) -> tuple[int, dict]:
     host, port = url.removeprefix("http://").split(":")
     payload = json.dumps(body()).encode()
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + header_line +
+    writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + header_line +
                  b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(payload) + payload)
     await writer.drain()
     raw = await reader.read()
