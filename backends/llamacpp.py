@@ -6,6 +6,7 @@ import zlib
 
 from backends.base import BackendRequest, BackendUnavailable, TokenCount
 from backends.openai import OpenAIBackend, _int
+from backends.replicas import Replica
 from backends.translate import (
     Dialect,
     template_kwargs,
@@ -26,14 +27,21 @@ class LlamaCppBackend(OpenAIBackend):
         self.total_slots: int | None = None
 
     async def after_discovery(self) -> None:
+        replica = self.pool.primary()
+        await self.probe_facts(replica)
+        self.n_ctx = replica.facts.get("n_ctx")
+        self.total_slots = replica.facts.get("total_slots")
+
+    async def probe_facts(self, replica: Replica) -> None:
+        """n_ctx and the slot count of one replica (servers of a pool may run different -np)."""
         try:
-            props = await self.get_json(self.root + "/props")
+            props = await self.get_json(replica.root + "/props")
         except BackendUnavailable:
             return  # older servers: fall back to config.context_window
         settings = props.get("default_generation_settings")
         n_ctx = _int(settings.get("n_ctx")) if isinstance(settings, dict) else None
-        self.n_ctx = n_ctx or _int(props.get("n_ctx"))
-        self.total_slots = _int(props.get("total_slots"))
+        replica.facts["n_ctx"] = n_ctx or _int(props.get("n_ctx"))
+        replica.facts["total_slots"] = _int(props.get("total_slots"))
 
     async def context_window(self, model: str) -> int | None:
         if self.config.context_window:
@@ -43,11 +51,14 @@ class LlamaCppBackend(OpenAIBackend):
         return self.n_ctx
 
     def extra_fields(self, breq: BackendRequest) -> dict:
-        fields: dict = {"cache_prompt": True}
-        if breq.session_id and self.total_slots and self.total_slots > 1:
-            # The same session lands on the same slot, whose KV cache still holds its prefix.
-            fields["id_slot"] = zlib.crc32(breq.session_id.encode()) % self.total_slots
-        return fields
+        return {"cache_prompt": True}
+
+    def replica_fields(self, breq: BackendRequest, replica: Replica) -> dict:
+        slots = replica.facts.get("total_slots")
+        if breq.session_id and slots and slots > 1:
+            # The same session lands on the same slot of its replica, whose KV cache still holds its prefix.
+            return {"id_slot": zlib.crc32(breq.session_id.encode()) % slots}
+        return {}
 
     async def count_tokens(self, breq: BackendRequest) -> TokenCount:
         req = breq.request

@@ -66,6 +66,8 @@ def _public_refusal(cfg: Config) -> str | None:
 
 def _describe(cfg: Config, name: str) -> str:
     b = cfg.backends[name]
+    if len(b.base_urls) > 1:
+        return f"{b.type} pool of {len(b.base_urls)} replicas"
     return f"{b.type} at {b.base_url}" if b.base_url else f"{b.type} model {b.model}"
 
 
@@ -140,8 +142,15 @@ async def _check(cfg: Config) -> int:
                 continue
             h = await backend.health()
             failed |= not h.ok
+            models = ", ".join(h.models) or h.detail
+            if backend.replicas() is not None:
+                models = f"{models} ({h.detail})"
             rows.append([name, backend.config.type, _describe(cfg, name), "ok" if h.ok else "unreachable",
-                         str(h.context_window or "-"), ", ".join(h.models) or h.detail])
+                         str(h.context_window or "-"), models])
+            for replica in backend.replicas() or []:
+                failed |= not replica["ok"]
+                rows.append(["", "replica", replica["url"], "ok" if replica["ok"] else "unreachable", "-",
+                             "" if replica["ok"] else replica.get("last_error", "")])
     finally:
         await gateway.close()
     print(_table(rows, ["BACKEND", "TYPE", "WHERE", "STATUS", "CONTEXT", "MODELS"]))
