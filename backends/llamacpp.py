@@ -2,6 +2,7 @@
 /tokenize for exact counts, and slot affinity so a session keeps its KV cache."""
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 from backends.base import BackendRequest, BackendUnavailable, TokenCount
@@ -27,8 +28,8 @@ class LlamaCppBackend(OpenAIBackend):
         self.total_slots: int | None = None
 
     async def after_discovery(self) -> None:
+        await asyncio.gather(*(self.probe_facts(r) for r in self.pool.replicas))
         replica = self.pool.primary()
-        await self.probe_facts(replica)
         self.n_ctx = replica.facts.get("n_ctx")
         self.total_slots = replica.facts.get("total_slots")
 
