@@ -64,7 +64,8 @@ class OpenAIBackend(Backend):
         urls = config.base_urls or [config.base_url or ""]
         auths = config.url_auths or [config.url_auth]
         self.pool: ReplicaPool[openai.AsyncOpenAI] = ReplicaPool(
-            self.name, [self._replica(url, auth) for url, auth in zip(urls, auths)], probe=self._probe)
+            self.name, [self._replica(url, auth) for url, auth in zip(urls, auths)], probe=self._probe,
+            redact=lambda text: scrub(text, self.secrets))
         self._http: aiohttp.ClientSession | None = None
         self._discovered: list[ModelInfo] = []
         self._discovered_at = 0.0

@@ -74,10 +74,12 @@ class ReplicaPool(Generic[C]):
     """The replicas of one backend, their health and the order a request tries them in."""
 
     def __init__(self, backend: str, replicas: list[Replica[C]],
-                 probe: Callable[[Replica[C]], Awaitable[None]] | None = None):
+                 probe: Callable[[Replica[C]], Awaitable[None]] | None = None,
+                 redact: Callable[[str], str] = str):
         self.backend = backend
         self.replicas = replicas
         self.probe = probe  # raises when the replica does not answer
+        self.redact = redact  # errors kept for /health may quote the backend's credentials back
         self._prober: asyncio.Task | None = None
 
     def __len__(self) -> int:
@@ -105,14 +107,14 @@ class ReplicaPool(Generic[C]):
         """A request failed on `replica`; connection failures, timeouts and 5xx eject it (from a
         pool of several: a lone server is tried whatever its state, so ejecting it changes nothing)."""
         replica.failures += 1
-        replica.last_error = error
+        replica.last_error = self.redact(error)
         if eject and replica.ejected_at is None and len(self.replicas) > 1:
             now = time.monotonic()
             replica.ejected_at = now
             replica.ejections += 1
             replica.backoff_s = BACKOFF_S
             replica.next_probe = now + replica.backoff_s
-            log.warning("replica_ejected", backend=self.backend, replica=replica.url, error=error,
+            log.warning("replica_ejected", backend=self.backend, replica=replica.url, error=replica.last_error,
                         probe_in_s=replica.backoff_s)
             self._start_prober()
 
@@ -142,7 +144,7 @@ class ReplicaPool(Generic[C]):
                 try:
                     await self.probe(replica)
                 except Exception as exc:  # noqa: BLE001 — any failure keeps it out, longer
-                    replica.last_error = f"probe: {exc}"[:300]
+                    replica.last_error = self.redact(f"probe: {exc}"[:300])
                     replica.backoff_s = min(replica.backoff_s * 2, MAX_BACKOFF_S)
                     replica.next_probe = time.monotonic() + replica.backoff_s
                 else:
@@ -192,7 +194,7 @@ class ReplicaPool(Generic[C]):
                     raise
                 errors.append(err)
                 log.info("replica_failover", backend=self.backend, replica=replica.url, status=err.status,
-                         error=err.message[:300])
+                         error=self.redact(err.message[:300]))
                 continue
             finally:
                 replica.in_flight -= 1

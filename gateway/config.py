@@ -39,6 +39,8 @@ class ServerConfig:
     header_timeout_s: float = 20.0  # a connection must finish its request headers this soon (idle ones close too)
     body_timeout_s: float = 60.0  # a request body must arrive within this long after its headers
     max_connections: int = 512  # open client connections; past it, idle ones are closed first
+    tls_cert: str | None = None  # PEM certificate (chain) file: serve HTTPS directly
+    tls_key: str | None = None  # PEM private key file of tls_cert
 
 
 @dataclass
@@ -114,7 +116,7 @@ class Config:
 _SERVER_KEYS = {"host": str, "port": int, "auth_token": str, "max_body_mb": (int, float),
                 "ping_interval_s": (int, float), "allow_public": bool, "shutdown_grace_s": (int, float),
                 "allowed_hosts": list, "allowed_origins": list, "header_timeout_s": (int, float),
-                "body_timeout_s": (int, float), "max_connections": int}
+                "body_timeout_s": (int, float), "max_connections": int, "tls_cert": str, "tls_key": str}
 _LOG_KEYS = {"requests": str, "bodies": bool, "level": str, "rotate_mb": (int, float), "keep": int, "gzip": bool}
 _ROUTING_KEYS = {"default": str, "claude_models": list}
 _BACKEND_KEYS = {"type": str, "model": str, "base_url": (str, list), "api_key": str, "api_key_env": str,
@@ -217,6 +219,10 @@ def parse_config(text: str, path: Path | None = None) -> Config:
         raise ConfigError(f"{loc.where(('server',), 'ping_interval_s')}: 'server.ping_interval_s' must be positive.")
     if cfg.server.shutdown_grace_s < 0:
         raise ConfigError(f"{loc.where(('server',), 'shutdown_grace_s')}: 'server.shutdown_grace_s' must be 0 or more.")
+    if bool(cfg.server.tls_cert) != bool(cfg.server.tls_key):
+        given, missing = ("tls_cert", "tls_key") if cfg.server.tls_cert else ("tls_key", "tls_cert")
+        raise ConfigError(f"{loc.where(('server',), given)}: 'server.{given}' is set but 'server.{missing}' is "
+                          "not; HTTPS needs both the certificate and its private key (PEM files).")
     env_token = os.environ.get("GATEWAY_AUTH_TOKEN")
     if env_token:
         cfg.server.auth_token = env_token
