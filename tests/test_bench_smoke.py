@@ -61,3 +61,11 @@ def test_mlx_bench_smoke():
     # The tests' tiny demo model, in the cache the Claude Code end-to-end tests use too.
     text = _bench("mlx_bench.py", "--smoke", timeout=600)
     assert "tok/s" in text
+
+
+def test_replicas_quick(tmp_path):
+    out = tmp_path / "replicas.json"
+    text = _bench("replicas.py", "--quick", "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["quick"] is True and data["before_kill"]["requests"] and data["after_kill"]["requests"], text
+    assert "session affinity hit rate" in text and "p95" in text
