@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 from typing import AsyncIterator
 
@@ -137,9 +138,11 @@ class OpenAIBackend(Backend):
             def chosen(replica: Replica) -> None:
                 breq.replica = replica.url
 
-            async for item in self.pool.failover(breq.session_id, lambda r: self._stream_from(r, breq, body),
-                                                 chosen if len(self.pool) > 1 else None):
-                yield item
+            attempts = self.pool.failover(breq.session_id, lambda r: self._stream_from(r, breq, body),
+                                          chosen if len(self.pool) > 1 else None)
+            async with contextlib.aclosing(attempts):  # closed with this generator (a client that left)
+                async for item in attempts:
+                    yield item
         except GatewayError as err:  # upstream text may quote our key back (an echoed Authorization)
             raise GatewayError(err.status, scrub(err.message, self.secrets), err.type, err.headers) from None
 

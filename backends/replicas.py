@@ -10,10 +10,12 @@ re-admitted when a probe answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import structlog
 
@@ -177,14 +179,17 @@ class ReplicaPool(Generic[C]):
             if chosen is not None:
                 chosen(replica)
             try:
-                async for item in attempt(replica):
-                    if type(item) is Started:
-                        if started:
-                            continue  # a retry: the client already has its message_start
-                        started = True
-                    else:
-                        delivered = True
-                    yield item
+                # aclosing: a client that leaves closes this generator, and the replica's response
+                # must be released then, not when the garbage collector finds it.
+                async with contextlib.aclosing(attempt(replica)) as items:
+                    async for item in items:
+                        if type(item) is Started:
+                            if started:
+                                continue  # a retry: the client already has its message_start
+                            started = True
+                        else:
+                            delivered = True
+                        yield item
             except GatewayError as err:
                 # x-should-retry: false marks our own misconfiguration (a wrong key), the same everywhere.
                 retryable = (err.status >= 500 or err.status == 429) and err.headers.get("x-should-retry") != "false"

@@ -26,7 +26,7 @@ import aiohttp
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
-from run import TOKEN, Proc, _pct, free_port, gateway_argv, run_main, wait_http  # noqa: E402
+from run import TOKEN, Proc, _pct, free_port, gateway_argv, run_main, wait_http
 
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 64, "stream": True,
         "messages": [{"role": "user", "content": "hi"}]}

@@ -8,8 +8,12 @@ import asyncio
 import json
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 import aiohttp
 import pytest
