@@ -45,6 +45,7 @@ class Replica(Generic[C]):
     failures: int = 0  # requests that failed here since the last success
     ejections: int = 0
     ejected_at: float | None = None  # time.monotonic(); None: admitted
+    admitted_at: float | None = None  # when a probe last let it back in
     next_probe: float = 0.0
     backoff_s: float = BACKOFF_S
     last_error: str = ""
@@ -114,7 +115,9 @@ class ReplicaPool(Generic[C]):
             now = time.monotonic()
             replica.ejected_at = now
             replica.ejections += 1
-            replica.backoff_s = BACKOFF_S
+            # Failing again soon after coming back (it answers probes but not requests): wait longer.
+            flapping = replica.admitted_at is not None and now - replica.admitted_at < 4 * MAX_BACKOFF_S
+            replica.backoff_s = min(replica.backoff_s * 2, MAX_BACKOFF_S) if flapping else BACKOFF_S
             replica.next_probe = now + replica.backoff_s
             log.warning("replica_ejected", backend=self.backend, replica=replica.url, error=replica.last_error,
                         probe_in_s=replica.backoff_s)
@@ -124,6 +127,7 @@ class ReplicaPool(Generic[C]):
         if replica.ejected_at is None:
             return
         replica.ejected_at = None
+        replica.admitted_at = time.monotonic()
         replica.failures = 0
         log.warning("replica_admitted", backend=self.backend, replica=replica.url, why=why)
 

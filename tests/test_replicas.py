@@ -11,7 +11,7 @@ import pytest
 from gateway.config import ConfigError, parse_config
 from tests.conftest import TOKEN, gateway_config, parse_sse
 from tests.gateway_process import free_port, run_cli, start_serve
-from tests.upstream import TEXT, UpstreamProcess, wait_for
+from tests.upstream import FAIL, FAIL_MID, TEXT, Script, UpstreamProcess, wait_for
 
 HEADERS = {"anthropic-version": "2023-06-01", "content-type": "application/json", "x-api-key": TOKEN}
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
@@ -211,3 +211,79 @@ def test_credentials_of_every_replica_are_secrets():
 def test_answers_name_the_replica():
     # The replicas' script is what _who reads: a test that could not tell replicas apart proves nothing.
     assert _who("".join(d["content"] for d in TEXT("replica-2 says hello", 8).deltas)) == "replica-2"
+
+
+async def _home(gw, ups, sid: str) -> int:
+    """Index of the replica a session goes to (found by asking once)."""
+    before = [len(u.received) for u in ups]
+    status, data = await gw.messages(BODY, **{"X-Claude-Code-Session-Id": sid})
+    assert status == 200, data
+    (index,) = [i for i, u in enumerate(ups) if len(u.received) > before[i]]
+    return index
+
+
+async def test_failure_before_content_is_retried_on_the_next_replica(start_upstream, start_gateway, tmp_path):
+    ups = [await start_upstream("vllm") for _ in range(3)]
+    for i, up in enumerate(ups):
+        up.default = TEXT(f"replica-{i} says hello")
+    log = tmp_path / "requests.jsonl"
+    gw = await start_gateway(_pool_config([u.url for u in ups], log_path=str(log)))
+    home = await _home(gw, ups, "sticky")
+    ups[home].push(FAIL(500, "CUDA out of memory"))
+    frames = await gw.stream(BODY, **{"X-Claude-Code-Session-Id": "sticky"})
+    names = [n for n, _ in frames]
+    assert names.count("message_start") == 1 and "error" not in names and names[-1] == "message_stop"
+    text = "".join(d["delta"].get("text", "") for n, d in frames if n == "content_block_delta")
+    survivor = int(_who(text).split("-")[1])
+    assert survivor != home
+    state = gw.gateway.backends["pool"].replicas()[home]
+    assert state["ok"] is False and "CUDA out of memory" in state["last_error"]
+    # Ejected: the session stays on the survivor (no more attempts at the failed one) until a probe answers.
+    before = len(ups[home].received)
+    assert await _home(gw, ups, "sticky") == survivor
+    assert len(ups[home].received) == before
+    assert await wait_for(lambda: gw.gateway.backends["pool"].replicas()[home]["ok"], 5)
+    assert await _home(gw, ups, "sticky") == home, "re-admitted, the session comes home"
+    await asyncio.sleep(0.3)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["replica"] for line in lines] == [ups[i].url for i in (home, survivor, survivor, home)]
+
+
+async def test_a_stream_that_dies_before_content_is_retried(start_upstream, start_gateway):
+    ups = [await start_upstream("vllm") for _ in range(2)]
+    for i, up in enumerate(ups):
+        up.default = TEXT(f"replica-{i} says hello")
+    gw = await start_gateway(_pool_config([u.url for u in ups]))
+    home = await _home(gw, ups, "s")
+    ups[home].push(Script(deltas=[], die_mid=True))  # headers and the role chunk, then the connection drops
+    frames = await gw.stream(BODY, **{"X-Claude-Code-Session-Id": "s"})
+    text = "".join(d["delta"].get("text", "") for n, d in frames if n == "content_block_delta")
+    assert text == f"replica-{1 - home} says hello"
+    assert [n for n, _ in frames].count("message_start") == 1
+
+
+async def test_no_retry_once_content_reached_the_client(start_upstream, start_gateway):
+    ups = [await start_upstream("vllm") for _ in range(2)]
+    gw = await start_gateway(_pool_config([u.url for u in ups]))
+    home = await _home(gw, ups, "s")
+    other = len(ups[1 - home].received)
+    ups[home].push(FAIL_MID(500))
+    frames = await gw.stream(BODY, **{"X-Claude-Code-Session-Id": "s"})
+    names = [n for n, _ in frames]
+    assert names[-1] == "error" and "content_block_delta" in names
+    assert len(ups[1 - home].received) == other, "a request whose content had gone out was sent again"
+
+
+async def test_overloaded_replica_is_skipped_without_ejection(start_upstream, start_gateway):
+    ups = [await start_upstream("vllm") for _ in range(2)]
+    gw = await start_gateway(_pool_config([u.url for u in ups]))
+    home = await _home(gw, ups, "s")
+    ups[home].push(FAIL(429, "queue full", retry_after="2"))
+    status, data = await gw.messages(BODY, **{"X-Claude-Code-Session-Id": "s"})
+    assert status == 200, data
+    assert gw.gateway.backends["pool"].replicas()[home]["ok"] is True
+    assert await _home(gw, ups, "s") == home
+    for up in ups:
+        up.push(FAIL(529, "busy"))
+    status, data = await gw.messages(BODY, **{"X-Claude-Code-Session-Id": "s"})
+    assert status == 529 and "every replica of backend 'pool' is overloaded" in data["error"]["message"]
