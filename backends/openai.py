@@ -359,13 +359,25 @@ class OpenAIBackend(Backend):
             if not force and time.monotonic() - self._discovered_at < DISCOVERY_TTL_S:
                 return self._discovered
             self._discovered_at = time.monotonic()
-            payload = await self.get_json(self.pool.primary().api_base + "/models")
+            payload = await self._models_payload()
             # A model id quoting our key back is dropped: /health and /v1/models would show it.
             self._discovered = [self._model_info(item) for item in payload.get("data", [])
                                 if isinstance(item, dict) and isinstance(item.get("id"), str)
                                 and scrub(item["id"], self.secrets) == item["id"]]
             await self.after_discovery()
             return self._discovered
+
+    async def _models_payload(self) -> dict:
+        """/v1/models of the first replica that answers (config order, admitted ones first); those
+        that do not answer are ejected on the way."""
+        replicas = self.pool.replicas
+        candidates = [r for r in replicas if r.admitted] + [r for r in replicas if not r.admitted]
+        for replica in candidates[:-1]:
+            try:
+                return await self.get_json(replica.api_base + "/models")
+            except BackendUnavailable as exc:
+                self.pool.failed(replica, f"probe: {exc}", eject=True)
+        return await self.get_json(candidates[-1].api_base + "/models")
 
     async def after_discovery(self) -> None:
         """Hook: fetch server facts that /v1/models does not carry."""

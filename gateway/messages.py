@@ -117,16 +117,24 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
 
 async def _generate(request: web.Request) -> web.StreamResponse:
     req, breq, backend = await _prepare(request, count_only=False)
-    fit = await fit_request(backend, breq)
-    breq.max_tokens = fit.max_tokens
     record = request[RECORD]
+    gw = request.app[GATEWAY]
+    try:
+        fit = await fit_request(backend, breq)
+        breq.max_tokens = fit.max_tokens
+    except GatewayError as err:  # e.g. no replica left to count the prompt's tokens
+        reason = fallback_reason(err)
+        switched = await use_fallback(gw, backend, breq, record, reason, err.message) if reason else None
+        if switched is None:
+            raise
+        backend, breq, fit = switched
     # message_start must never report more input than the final usage: the estimate is halved.
     ms = MessageStream(model=req.model, input_tokens=fit.prompt_tokens if fit.exact else fit.prompt_tokens // 2,
                        show_thinking=req.thinking_enabled,
                        omit_thinking=req.thinking is not None and req.thinking.display == "omitted",
                        context_management=None if req.context_edits is None
                        else {"applied_edits": request[APPLIED_EDITS]})
-    events = _with_fallback(request.app[GATEWAY], backend, breq, record)
+    events = _with_fallback(gw, backend, breq, record)
     try:
         if req.stream:
             return await _respond_sse(request, ms, events, record)

@@ -105,3 +105,22 @@ def test_bad_fallbacks_are_config_errors(backends, message):
               for name, extra in backends.items()}
     with pytest.raises(ConfigError, match=message):
         parse_config(gateway_config(tables))
+
+
+async def test_counting_tokens_on_a_dead_pool_falls_back(start_upstream, start_gateway, tmp_path):
+    spare = await start_upstream("vllm")
+    spare.default = TEXT("counted elsewhere")
+    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    log = tmp_path / "requests.jsonl"
+    gw = await start_gateway(gateway_config({
+        # A prompt near this window needs the exact count from /tokenize, which no replica answers.
+        "main": {"type": "vllm", "base_url": dead, "model": "m", "context_window": 300, "fallback": "spare"},
+        "spare": {"type": "vllm", "base_url": spare.url, "model": "test-model"},
+    }, default="main", log_path=str(log)))
+    long = {**BODY, "messages": [{"role": "user", "content": "word " * 150}]}
+    status, data = await gw.messages(long)
+    assert status == 200, data
+    assert data["content"][0]["text"] == "counted elsewhere"
+    assert len(spare.received) == 1
+    line = (await _log_lines(log))[0]
+    assert line["fallback"]["reason"] == "unavailable" and "could not count tokens" in line["fallback"]["error"]

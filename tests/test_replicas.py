@@ -180,7 +180,7 @@ async def test_check_lists_every_replica(replicas, tmp_path):
     ups = await replicas(2)
     dead = f"http://127.0.0.1:{free_port()}"
     path = tmp_path / "config.toml"
-    path.write_text(_pool_config([u.url for u in ups] + [dead]))
+    path.write_text(_pool_config([dead] + [u.url for u in ups]))  # the first one down: the others still serve
     code, out, err = await run_cli("check", "--config", str(path))
     assert code == 1, out + err
     assert "vllm pool of 3 replicas" in out and "2 of 3 replicas up" in out
