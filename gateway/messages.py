@@ -181,20 +181,28 @@ async def use_fallback(gw: Gateway, backend: Backend, breq: BackendRequest, reco
     if name is None:
         return None
     target = gw.backends[name]
-    model = await _model_on(gw, target, breq.request.model)
+    model = await _model_on(target, breq.request.model)
     moved = BackendRequest(breq.request, model, breq.request.max_tokens or 1, breq.session_id)
-    fit = await fit_request(target, moved)
-    moved.max_tokens = fit.max_tokens
     first = record.fallback["from"] if record.fallback else backend.name
     record.fallback = {"from": first, "to": target.name, "reason": reason, "error": error[:500]}
     record.backend, record.backend_model = target.name, model
     log.warning("backend_fallback", request_id=record.request_id, backend=backend.name, fallback=target.name,
                 reason=reason, error=error[:300])
+    try:
+        fit = await fit_request(target, moved)
+    except GatewayError as err:  # the fallback cannot fit it either: on down its chain (config forbids loops)
+        again = fallback_reason(err)
+        switched = await use_fallback(gw, target, moved, record, again, err.message) if again else None
+        if switched is None:
+            raise
+        return switched
+    moved.max_tokens = fit.max_tokens
     return target, moved, fit
 
 
-async def _model_on(gw: Gateway, backend: Backend, requested: str) -> str:
-    """The model `backend` serves a requested name with: its mapping for the name, else its default."""
+async def _model_on(backend: Backend, requested: str) -> str:
+    """The model `backend` serves a requested name with: its mapping for the name, else its default
+    (the router's rules, limited to one backend)."""
     mapping = backend.config.model_mapping
     for name in dict.fromkeys((requested, _SUFFIX.sub("", requested))):
         if name in mapping:
@@ -202,7 +210,12 @@ async def _model_on(gw: Gateway, backend: Backend, requested: str) -> str:
         for pattern, model in mapping.items():
             if any(ch in pattern for ch in "*?[") and fnmatch.fnmatchcase(name, pattern):
                 return model
-    return await gw.router._default_model(backend)
+    if backend.config.model:
+        return backend.config.model
+    models = await backend.models()
+    if not models:
+        raise GatewayError(500, f"fallback backend '{backend.name}' has no 'model' configured and lists no models")
+    return models[0].id
 
 
 async def _with_fallback(gw: Gateway, backend: Backend, breq: BackendRequest,
