@@ -84,6 +84,7 @@ class ReplicaPool(Generic[C]):
         self.probe = probe  # raises when the replica does not answer
         self.redact = redact  # errors kept for /health may quote the backend's credentials back
         self._prober: asyncio.Task | None = None
+        self._turn = 0  # rotates the tie-break between equally busy replicas
 
     def __len__(self) -> int:
         return len(self.replicas)
@@ -94,7 +95,10 @@ class ReplicaPool(Generic[C]):
         if session_id:
             ranked = sorted(self.replicas, key=lambda r: rendezvous_weight(session_id, r.url), reverse=True)
         else:
-            ranked = sorted(self.replicas, key=lambda r: r.in_flight)  # stable: ties keep config order
+            # Ties (an idle pool, one request at a time) go round the replicas instead of all to the first.
+            n, turn = len(self.replicas), self._turn
+            self._turn += 1
+            ranked = sorted(self.replicas, key=lambda r: (r.in_flight, (self.replicas.index(r) - turn) % n))
         return [r for r in ranked if r.admitted] + [r for r in ranked if not r.admitted]
 
     def primary(self) -> Replica[C]:

@@ -184,10 +184,8 @@ async def test_check_lists_every_replica(replicas, tmp_path):
     code, out, err = await run_cli("check", "--config", str(path))
     assert code == 1, out + err
     assert "vllm pool of 3 replicas" in out and "2 of 3 replicas up" in out
-    rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("  ") or "replica" in line}
-    assert ups[0].url in out and ups[1].url in out
-    assert any(dead in line and "unreachable" in line for line in out.splitlines()), out
-    assert rows  # the per-replica rows are there
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] == ["replica"]]
+    assert [(r[1], r[2]) for r in rows] == [(dead, "unreachable"), (ups[0].url, "ok"), (ups[1].url, "ok")], out
 
 
 @pytest.mark.parametrize("urls, message", [
@@ -287,3 +285,11 @@ async def test_overloaded_replica_is_skipped_without_ejection(start_upstream, st
         up.push(FAIL(529, "busy"))
     status, data = await gw.messages(BODY, **{"X-Claude-Code-Session-Id": "s"})
     assert status == 529 and "every replica of backend 'pool' is overloaded" in data["error"]["message"]
+
+
+async def test_sequential_requests_without_session_go_round(start_upstream, start_gateway):
+    ups = [await start_upstream("vllm") for _ in range(3)]
+    gw = await start_gateway(_pool_config([u.url for u in ups]))
+    for _ in range(6):
+        assert (await gw.messages(BODY))[0] == 200
+    assert [len(u.received) for u in ups] == [2, 2, 2]
