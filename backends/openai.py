@@ -18,6 +18,7 @@ import orjson
 import structlog
 
 from backends.base import Backend, BackendHealth, BackendRequest, BackendUnavailable, ModelInfo, TokenCount
+from backends.openai_passthrough import passthrough
 from backends.translate import ChunkTranslator, Dialect, UpstreamStreamError, to_openai
 from gateway.config import BackendConfig
 from gateway.errors import GatewayError, from_upstream
@@ -89,7 +90,7 @@ class OpenAIBackend(Backend):
     async def stream(self, breq: BackendRequest) -> AsyncIterator[Event]:
         extra = dict(self.config.extra_body)
         extra.update(self.extra_fields(breq))
-        body = to_openai(breq, self.dialect, extra)
+        body = passthrough(breq, extra) if breq.openai_body is not None else to_openai(breq, self.dialect, extra)
         try:
             resp = await self.client.post(
                 "/chat/completions", cast_to=httpx2.Response,

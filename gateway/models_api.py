@@ -86,7 +86,7 @@ async def _routed_entry(name: str, route: Route, infos: _Infos) -> dict:
     display = f"{family_name(name)} → {_short(route.model)} ({backend.name})"
     window = f"{ctx:,}-token context window" if ctx else "context window unknown"
     description = f"Served by {route.model} on backend '{backend.name}' ({backend.config.type}), {window}."
-    return _entry(name, display, None, ctx, description)
+    return _entry(name, display, None, ctx, description, backend.name)
 
 
 async def catalog(gw: Gateway) -> list[dict]:
@@ -103,13 +103,15 @@ async def catalog(gw: Gateway) -> list[dict]:
                 window = f"{info.context_window:,}-token context window" if info.context_window \
                     else "context window unknown"
                 entries[info.id] = _entry(info.id, f"{info.id} ({backend.name})", info.created, info.context_window,
-                                          f"Backend '{backend.name}' ({backend.config.type}), {window}.")
+                                          f"Backend '{backend.name}' ({backend.config.type}), {window}.", backend.name)
     return list(entries.values())
 
 
-def _entry(model_id: str, display: str, created: int | None, context: int | None, description: str) -> dict:
+def _entry(model_id: str, display: str, created: int | None, context: int | None, description: str,
+           owner: str) -> dict:
+    # One entry both SDKs read: Anthropic's fields, plus OpenAI's object / created / owned_by.
     entry = {"type": "model", "id": model_id, "display_name": display, "created_at": _created_at(created),
-             "description": description}
+             "description": description, "object": "model", "created": created or 0, "owned_by": owner}
     if context:
         entry["max_input_tokens"] = context
     return entry
@@ -139,6 +141,8 @@ async def handle_list_models(request: web.Request) -> web.Response:
     entries = await catalog(request.app[GATEWAY])
     q = request.query
     limit = _limit(q.get("limit"))
+    if "limit" not in q and "anthropic-version" not in request.headers:
+        limit = MAX_LIMIT  # OpenAI clients read one page only (they never follow has_more)
     if q.get("after_id"):
         start = _index_of(entries, q["after_id"], "after_id") + 1
         page = entries[start:start + limit]
@@ -151,7 +155,7 @@ async def handle_list_models(request: web.Request) -> web.Response:
     else:
         page = entries[:limit]
         has_more = limit < len(entries)
-    body = {"data": page, "has_more": has_more,
+    body = {"object": "list", "data": page, "has_more": has_more,
             "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None}
     return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
 

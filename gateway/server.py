@@ -7,28 +7,33 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, openai_error_body
 from gateway.inspect import add_inspector
 from gateway.messages import handle_count_tokens, handle_messages
 from gateway.metrics import CONTENT_TYPE, CacheUse, loopback
 from gateway.message_stream import new_id
 from gateway.models_api import handle_get_model, handle_list_models
+from gateway.openai_api import handle_chat_completions
 from gateway.reqlog import RequestRecord, redact_headers
 from gateway.state import GATEWAY, RECORD, Gateway
 
 log = structlog.get_logger("gateway.server")
 
 # Routes whose calls go into the request log; everything else is probes and health checks.
-_LOGGED_PREFIXES = ("/v1/messages", "/v1/v1/messages", "/v1/models", "/v1/v1/models")
+_LOGGED_PREFIXES = ("/v1/messages", "/v1/v1/messages", "/v1/models", "/v1/v1/models", "/v1/chat/completions",
+                    "/v1/v1/chat/completions")
+# Routes of the OpenAI API: their errors take OpenAI's shape, their log lines say api "openai".
+_OPENAI_PATHS = frozenset({"/v1/chat/completions", "/v1/v1/chat/completions"})
 
 
 def _dumps(obj: object) -> str:
     return orjson.dumps(obj).decode()
 
 
-def error_response(err: GatewayError, request_id: str) -> web.Response:
+def error_response(err: GatewayError, request_id: str, openai: bool = False) -> web.Response:
     """The JSON error response (status, body, retry headers, request-id)."""
-    resp = web.json_response(err.body(request_id), status=err.status, dumps=_dumps)
+    body = openai_error_body(err) if openai else err.body(request_id)
+    resp = web.json_response(body, status=err.status, dumps=_dumps)
     resp.headers.update(err.headers)
     resp.headers["request-id"] = request_id
     return resp
@@ -60,6 +65,9 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     if request.raw_path != (f"{path}?{record.query}" if record.query else path):  # what `curl ID` re-sends
         record.raw_path = request.raw_path
     request[RECORD] = record
+    openai = path in _OPENAI_PATHS
+    if openai:
+        record.api = "openai"
     logged = path.startswith(_LOGGED_PREFIXES)
     if logged:
         gw.metrics.track(record)
@@ -77,16 +85,16 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     except GatewayError as err:
         record.status = err.status
         record.error = {"type": err.type, "message": err.message}
-        return error_response(err, request_id)
+        return error_response(err, request_id, openai)
     except web.HTTPRequestEntityTooLarge:
         err = GatewayError(413, f"request body exceeds the {gw.config.server.max_body_mb:g} MB limit "
                                 "(server.max_body_mb)")
         record.status, record.error = 413, {"type": err.type, "message": err.message}
-        return error_response(err, request_id)
+        return error_response(err, request_id, openai)
     except web.HTTPException as exc:
         err = GatewayError(exc.status, exc.reason or "error")
         record.status, record.error = exc.status, {"type": err.type, "message": err.message}
-        return error_response(err, request_id)
+        return error_response(err, request_id, openai)
     except ConnectionResetError:
         record.status = 499  # the client went away mid-response; nobody is left to answer
         raise
@@ -94,7 +102,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         log.exception("unhandled_error", request_id=request_id, path=path)
         err = GatewayError(500, f"internal error: {type(exc).__name__}")
         record.status, record.error = 500, {"type": err.type, "message": err.message}
-        return error_response(err, request_id)
+        return error_response(err, request_id, openai)
     finally:
         if logged or record.event == "unknown_route":
             record.finish(record.status or 499)  # 499: the client went away before an answer
@@ -177,6 +185,7 @@ def create_app(gateway: Gateway) -> web.Application:
     for prefix in ("/v1", "/v1/v1"):
         app.router.add_post(f"{prefix}/messages", handle_messages)
         app.router.add_post(f"{prefix}/messages/count_tokens", handle_count_tokens)
+        app.router.add_post(f"{prefix}/chat/completions", handle_chat_completions)
         app.router.add_get(f"{prefix}/models", handle_list_models)
         app.router.add_get(prefix + "/models/{model_id:.+}", handle_get_model)
     app.router.add_post("/api/event_logging/batch", handle_event_logging)
