@@ -14,8 +14,17 @@ from typing import Any, Literal
 import orjson
 
 from gateway.anthropic import (
-    ContentBlock, ImageBlock, Message, MessagesRequest, TextBlock, Thinking, ThinkingBlock, Tool, ToolChoice,
-    ToolResultBlock, ToolUseBlock,
+    ContentBlock,
+    ImageBlock,
+    Message,
+    MessagesRequest,
+    TextBlock,
+    Thinking,
+    ThinkingBlock,
+    Tool,
+    ToolChoice,
+    ToolResultBlock,
+    ToolUseBlock,
 )
 from gateway.errors import invalid
 
