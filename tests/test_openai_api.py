@@ -293,13 +293,20 @@ async def test_models_list_serves_both_sdks(start_upstream, start_gateway, tmp_p
         ids = [m.id for m in page.data]
         assert ids == list(mapping) + ["test-model"]  # one page holds them all: OpenAI clients never page
         assert all(m.object == "model" and m.owned_by == "up" and isinstance(m.created, int) for m in page.data)
+        assert page.data[-1].created == 1700000000  # the upstream's own date
         one = await c.models.retrieve("gpt-3")
         assert (one.id, one.object, one.owned_by) == ("gpt-3", "model", "up")
     async with anthropic.AsyncAnthropic(base_url=gw.url, api_key=TOKEN, max_retries=0) as a:
         first = await a.models.list()
         assert len(first.data) == 20 and first.has_more  # Anthropic's default page, as before
+        assert "object" not in first.model_extra and "owned_by" not in first.data[0].model_extra
         assert [m.id async for m in await a.models.list()] == ids
         assert (await a.models.retrieve("gpt-3")).display_name.startswith("gpt-3")
+        # The response OpenAI clients get parses with the Anthropic SDK too.
+        other = await a.models.list(extra_headers={"anthropic-version": anthropic.Omit()})
+        assert [m.id for m in other.data] == ids and not other.has_more
+        assert other.data[0].display_name and other.data[0].created_at.year == 1970
+        assert other.model_extra["object"] == "list" and other.data[0].model_extra["owned_by"] == "up"
 
 
 async def test_replay_of_an_openai_record(start_upstream, start_gateway, tmp_path):
