@@ -352,3 +352,31 @@ async def test_shutdown_cut_reaches_openai_clients_as_an_error_chunk(start_upstr
     raw = (await asyncio.wait_for(resp.read(), 5)).decode()
     last = [f for f in raw.split("\n\n") if f][-1]
     assert json.loads(last[6:])["error"]["code"] == "overloaded"
+
+
+async def test_langchain_chat_openai_text_stream_and_tools(start_upstream, start_gateway, tmp_path):
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    @tool
+    def get_weather(location: str) -> str:
+        """Current weather for a location."""
+        return "sunny"
+
+    up, gw = await _stack(start_upstream, start_gateway, tmp_path)
+    llm = ChatOpenAI(model=MODEL, base_url=gw.url + "/v1", api_key=TOKEN, max_retries=0, temperature=0)
+    up.push(TEXT("Hello from LangChain"), TEXT("streamed words here"), TOOL("get_weather", {"location": "Paris"}),
+            TEXT("It is sunny."))
+    reply = await llm.ainvoke("hi")
+    assert reply.content == "Hello from LangChain" and reply.usage_metadata["output_tokens"] > 0
+    pieces = [chunk.content async for chunk in llm.astream("hi")]
+    assert "".join(pieces) == "streamed words here" and len(pieces) > 2
+    bound = llm.bind_tools([get_weather])
+    call = await bound.ainvoke([HumanMessage("weather in Paris?")])
+    [tc] = call.tool_calls
+    assert tc["name"] == "get_weather" and tc["args"] == {"location": "Paris"} and tc["id"] == "call_1"
+    final = await bound.ainvoke([HumanMessage("weather in Paris?"), call,
+                                 ToolMessage("sunny", tool_call_id=tc["id"])])
+    assert isinstance(final, AIMessage) and final.content == "It is sunny."
+    assert up.received[-1]["messages"][-1] == {"role": "tool", "content": "sunny", "tool_call_id": "call_1"}
