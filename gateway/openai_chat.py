@@ -248,6 +248,8 @@ def parse_chat_request(body: Any) -> ChatRequest:
     _expect(isinstance(model, str) and model != "", "model: expected a non-empty string")
     messages = body.get("messages")
     _expect(isinstance(messages, list) and len(messages) > 0, "messages: expected a non-empty list")
+    _expect(body.get("functions") is None and body.get("function_call") is None,
+            "functions: the legacy functions / function_call are not supported; send tools / tool_choice")
     n = body.get("n")
     _expect(n is None or n == 1, "n: only 1 choice per request is supported")
     _expect(not body.get("logprobs") and body.get("top_logprobs") is None,
