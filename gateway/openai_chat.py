@@ -193,6 +193,7 @@ def _tool_choice(value: Any, names: list[str]) -> ToolChoice | None:
     if value is None:
         return None
     if isinstance(value, str):
+        _expect(value != "required" or bool(names), "tool_choice: 'required' needs at least one of `tools`")
         _expect(value in ("none", "auto", "required"), "tool_choice: expected 'none', 'auto', 'required' or "
                                                       "{type: 'function', function: {name}}")
         return ToolChoice({"none": "none", "auto": "auto", "required": "any"}[value])

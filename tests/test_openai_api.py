@@ -208,6 +208,7 @@ async def test_routing_by_model_and_the_openai_404(start_upstream, start_gateway
     ({"model": MODEL, "messages": USER, "reasoning_effort": "extreme"}, "reasoning_effort"),
     ({"model": MODEL, "messages": USER, "tools": [{"type": "custom", "custom": {"name": "x"}}]}, "tools.0.type"),
     ({"model": MODEL, "messages": ["hi"]}, "messages.0"),
+    ({"model": MODEL, "messages": USER, "tool_choice": "required"}, "tool_choice"),
     ({"model": MODEL, "messages": USER, "max_completion_tokens": 0}, "max_completion_tokens"),
     ({"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
     ({"model": MODEL, "messages": [{"role": "tool", "content": "x"}]}, "messages.0.tool_call_id"),
@@ -240,11 +241,14 @@ async def test_auth_transport_and_upstream_errors(start_upstream, start_gateway,
     assert resp.status == 400 and "error" in await resp.json()
     resp = await gw.post("/v1/chat/completions", {"model": MODEL, "messages": USER}, **{"x-api-key": TOKEN})
     assert resp.status == 200  # the Anthropic header works here too
-    up.push(FAIL(429, "slow down", retry_after="3"), FAIL_MID(500))
+    up.push(FAIL(429, "slow down", retry_after="3"), FAIL(503, "busy"), FAIL_MID(500))
     async with client(gw) as c:
         with pytest.raises(openai.RateLimitError) as exc:
             await c.chat.completions.create(model=MODEL, messages=USER)
         assert exc.value.response.headers["retry-after"] == "3" and "slow down" in exc.value.body["message"]
+        with pytest.raises(openai.APIStatusError) as exc:  # known before the first byte: a real status
+            await c.chat.completions.create(model=MODEL, messages=USER, stream=True)
+        assert exc.value.status_code == 529 and exc.value.body["code"] == "overloaded"
         stream = await c.chat.completions.create(model=MODEL, messages=USER, stream=True)
         got = ""
         with pytest.raises(openai.APIError) as exc:
@@ -254,10 +258,10 @@ async def test_auth_transport_and_upstream_errors(start_upstream, start_gateway,
         up.push(TEXT("still serving"))
         r = await c.chat.completions.create(model=MODEL, messages=USER)
         assert r.choices[0].message.content == "still serving"
-    lines = await wait_records(gw.log_path, 6)
-    assert [ln["status"] for ln in lines] == [401, 400, 200, 429, 200, 200]
+    lines = await wait_records(gw.log_path, 7)
+    assert [ln["status"] for ln in lines] == [401, 400, 200, 429, 529, 200, 200]
     assert {ln["api"] for ln in lines} == {"openai"}
-    assert lines[4]["error"]["message"].endswith("died mid-stream")
+    assert lines[5]["error"]["message"].endswith("died mid-stream")
 
 
 async def test_client_disconnect_cancels_the_upstream(start_upstream, start_gateway, tmp_path):
