@@ -10,6 +10,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from backends.base import BackendRequest
+from gateway.anthropic import ImageBlock
+from gateway.errors import invalid
 from gateway.limits import fit_request
 from gateway.message_stream import MessageStream, new_id
 from gateway.messages import answer, guarded, read_body
@@ -50,6 +52,10 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     record.session_id = request.headers.get("X-Claude-Code-Session-Id") or None
     route = await gw.router.resolve(chat.model)
     record.backend, record.backend_model = route.backend.name, route.model
+    if not route.backend.config.vision and any(type(b) is ImageBlock for m in req.messages for b in m.content):
+        # As for Anthropic clients: the operator said this model has no vision; the body is not sent.
+        raise invalid(f"model '{chat.model}' does not accept images on this backend; "
+                      "set vision = true in its [backends.*] table if the model has vision")
     breq = BackendRequest(req, route.model, chat.max_tokens or DEFAULT_MAX_TOKENS, record.session_id)
     fit = await fit_request(route.backend, breq)
     breq.max_tokens = fit.max_tokens

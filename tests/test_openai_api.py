@@ -392,3 +392,17 @@ async def test_langchain_chat_openai_text_stream_and_tools(start_upstream, start
                                  ToolMessage("sunny", tool_call_id=tc["id"])])
     assert isinstance(final, AIMessage) and final.content == "It is sunny."
     assert up.received[-1]["messages"][-1] == {"role": "tool", "content": "sunny", "tool_call_id": "call_1"}
+
+
+async def test_images_reach_a_vision_backend_as_sent_and_are_refused_elsewhere(start_upstream, start_gateway, tmp_path):
+    content = [{"type": "text", "text": "what is this?"},
+               {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}}]
+    up, gw = await _stack(start_upstream, start_gateway, tmp_path, vision=True)
+    async with client(gw) as c:
+        await c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}])
+    assert up.received[-1]["messages"][0]["content"] == content
+    up2, blind = await _stack(start_upstream, start_gateway, tmp_path / "b")
+    async with client(blind) as c:
+        with pytest.raises(openai.BadRequestError) as exc:
+            await c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}])
+    assert "does not accept images" in exc.value.body["message"] and up2.received == []
