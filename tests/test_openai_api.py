@@ -406,3 +406,15 @@ async def test_images_reach_a_vision_backend_as_sent_and_are_refused_elsewhere(s
         with pytest.raises(openai.BadRequestError) as exc:
             await c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}])
     assert "does not accept images" in exc.value.body["message"] and up2.received == []
+
+
+async def test_other_methods_and_the_doubled_v1_prefix(start_upstream, start_gateway, tmp_path):
+    up, gw = await _stack(start_upstream, start_gateway, tmp_path)
+    resp = await gw.get("/v1/chat/completions")
+    assert resp.status == 404 and (await resp.json())["error"]["message"].startswith("no route for GET")
+    async with openai.AsyncOpenAI(base_url=gw.url + "/v1/v1", api_key=TOKEN, max_retries=0) as c:
+        r = await c.chat.completions.create(model=MODEL, messages=USER)
+    assert r.choices[0].message.content == "Hello there!"
+    lines = await wait_records(gw.log_path, 2)
+    assert [(ln["path"], ln["api"]) for ln in lines] == [("/v1/chat/completions", "openai"),
+                                                          ("/v1/v1/chat/completions", "openai")]
