@@ -409,7 +409,7 @@ async def test_images_reach_a_vision_backend_as_sent_and_are_refused_elsewhere(s
 
 
 async def test_other_methods_and_the_doubled_v1_prefix(start_upstream, start_gateway, tmp_path):
-    up, gw = await _stack(start_upstream, start_gateway, tmp_path)
+    _, gw = await _stack(start_upstream, start_gateway, tmp_path)
     resp = await gw.get("/v1/chat/completions")
     assert resp.status == 404 and (await resp.json())["error"]["message"].startswith("no route for GET")
     async with openai.AsyncOpenAI(base_url=gw.url + "/v1/v1", api_key=TOKEN, max_retries=0) as c:
