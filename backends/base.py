@@ -18,6 +18,9 @@ class BackendRequest:
     model: str
     max_tokens: int
     session_id: str | None = None
+    # The client's OpenAI chat-completions body (POST /v1/chat/completions): OpenAI-style backends
+    # send it on with minimal change instead of re-translating `request`; others ignore it.
+    openai_body: dict | None = None
 
 
 @dataclass(slots=True)
