@@ -19,6 +19,9 @@ class BackendRequest:
     max_tokens: int
     session_id: str | None = None
     replica: str | None = None  # set by a pooled backend: the replica that served (or was tried last)
+    # The client's OpenAI chat-completions body (POST /v1/chat/completions): OpenAI-style backends
+    # send it on with minimal change instead of re-translating `request`; others ignore it.
+    openai_body: dict | None = None
 
 
 @dataclass(slots=True)

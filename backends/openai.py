@@ -18,6 +18,7 @@ import orjson
 import structlog
 
 from backends.base import Backend, BackendHealth, BackendRequest, BackendUnavailable, ModelInfo, TokenCount
+from backends.openai_passthrough import passthrough
 from backends.replicas import Replica, ReplicaPool
 from backends.sse_reader import LineTooLong, sse_reads
 from backends.translate import ChunkTranslator, Dialect, UpstreamStreamError, to_openai
@@ -133,7 +134,7 @@ class OpenAIBackend(Backend):
         try:
             extra = dict(self.config.extra_body)
             extra.update(self.extra_fields(breq))
-            body = to_openai(breq, self.dialect, extra)
+            body = passthrough(breq, extra) if breq.openai_body is not None else to_openai(breq, self.dialect, extra)
 
             def chosen(replica: Replica) -> None:
                 breq.replica = replica.url

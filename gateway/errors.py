@@ -1,6 +1,7 @@
 """Anthropic-shaped errors: one exception type carries status, error type and retry hints."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 # The status → type pairs the Anthropic API documents; anything else maps to api_error.
@@ -36,6 +37,24 @@ class GatewayError(Exception):
         if request_id:
             out["request_id"] = request_id
         return out
+
+
+# Anthropic error types → OpenAI's; `code` is the machine-readable reason OpenAI clients branch on.
+_OPENAI_TYPES = {"not_found_error": "invalid_request_error", "request_too_large": "invalid_request_error",
+                 "api_error": "server_error"}
+_OPENAI_CODES = {401: "invalid_api_key", 404: "model_not_found", 413: "request_too_large",
+                 429: "rate_limit_exceeded", 529: "overloaded"}
+_PARAM = re.compile(r"^([A-Za-z_][\w.]*): ")
+
+
+def openai_error_body(err: GatewayError) -> dict:
+    """The error as the OpenAI API shapes it: {"error": {message, type, param, code}}."""
+    code = _OPENAI_CODES.get(err.status)
+    if err.status == 400 and err.message.startswith("prompt is too long"):
+        code = "context_length_exceeded"
+    param = _PARAM.match(err.message) if err.status == 400 else None
+    return {"error": {"message": err.message, "type": _OPENAI_TYPES.get(err.type, err.type),
+                      "param": param.group(1) if param else None, "code": code}}
 
 
 def invalid(message: str) -> GatewayError:

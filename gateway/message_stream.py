@@ -47,7 +47,8 @@ class MessageStream:
     """Per-response state: feed it backend events, get Anthropic stream events (dicts) back."""
 
     def __init__(self, *, model: str, input_tokens: int, show_thinking: bool, message_id: str | None = None,
-                 omit_thinking: bool = False, context_management: dict | None = None):
+                 omit_thinking: bool = False, context_management: dict | None = None,
+                 tool_id_prefix: str | None = None):
         self.message_id = message_id or new_id("msg_")
         self.model = model
         self.show_thinking = show_thinking
@@ -73,6 +74,10 @@ class MessageStream:
         self.engine_stats: EngineStats | None = None
         self.answer = Aggregator()  # every event handed out, folded: what the client has been sent
         self.finished = False
+        # Set (OpenAI clients: "call_"): a backend's own tool call id is kept when it is new in this
+        # answer, else an id with this prefix is issued. None: always a gateway toolu_ id.
+        self.tool_id_prefix = tool_id_prefix
+        self._tool_ids: set[str] = set()
 
     # -- events -------------------------------------------------------------------------------
 
@@ -120,7 +125,7 @@ class MessageStream:
             self._open = "tool_use"
             self.ttft_seen = True
             out.append({"type": "content_block_start", "index": self._index,
-                        "content_block": {"type": "tool_use", "id": new_id("toolu_"), "name": ev.name,
+                        "content_block": {"type": "tool_use", "id": self._tool_id(ev.id), "name": ev.name,
                                           "input": {}}})
             return out
         if type(ev) is ToolCallDelta:
@@ -152,6 +157,15 @@ class MessageStream:
             self.engine_stats = ev  # for the request log only
             return []
         raise TypeError(f"unknown backend event {ev!r}")
+
+    def _tool_id(self, backend_id: str | None) -> str:
+        if self.tool_id_prefix is None:
+            return new_id("toolu_")
+        # Some servers number every call "call_0" or send none: a repeated id would make two calls one.
+        tid = backend_id if isinstance(backend_id, str) and backend_id and backend_id not in self._tool_ids \
+            else new_id(self.tool_id_prefix)
+        self._tool_ids.add(tid)
+        return tid
 
     def finish(self) -> list[dict]:
         """Close the open block and end the message (message_delta, message_stop)."""

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fnmatch
 import json
 import re
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 import orjson
 import structlog
@@ -101,11 +103,17 @@ def _uncancel() -> None:
 
 async def handle_messages(request: web.Request) -> web.StreamResponse:
     """Generate a message: JSON, or SSE when the body says stream:true."""
+    return await guarded(request, _generate)
+
+
+async def guarded(request: web.Request, generate) -> web.StreamResponse:
+    """Run a generating handler as one of the gateway's in-flight requests: a shutdown that cuts
+    it makes it answer `overloaded_error` instead of vanishing."""
     gw = request.app[GATEWAY]
     task = asyncio.current_task()
     gw.inflight.add(task)
     try:
-        return await _generate(request)
+        return await generate(request)
     except asyncio.CancelledError:
         if not gw.stopping:
             raise  # the client went away
@@ -115,30 +123,72 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
         gw.inflight.discard(task)
 
 
+class Wire(Protocol):
+    """One client protocol's encoding of a MessageStream's events (Anthropic SSE, OpenAI chunks)."""
+
+    ping: bytes  # written while nothing else went out for ping_interval_s
+
+    def start(self) -> bytes:
+        """The stream's first bytes (calls ms.message_start())."""
+
+    def frames(self, events: list[dict]) -> bytes:
+        """Frames for Anthropic events from MessageStream.feed."""
+
+    def finish(self, events: list[dict]) -> bytes:
+        """The stream's last bytes, from MessageStream.finish()."""
+
+    def error(self, err: GatewayError) -> bytes:
+        """The frame that ends a stream failing after its first byte."""
+
+    def message(self) -> dict:
+        """The non-streaming answer, once the MessageStream finished."""
+
+
+class AnthropicWire:
+    """Anthropic Messages: `event:`/`data:` frames and the Message object."""
+
+    ping = PING
+
+    def __init__(self, ms: MessageStream):
+        self.ms = ms
+
+    def start(self) -> bytes:
+        return encode_all([self.ms.message_start()])
+
+    def frames(self, events: list[dict]) -> bytes:
+        return encode_all(events)
+
+    def finish(self, events: list[dict]) -> bytes:
+        return encode_all(events)
+
+    def error(self, err: GatewayError) -> bytes:
+        return encode_all([MessageStream.error_event(err)])
+
+    def message(self) -> dict:
+        return self.ms.answer.message
+
+
 async def _generate(request: web.Request) -> web.StreamResponse:
     req, breq, backend = await _prepare(request, count_only=False)
-    record = request[RECORD]
-    gw = request.app[GATEWAY]
-    try:
-        fit = await fit_request(backend, breq)
-        breq.max_tokens = fit.max_tokens
-    except GatewayError as err:  # e.g. no replica left to count the prompt's tokens
-        reason = fallback_reason(err)
-        switched = await use_fallback(gw, backend, breq, record, reason, err.message) if reason else None
-        if switched is None:
-            raise
-        backend, breq, fit = switched
+    backend, breq, fit = await fit_with_fallback(request.app[GATEWAY], backend, breq, request[RECORD])
     # message_start must never report more input than the final usage: the estimate is halved.
     ms = MessageStream(model=req.model, input_tokens=fit.prompt_tokens if fit.exact else fit.prompt_tokens // 2,
                        show_thinking=req.thinking_enabled,
                        omit_thinking=req.thinking is not None and req.thinking.display == "omitted",
                        context_management=None if req.context_edits is None
                        else {"applied_edits": request[APPLIED_EDITS]})
-    events = _with_fallback(gw, backend, breq, record)
+    events = events_with_fallback(request.app[GATEWAY], backend, breq, request[RECORD])
+    return await answer(request, ms, events, AnthropicWire(ms), req.stream)
+
+
+async def answer(request: web.Request, ms: MessageStream, events: AsyncIterator[Event], wire: Wire,
+                 stream: bool) -> web.StreamResponse:
+    """Answer from a backend's events, streamed or as JSON, and record what the client was sent."""
+    record = request[RECORD]
     try:
-        if req.stream:
-            return await _respond_sse(request, ms, events, record)
-        return await _respond_json(ms, events, record)
+        if stream:
+            return await _respond_sse(request, ms, events, record, wire)
+        return await _respond_json(ms, events, record, wire)
     finally:
         await events.aclose()
         # A cut stream never reached finish(): count what it delivered, not 0.
@@ -182,7 +232,10 @@ async def use_fallback(gw: Gateway, backend: Backend, breq: BackendRequest, reco
         return None
     target = gw.backends[name]
     model = await _model_on(target, breq.request.model)
-    moved = BackendRequest(breq.request, model, breq.request.max_tokens or 1, breq.session_id)
+    # The same request bound afresh (max_tokens is fitted below). An OpenAI client's own body is not
+    # passed on: its output limit was fitted to the first backend; `request` carries the same content.
+    moved = dataclasses.replace(breq, model=model, max_tokens=breq.request.max_tokens or 1, replica=None,
+                                openai_body=None)
     first = record.fallback["from"] if record.fallback else backend.name
     record.fallback = {"from": first, "to": target.name, "reason": reason, "error": error[:500]}
     record.backend, record.backend_model = target.name, model
@@ -218,8 +271,24 @@ async def _model_on(backend: Backend, requested: str) -> str:
     return models[0].id
 
 
-async def _with_fallback(gw: Gateway, backend: Backend, breq: BackendRequest,
-                         record: RequestRecord) -> AsyncIterator[Event | list[Event]]:
+async def fit_with_fallback(gw: Gateway, backend: Backend, breq: BackendRequest,
+                            record: RequestRecord) -> tuple[Backend, BackendRequest, Fit]:
+    """fit_request, moving to the fallback when the backend cannot even fit the prompt for a reason
+    its fallback covers (e.g. no replica left to count the prompt's tokens)."""
+    try:
+        fit = await fit_request(backend, breq)
+    except GatewayError as err:
+        reason = fallback_reason(err)
+        switched = await use_fallback(gw, backend, breq, record, reason, err.message) if reason else None
+        if switched is None:
+            raise
+        return switched
+    breq.max_tokens = fit.max_tokens
+    return backend, breq, fit
+
+
+async def events_with_fallback(gw: Gateway, backend: Backend, breq: BackendRequest,
+                               record: RequestRecord) -> AsyncIterator[Event | list[Event]]:
     """The backend's events; when it fails before any content (Started carries none), its fallback's,
     down the chain. Started goes out once, so a client never sees the switch."""
     started = False
@@ -247,7 +316,8 @@ async def _with_fallback(gw: Gateway, backend: Backend, breq: BackendRequest,
             await events.aclose()
 
 
-async def _respond_json(ms: MessageStream, events: AsyncIterator[Event], record: RequestRecord) -> web.Response:
+async def _respond_json(ms: MessageStream, events: AsyncIterator[Event], record: RequestRecord,
+                        wire: Wire) -> web.Response:
     ms.message_start()
     async for ev in events:
         _feed(ms, ev)
@@ -255,15 +325,16 @@ async def _respond_json(ms: MessageStream, events: AsyncIterator[Event], record:
             record.mark_first_token()
     ms.finish()
     record.stop_reason = ms.stop_reason
-    return web.json_response(ms.answer.message, dumps=_dumps)
+    return web.json_response(wire.message(), dumps=_dumps)
 
 
 class _Pinger:
-    """Writes `ping` events whenever nothing else went out for `interval` seconds."""
+    """Writes `ping` bytes whenever nothing else went out for `interval` seconds."""
 
-    def __init__(self, resp: web.StreamResponse, interval: float):
+    def __init__(self, resp: web.StreamResponse, interval: float, ping: bytes = PING):
         self.resp = resp
         self.interval = interval
+        self.ping = ping
         self.loop = asyncio.get_running_loop()
         self.last_write = self.loop.time()
         self.task = self.loop.create_task(self._run())
@@ -279,14 +350,14 @@ class _Pinger:
                 await asyncio.sleep(wait)
                 continue
             self.last_write = self.loop.time()
-            await self.resp.write(PING)
+            await self.resp.write(self.ping)
 
     def stop(self) -> None:
         self.task.cancel()
 
 
 async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIterator[Event],
-                       record: RequestRecord) -> web.StreamResponse:
+                       record: RequestRecord, wire: Wire) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     interval = gw.config.server.ping_interval_s
     # Wait for the backend to accept (or refuse) before committing to a 200: errors known
@@ -307,26 +378,26 @@ async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIte
     resp.headers["request-id"] = record.request_id
     await resp.prepare(request)
     record.status = 200
-    pinger = _Pinger(resp, interval)
+    pinger = _Pinger(resp, interval, wire.ping)
     try:
-        await pinger.write(encode_all([ms.message_start()]))
+        await pinger.write(wire.start())
         try:
             ev = await first  # pings keep flowing while a slow backend prefills
             frames = _feed(ms, ev)
             if frames:
                 if ms.ttft_seen:
                     record.mark_first_token()
-                await pinger.write(encode_all(frames))
+                await pinger.write(wire.frames(frames))
             async for ev in events:
                 frames = _feed(ms, ev)
                 if frames:
                     if ms.ttft_seen and record.ttft_ms is None:
                         record.mark_first_token()
-                    await pinger.write(encode_all(frames))
+                    await pinger.write(wire.frames(frames))
         except StopAsyncIteration:
             pass
         except GatewayError as err:
-            await _write_error(pinger, err, record)
+            await _write_error(pinger, wire, err, record)
             return resp
         except (asyncio.CancelledError, ConnectionResetError) as exc:
             if gw.stopping and isinstance(exc, asyncio.CancelledError):
@@ -334,16 +405,17 @@ async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIte
                 # error event it retries on, and let the response finish cleanly.
                 _uncancel()
                 with contextlib.suppress(Exception):
-                    await _write_error(pinger, _shutting_down(), record)
+                    await _write_error(pinger, wire, _shutting_down(), record)
                 return resp
             record.error = {"type": "client_disconnected", "message": "the client closed the stream"}
             raise
         except Exception as exc:  # a backend bug must still end the stream with an error event
             log.exception("backend_failed_mid_stream", backend=record.backend)
-            await _write_error(pinger, GatewayError(500, f"internal error: {type(exc).__name__}: {exc}"), record)
+            await _write_error(pinger, wire, GatewayError(500, f"internal error: {type(exc).__name__}: {exc}"),
+                               record)
             return resp
         pinger.stop()
-        await resp.write(encode_all(ms.finish()))
+        await resp.write(wire.finish(ms.finish()))
         record.stop_reason = ms.stop_reason
         await resp.write_eof()
         return resp
@@ -354,10 +426,10 @@ async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIte
             await asyncio.gather(first, return_exceptions=True)
 
 
-async def _write_error(pinger: _Pinger, err: GatewayError, record: RequestRecord) -> None:
+async def _write_error(pinger: _Pinger, wire: Wire, err: GatewayError, record: RequestRecord) -> None:
     pinger.stop()
     record.error = {"type": err.type, "message": err.message}
-    await pinger.resp.write(encode_all([MessageStream.error_event(err)]))
+    await pinger.resp.write(wire.error(err))
     await pinger.resp.write_eof()
 
 

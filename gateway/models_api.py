@@ -1,5 +1,9 @@
 """GET /v1/models (paginated, Anthropic shape) and GET /v1/models/{id}.
 
+Clients without an `anthropic-version` header (the openai SDK, Cursor, LangChain) get the same
+entries with OpenAI's `object`/`created`/`owned_by` added, `object: "list"`, and every model in
+one page; that response parses with both SDKs.
+
 The catalog lists the config's exact names, then the Claude ids each glob serves (from
 gateway/claude_models.toml or [routing].claude_models, so Claude Code's model discovery finds
 them on a glob-only config), then every backend model. Listing only reads what backends already
@@ -86,7 +90,7 @@ async def _routed_entry(name: str, route: Route, infos: _Infos) -> dict:
     display = f"{family_name(name)} → {_short(route.model)} ({backend.name})"
     window = f"{ctx:,}-token context window" if ctx else "context window unknown"
     description = f"Served by {route.model} on backend '{backend.name}' ({backend.config.type}), {window}."
-    return _entry(name, display, None, ctx, description)
+    return _entry(name, display, None, ctx, description, backend.name)
 
 
 async def catalog(gw: Gateway) -> list[dict]:
@@ -103,16 +107,32 @@ async def catalog(gw: Gateway) -> list[dict]:
                 window = f"{info.context_window:,}-token context window" if info.context_window \
                     else "context window unknown"
                 entries[info.id] = _entry(info.id, f"{info.id} ({backend.name})", info.created, info.context_window,
-                                          f"Backend '{backend.name}' ({backend.config.type}), {window}.")
+                                          f"Backend '{backend.name}' ({backend.config.type}), {window}.", backend.name)
     return list(entries.values())
 
 
-def _entry(model_id: str, display: str, created: int | None, context: int | None, description: str) -> dict:
+def _entry(model_id: str, display: str, created: int | None, context: int | None, description: str,
+           owner: str) -> dict:
+    # Anthropic's fields, plus OpenAI's object / created / owned_by (see _for_client).
     entry = {"type": "model", "id": model_id, "display_name": display, "created_at": _created_at(created),
-             "description": description}
+             "description": description, "object": "model", "created": created or 0, "owned_by": owner}
     if context:
         entry["max_input_tokens"] = context
     return entry
+
+
+_OPENAI_FIELDS = ("object", "created", "owned_by")
+
+
+def _openai_client(request: web.Request) -> bool:
+    """Anthropic SDKs and Claude Code always send anthropic-version; OpenAI clients never do."""
+    return "anthropic-version" not in request.headers
+
+
+def _for_client(entry: dict, openai: bool) -> dict:
+    """An entry as the client reads it: Anthropic clients get exactly the Anthropic shape; the rest
+    get the same entry plus OpenAI's fields, which both SDKs parse."""
+    return entry if openai else {k: v for k, v in entry.items() if k not in _OPENAI_FIELDS}
 
 
 def _limit(raw: str | None) -> int:
@@ -136,9 +156,12 @@ def _index_of(entries: list[dict], model_id: str, param: str) -> int:
 
 async def handle_list_models(request: web.Request) -> web.Response:
     """A page of models; after_id / before_id cursors walk the same stable order."""
-    entries = await catalog(request.app[GATEWAY])
+    openai = _openai_client(request)
+    entries = [_for_client(e, openai) for e in await catalog(request.app[GATEWAY])]
     q = request.query
     limit = _limit(q.get("limit"))
+    if openai and "limit" not in q:
+        limit = MAX_LIMIT  # OpenAI clients read one page only (they never follow has_more)
     if q.get("after_id"):
         start = _index_of(entries, q["after_id"], "after_id") + 1
         page = entries[start:start + limit]
@@ -153,6 +176,8 @@ async def handle_list_models(request: web.Request) -> web.Response:
         has_more = limit < len(entries)
     body = {"data": page, "has_more": has_more,
             "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None}
+    if openai:
+        body = {"object": "list", **body}
     return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
 
 
@@ -161,11 +186,12 @@ async def handle_get_model(request: web.Request) -> web.Response:
     serves by name (a glob, a `[1m]` suffix) gets an entry of the same shape."""
     gw = request.app[GATEWAY]
     model_id = request.match_info["model_id"]
+    openai = _openai_client(request)
     for entry in await catalog(gw):
         if entry["id"] == model_id:
-            return web.json_response(entry, dumps=lambda o: orjson.dumps(o).decode())
+            return web.json_response(_for_client(entry, openai), dumps=lambda o: orjson.dumps(o).decode())
     route = await gw.router.serving(model_id)
     if route is None:
         raise not_found(f"model '{model_id}' not found")
     entry = await _routed_entry(model_id, route, _Infos())
-    return web.json_response(entry, dumps=lambda o: orjson.dumps(o).decode())
+    return web.json_response(_for_client(entry, openai), dumps=lambda o: orjson.dumps(o).decode())

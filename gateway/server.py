@@ -8,12 +8,13 @@ import orjson
 import structlog
 from aiohttp import HttpVersion11, web
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, openai_error_body
 from gateway.inspect import add_inspector
 from gateway.message_stream import new_id
 from gateway.messages import handle_count_tokens, handle_messages
 from gateway.metrics import CONTENT_TYPE, CacheUse, loopback
 from gateway.models_api import handle_get_model, handle_list_models
+from gateway.openai_api import handle_chat_completions
 from gateway.reqlog import RequestRecord, redact_headers
 from gateway.state import GATEWAY, RECORD, Gateway
 
@@ -21,16 +22,20 @@ log = structlog.get_logger("gateway.server")
 
 REFUSED_BODY_DRAIN_S = 1.0
 # Routes whose calls go into the request log; everything else is probes and health checks.
-_LOGGED_PREFIXES = ("/v1/messages", "/v1/v1/messages", "/v1/models", "/v1/v1/models")
+_LOGGED_PREFIXES = ("/v1/messages", "/v1/v1/messages", "/v1/models", "/v1/v1/models", "/v1/chat/completions",
+                    "/v1/v1/chat/completions")
+# Routes of the OpenAI API: their errors take OpenAI's shape, their log lines say api "openai".
+_OPENAI_PATHS = frozenset({"/v1/chat/completions", "/v1/v1/chat/completions"})
 
 
 def _dumps(obj: object) -> str:
     return orjson.dumps(obj).decode()
 
 
-def error_response(err: GatewayError, request_id: str) -> web.Response:
+def error_response(err: GatewayError, request_id: str, openai: bool = False) -> web.Response:
     """The JSON error response (status, body, retry headers, request-id)."""
-    resp = web.json_response(err.body(request_id), status=err.status, dumps=_dumps)
+    body = openai_error_body(err) if openai else err.body(request_id)
+    resp = web.json_response(body, status=err.status, dumps=_dumps)
     resp.headers.update(err.headers)
     resp.headers["request-id"] = request_id
     return resp
@@ -116,6 +121,9 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     if request.raw_path != (f"{path}?{record.query}" if record.query else path):  # what `curl ID` re-sends
         record.raw_path = request.raw_path
     request[RECORD] = record
+    openai = path in _OPENAI_PATHS
+    if openai:
+        record.api = "openai"
     logged = path.startswith(_LOGGED_PREFIXES)
     if logged:
         gw.metrics.track(record)
@@ -134,19 +142,19 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     except GatewayError as err:
         record.status = err.status
         record.error = {"type": err.type, "message": err.message}
-        return error_response(err, request_id)
+        return error_response(err, request_id, openai)
     except web.HTTPRequestEntityTooLarge:
         err = _too_large(gw.config.server.max_body_mb)
         record.status, record.error = 413, {"type": err.type, "message": err.message}
-        return error_response(err, request_id)
+        return error_response(err, request_id, openai)
     except web.HTTPException as exc:
         err = GatewayError(exc.status, exc.reason or "error")
         record.status, record.error = exc.status, {"type": err.type, "message": err.message}
-        return error_response(err, request_id)
+        return error_response(err, request_id, openai)
     except web.RequestPayloadError as exc:  # a broken chunked/compressed body, or the client left mid-body
         err = GatewayError(400, f"the request body could not be read: {type(exc.__cause__ or exc).__name__}")
         record.status, record.error = 400, {"type": err.type, "message": err.message}
-        return error_response(err, request_id)
+        return error_response(err, request_id, openai)
     except ConnectionResetError:
         record.status = 499  # the client went away mid-response; nobody is left to answer
         raise
@@ -154,7 +162,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         log.exception("unhandled_error", request_id=request_id, path=path)
         err = GatewayError(500, f"internal error: {type(exc).__name__}")
         record.status, record.error = 500, {"type": err.type, "message": err.message}
-        return error_response(err, request_id)
+        return error_response(err, request_id, openai)
     finally:
         gw.connections.idle(request.protocol)
         if logged or record.event == "unknown_route":
@@ -253,6 +261,7 @@ def create_app(gateway: Gateway) -> web.Application:
     for prefix in ("/v1", "/v1/v1"):
         routes += [("POST", f"{prefix}/messages", handle_messages),
                    ("POST", f"{prefix}/messages/count_tokens", handle_count_tokens),
+                   ("POST", f"{prefix}/chat/completions", handle_chat_completions),
                    ("GET", f"{prefix}/models", handle_list_models),
                    ("GET", prefix + "/models/{model_id:.+}", handle_get_model)]
     routes += [("POST", "/api/event_logging/batch", handle_event_logging)]

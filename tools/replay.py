@@ -162,6 +162,9 @@ def _read_json(raw: bytes, out: Outcome) -> None:
         out.error = err.get("type") or f"http_{out.status}"
         out.error_message = err.get("message")
         return
+    if data.get("object") == "chat.completion" or (isinstance(data.get("error"), dict) and "type" not in data):
+        _openai_json(data, out)
+        return
     if data.get("type") == "message":
         out.stop_reason = data.get("stop_reason")
         out.content = [b for b in data.get("content") or [] if isinstance(b, dict)]
@@ -175,6 +178,7 @@ def _read_json(raw: bytes, out: Outcome) -> None:
 async def _read_sse(resp: aiohttp.ClientResponse, out: Outcome, start: float) -> None:
     out.content = []
     partial: dict[int, str] = {}  # tool arguments as they stream
+    calls: dict[int, str] = {}  # the same for an OpenAI stream, by tool call index
     buf = b""
     async for chunk in resp.content.iter_any():
         buf += chunk
@@ -182,16 +186,23 @@ async def _read_sse(resp: aiohttp.ClientResponse, out: Outcome, start: float) ->
             frame, buf = buf.split(b"\n\n", 1)
             for line in frame.split(b"\n"):
                 if line.startswith(b"data:"):
+                    if line[5:].strip() == b"[DONE]":  # the end of an OpenAI stream
+                        continue
                     try:
                         ev = orjson.loads(line[5:])
                     except orjson.JSONDecodeError:
                         out.error = "malformed_sse"
                         continue
-                    if isinstance(ev, dict):
+                    if isinstance(ev, dict) and "type" not in ev:  # an OpenAI chunk (or its error)
+                        _openai_chunk(ev, out, start, calls)
+                    elif isinstance(ev, dict):
                         _sse_event(ev, out, start, partial)
     for index, raw in partial.items():  # a call the stream never closed
         if index < len(out.content):
             out.content[index].update(partial_json=raw, incomplete=True)
+    for block in out.content:  # an OpenAI call the stream never finished
+        if block.get("type") == "tool_use" and "call" in block:
+            block.update(partial_json=calls.get(block.pop("call"), ""), incomplete=True)
 
 
 def _sse_event(ev: dict, out: Outcome, start: float, partial: dict[int, str]) -> None:
@@ -236,6 +247,88 @@ def _sse_event(ev: dict, out: Outcome, start: float, partial: dict[int, str]) ->
         err = ev.get("error") if isinstance(ev.get("error"), dict) else {}
         out.error = err.get("type") or "error"
         out.error_message = err.get("message")
+
+
+# OpenAI finish_reason → the stop_reason the log records for every API.
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "end_turn"}
+
+
+def _openai_json(data: dict, out: Outcome) -> None:
+    """A chat.completion (or an OpenAI error body) as an Outcome with Anthropic-style content blocks."""
+    if isinstance(data.get("error"), dict):
+        out.error = data["error"].get("type") or f"http_{out.status}"
+        out.error_message = data["error"].get("message")
+        return
+    choice = (data.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    out.stop_reason = _STOP_REASONS.get(choice.get("finish_reason") or "", choice.get("finish_reason"))
+    out.content = []
+    if message.get("reasoning_content"):
+        out.content.append({"type": "thinking", "thinking": message["reasoning_content"]})
+    if message.get("content"):
+        out.content.append({"type": "text", "text": message["content"]})
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        out.content.append(_tool_block(call.get("id"), fn.get("name"), fn.get("arguments") or ""))
+    out.tool_names = [b["name"] for b in out.content if b["type"] == "tool_use"]
+    usage = data.get("usage") or {}
+    _openai_usage(usage, out)
+
+
+def _tool_block(call_id: object, name: object, raw: str) -> dict:
+    block: dict = {"type": "tool_use", "id": call_id, "name": name}
+    try:
+        block["input"] = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        block.update(partial_json=raw, incomplete=True)
+    return block
+
+
+def _openai_usage(usage: dict, out: Outcome) -> None:
+    if not usage:
+        return
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    if usage.get("prompt_tokens") is not None:
+        out.input_tokens = usage["prompt_tokens"] - cached  # the log counts input without cache reads
+    out.output_tokens = usage.get("completion_tokens", out.output_tokens)
+
+
+def _openai_chunk(ev: dict, out: Outcome, start: float, partial: dict[int, str]) -> None:
+    """One chat.completion.chunk folded into the Outcome; `partial` holds tool arguments by call index."""
+    if isinstance(ev.get("error"), dict):
+        out.error = ev["error"].get("type") or "error"
+        out.error_message = ev["error"].get("message")
+        return
+    blocks = out.content if out.content is not None else []
+    _openai_usage(ev.get("usage") or {}, out)
+    for choice in ev.get("choices") or []:
+        delta = choice.get("delta") or {}
+        for key, kind in (("reasoning_content", "thinking"), ("content", "text")):
+            piece = delta.get(key)
+            if not piece:
+                continue
+            if out.ttft_ms is None:
+                out.ttft_ms = round((time.perf_counter() - start) * 1000, 2)
+            if not blocks or blocks[-1]["type"] != kind:
+                blocks.append({"type": kind, kind: ""})
+            blocks[-1][kind] += str(piece)
+        for call in delta.get("tool_calls") or []:
+            index = call.get("index")
+            fn = call.get("function") or {}
+            if index not in partial:
+                if out.ttft_ms is None:
+                    out.ttft_ms = round((time.perf_counter() - start) * 1000, 2)
+                partial[index] = ""
+                blocks.append({"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "call": index})
+                out.tool_names.append(fn.get("name"))
+            partial[index] += str(fn.get("arguments") or "")
+        if choice.get("finish_reason"):
+            reason = choice["finish_reason"]
+            out.stop_reason = _STOP_REASONS.get(reason, reason)
+            for i, block in enumerate(blocks):  # the calls are complete: their arguments are JSON now
+                if block.get("type") == "tool_use" and block.get("call") in partial:
+                    raw = partial.pop(block.pop("call"))
+                    blocks[i] = _tool_block(block["id"], block["name"], raw)
 
 
 async def _one(session: aiohttp.ClientSession, base: str, rec: dict, model: str | None, token: str | None,
