@@ -124,3 +124,23 @@ async def test_counting_tokens_on_a_dead_pool_falls_back(start_upstream, start_g
     assert len(spare.received) == 1
     line = (await _log_lines(log))[0]
     assert line["fallback"]["reason"] == "unavailable" and "could not count tokens" in line["fallback"]["error"]
+
+
+async def test_openai_clients_fall_back_too(start_upstream, start_gateway, tmp_path):
+    busy = await start_upstream("vllm")
+    busy.default = FAIL(529, "busy")
+    spare = await start_upstream("openai")
+    spare.default = TEXT("spare for openai clients")
+    log = tmp_path / "requests.jsonl"
+    gw = await start_gateway(gateway_config({
+        "main": {"type": "vllm", "base_url": [busy.url], "model": "test-model", "fallback": "spare"},
+        "spare": {"type": "openai", "base_url": spare.url, "model": "test-model"},
+    }, default="main", log_path=str(log)))
+    resp = await gw.post("/v1/chat/completions", {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}],
+                                                  "max_tokens": 16})
+    data = await resp.json()
+    assert resp.status == 200, data
+    assert data["choices"][0]["message"]["content"] == "spare for openai clients"
+    assert spare.received[0]["max_tokens"] == 16
+    line = (await _log_lines(log))[0]
+    assert line["backend"] == "spare" and line["fallback"]["reason"] == "overloaded"
