@@ -13,7 +13,13 @@ from backends.base import BackendRequest
 from gateway.anthropic import ImageBlock
 from gateway.errors import invalid
 from gateway.message_stream import MessageStream, new_id
-from gateway.messages import answer, events_with_fallback, fit_with_fallback, guarded, read_body
+from gateway.messages import (
+    answer,
+    events_with_fallback,
+    fit_with_fallback,
+    guarded,
+    read_body,
+)
 from gateway.openai_chat import parse_chat_request, to_messages_request
 from gateway.openai_sse import ChatWire
 from gateway.state import GATEWAY, RECORD
