@@ -80,6 +80,8 @@ def resolve_model_path(name: str, backend: str) -> Path:
 class MLXBackend(Backend):
     """Models in this process, on MLX (Apple GPU on macOS, CPU on Linux)."""
 
+    counts_exactly = True  # the model's own tokenizer, and the render is memoized for the stream
+
     def __init__(self, config: BackendConfig):
         super().__init__(config)
         self.engine: Engine | None = None

@@ -19,6 +19,7 @@ import structlog
 
 from backends.base import Backend, BackendHealth, BackendRequest, BackendUnavailable, ModelInfo, TokenCount
 from backends.translate import ChunkTranslator, Dialect, UpstreamStreamError, to_openai
+from gateway.anthropic import MessagesRequest
 from gateway.config import BackendConfig
 from gateway.errors import GatewayError, from_upstream
 from gateway.events import Event, Started
@@ -28,6 +29,9 @@ log = structlog.get_logger("backends.openai")
 
 DISCOVERY_TTL_S = 30.0
 PROBE_TIMEOUT_S = 3.0
+# A chat template that raised while rendering (llama.cpp's "Jinja Exception: …", Python's
+# jinja2 TemplateError): the same request fails the same way every time, so it is not retryable.
+_TEMPLATE_ERROR_RE = re.compile(r"jinja|template ?error|chat template|raise_exception", re.IGNORECASE)
 _CONTEXT_RE = re.compile(
     r"maximum context length is (\d+).*?(?:(\d+) (?:tokens )?in the messages|prompt contains at least (\d+))",
     re.S)
@@ -50,7 +54,8 @@ class OpenAIBackend(Backend):
         self.root, self.api_base = split_base_url(config.base_url or "")
         self.dialect = Dialect(top_k=self.dialect.top_k, vision=config.vision,
                                thinking_switch=self.dialect.thinking_switch,
-                               reasoning_history=self.dialect.reasoning_history)
+                               reasoning_history=self.dialect.reasoning_history,
+                               reports_stop_string=self.dialect.reports_stop_string)
         key = config.resolved_api_key()
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.client = openai.AsyncOpenAI(
@@ -86,10 +91,22 @@ class OpenAIBackend(Backend):
         """Server-specific request fields (subclasses add theirs)."""
         return {}
 
+    async def system_messages(self, req: MessagesRequest, model: str) -> str:
+        """The `system_messages` mode for `req` on `model`: the configured one, or what `auto` finds
+        (asked only when the request has a system message after the first turn)."""
+        mode = self.config.system_messages
+        if mode != "auto" or not any(m.role == "system" for m in req.messages):
+            return mode
+        return await self.template_system_mode(model)
+
+    async def template_system_mode(self, model: str) -> str:
+        """Hook for `auto`: servers that expose their chat template find out what it accepts."""
+        return "keep"
+
     async def stream(self, breq: BackendRequest) -> AsyncIterator[Event]:
         extra = dict(self.config.extra_body)
         extra.update(self.extra_fields(breq))
-        body = to_openai(breq, self.dialect, extra)
+        body = to_openai(breq, self.dialect, extra, await self.system_messages(breq.request, breq.model))
         try:
             resp = await self.client.post(
                 "/chat/completions", cast_to=httpx2.Response,
@@ -168,6 +185,8 @@ class OpenAIBackend(Backend):
 
     def _status_error(self, exc: openai.APIStatusError) -> GatewayError:
         message = _error_message(exc)
+        if exc.status_code == 500 and _TEMPLATE_ERROR_RE.search(message):
+            return template_error(self.name, message)
         err = from_upstream(exc.status_code, f"backend '{self.name}' answered {exc.status_code}: {message}",
                             exc.response.headers.get("retry-after"))
         return self._context_error(err)
@@ -186,6 +205,12 @@ class OpenAIBackend(Backend):
         return err
 
     # -- tokens and models --------------------------------------------------------------------
+
+    def count_failed(self, exc: BackendUnavailable) -> GatewayError:
+        """The error for a token count the server could not give (down, or answering errors)."""
+        if exc.status is None:
+            return GatewayError(500, f"backend '{self.name}' at {self.root} is not reachable: {exc}")
+        return GatewayError(500, f"backend '{self.name}' could not count tokens: {exc}")
 
     async def count_tokens(self, breq: BackendRequest) -> TokenCount:
         return TokenCount(estimate_tokens(breq.request), exact=False)
@@ -260,7 +285,8 @@ class OpenAIBackend(Backend):
             async with req as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
-                    raise BackendUnavailable(f"{url} answered {resp.status}: {raw[:200].decode(errors='replace')}")
+                    raise BackendUnavailable(f"{url} answered {resp.status}: {raw[:200].decode(errors='replace')}",
+                                             resp.status)
                 data = orjson.loads(raw)
         except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError, OSError) as exc:
             raise BackendUnavailable(f"{url}: {type(exc).__name__} {exc}".strip()) from None
@@ -295,6 +321,12 @@ async def sse_reads(resp: httpx2.Response) -> AsyncIterator[list[bytes]]:
     if pending:
         line = pending[:-1] if pending.endswith(b"\r") else pending
         yield [line.decode(charset, "replace").encode() if transcode else line]
+
+
+def template_error(backend: str, message: str) -> GatewayError:
+    """A 400 for a conversation the backend's chat template refuses to render."""
+    return GatewayError(400, f"backend '{backend}' cannot render this conversation with its chat template: "
+                             f"{message}")
 
 
 def _int(value: object) -> int | None:

@@ -12,7 +12,7 @@ from typing import Any, Literal, Union
 from gateway.errors import invalid
 
 Role = Literal["user", "assistant", "system"]
-StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "model_context_window_exceeded"]
 
 
 @dataclass(slots=True)
@@ -76,10 +76,14 @@ class ToolChoice:
     disable_parallel_tool_use: bool = False
 
 
+THINKING_DISPLAYS = ("summarized", "omitted")
+
+
 @dataclass(slots=True)
 class Thinking:
     type: Literal["enabled", "disabled", "adaptive"]
     budget_tokens: int | None = None
+    display: str | None = None  # one of THINKING_DISPLAYS; None when the request leaves it out
 
     @property
     def enabled(self) -> bool:
@@ -229,7 +233,9 @@ def _content(value: Any, where: str, role: str) -> list[ContentBlock]:
             tid, name = block.get("id"), block.get("name")
             _expect(isinstance(tid, str) and tid != "", f"{at}.id: tool_use requires a non-empty string id")
             _expect(isinstance(name, str) and name != "", f"{at}.name: tool_use requires a non-empty string name")
-            out.append(ToolUseBlock(tid, name, block.get("input", {})))
+            _expect("input" in block, f"{at}.input: field required")
+            _expect(isinstance(block["input"], dict), f"{at}.input: expected an object")
+            out.append(ToolUseBlock(tid, name, block["input"]))
         elif kind == "tool_result":
             tid = block.get("tool_use_id")
             _expect(isinstance(tid, str) and tid != "",
@@ -237,12 +243,15 @@ def _content(value: Any, where: str, role: str) -> list[ContentBlock]:
             out.append(ToolResultBlock(tid, _tool_result_content(block.get("content"), f"{at}.content"),
                                        bool(block.get("is_error", False))))
         elif kind == "thinking":
-            thinking = block.get("thinking", "")
+            _expect("thinking" in block, f"{at}.thinking: field required")
+            thinking = block["thinking"]
             _expect(isinstance(thinking, str), f"{at}.thinking: expected a string")
             signature = block.get("signature", "")
             out.append(ThinkingBlock(thinking, signature if isinstance(signature, str) else ""))
         elif kind == "redacted_thinking":
-            out.append(ThinkingBlock("", str(block.get("data", "")), redacted=True))
+            _expect("data" in block, f"{at}.data: field required")
+            _expect(isinstance(block["data"], str), f"{at}.data: expected a string")
+            out.append(ThinkingBlock("", block["data"], redacted=True))
         elif kind == "document":
             out.extend(_document(block, at))
         elif isinstance(kind, str) and kind.endswith(_SERVER_BLOCK_SUFFIXES):
@@ -312,7 +321,10 @@ def _thinking(value: Any, max_tokens: int | None) -> Thinking | None:
         _expect(budget >= 1024, "thinking.budget_tokens: must be ≥ 1024")
         if max_tokens is not None:
             _expect(budget < max_tokens, "thinking.budget_tokens: must be less than max_tokens")
-    return Thinking(kind, budget if _is_int(budget) else None)
+    display = value.get("display")
+    _expect(display is None or display in THINKING_DISPLAYS,
+            f"thinking.display: expected {' or '.join(map(repr, THINKING_DISPLAYS))}, got {display!r}")
+    return Thinking(kind, budget if _is_int(budget) else None, display)
 
 
 def _output_schema(body: dict) -> tuple[dict | None, str | None]:

@@ -45,8 +45,11 @@ def sign_thinking(thinking: str) -> str:
 class MessageStream:
     """Per-response state: feed it backend events, get Anthropic stream events (dicts) back."""
 
-    def __init__(self, *, model: str, input_tokens: int, show_thinking: bool, message_id: str | None = None):
+    def __init__(self, *, model: str, input_tokens: int, show_thinking: bool, message_id: str | None = None,
+                 context_clamped: bool = False):
         self.message_id = message_id or new_id("msg_")
+        # max_tokens was lowered to what the context window had left: hitting it means the window is full.
+        self.context_clamped = context_clamped
         self.model = model
         self.show_thinking = show_thinking
         self.usage = Usage(input_tokens=max(1, input_tokens))
@@ -60,6 +63,9 @@ class MessageStream:
         self._reported_input: int | None = None
         self._reported_cached: int | None = None
         self._saw_tool = False
+        # Events of the open tool_use block, held until the call is complete: a call cut off by
+        # max_tokens is dropped whole instead of reaching the client as a callable tool_use.
+        self._held: list[dict] = []
         self.tool_names: list[str] = []  # tools called, in order (the request log records them)
         self._stop: Stop | None = None
         self.ttft_seen = False
@@ -96,21 +102,20 @@ class MessageStream:
         if type(ev) is ToolCallStart:
             out = self._close_block()
             self._pending_ws = ""
-            self._saw_tool = True
-            self.tool_names.append(ev.name)
             self._index += 1
             self._open = "tool_use"
             self.ttft_seen = True
-            out.append({"type": "content_block_start", "index": self._index,
-                        "content_block": {"type": "tool_use", "id": new_id("toolu_"), "name": ev.name,
-                                          "input": {}}})
+            self._held = [{"type": "content_block_start", "index": self._index,
+                           "content_block": {"type": "tool_use", "id": new_id("toolu_"), "name": ev.name,
+                                             "input": {}}}]
             return out
         if type(ev) is ToolCallDelta:
             if self._open != "tool_use" or not ev.partial_json:
                 return []
             self._deltas += 1
-            return [{"type": "content_block_delta", "index": self._index,
-                     "delta": {"type": "input_json_delta", "partial_json": ev.partial_json}}]
+            self._held.append({"type": "content_block_delta", "index": self._index,
+                               "delta": {"type": "input_json_delta", "partial_json": ev.partial_json}})
+            return []
         if type(ev) is ToolCallEnd:
             return self._close_block() if self._open == "tool_use" else []
         if type(ev) is ThinkingSignature:
@@ -137,6 +142,11 @@ class MessageStream:
 
     def finish(self) -> list[dict]:
         """Close the open block and end the message (message_delta, message_stop)."""
+        if self._open == "tool_use" and self._length_stop():
+            # Generation ended inside the call: its arguments are unfinished, so it is not a call.
+            self._held = []
+            self._open = None
+            self._index -= 1
         out = self._close_block()
         if self._index < 0:
             # An empty answer is still one (empty) text block, as Anthropic sends it.
@@ -162,8 +172,15 @@ class MessageStream:
 
     # -- results ------------------------------------------------------------------------------
 
+    def _length_stop(self) -> bool:
+        return self._stop is not None and self._stop.reason in ("max_tokens", "model_context_window_exceeded")
+
     @property
     def stop_reason(self) -> StopReason:
+        if self._length_stop():
+            # A length stop is one whatever came before it; when max_tokens was what the context
+            # window had left, say so (Claude Code then reports a full context, not a 64000-token answer).
+            return "model_context_window_exceeded" if self.context_clamped else "max_tokens"
         if self._saw_tool:
             return "tool_use"
         return self._stop.reason if self._stop else "end_turn"
@@ -222,6 +239,10 @@ class MessageStream:
         if self._open is None:
             return []
         out: list[dict] = []
+        if self._open == "tool_use":
+            out, self._held = self._held, []
+            self._saw_tool = True
+            self.tool_names.append(out[0]["content_block"]["name"])
         if self._open == "thinking":
             signature = self._signature or sign_thinking("".join(self._thinking_parts))
             out.append({"type": "content_block_delta", "index": self._index,

@@ -94,9 +94,9 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     fit = await fit_request(backend, breq)
     breq.max_tokens = fit.max_tokens
     record = request[RECORD]
-    # message_start must never report more input than the final usage: the estimate is halved.
+    # message_start must never report more input than the final usage: only an estimate is halved.
     ms = MessageStream(model=req.model, input_tokens=fit.prompt_tokens if fit.exact else fit.prompt_tokens // 2,
-                       show_thinking=req.thinking_enabled)
+                       show_thinking=req.thinking_enabled, context_clamped=fit.context_clamped)
     events = backend.stream(breq)
     try:
         if req.stream:

@@ -193,6 +193,12 @@ class Upstream:
         n = max(1, len(body.get("content", "")) // 4)
         return web.json_response({"tokens": list(range(n))})
 
+    def prompt_tokens(self, body: dict) -> int:
+        """The prompt size of a chat-completions body, as this server's own tokenizer counts it."""
+        if self.flavor == "llamacpp":  # llama.cpp counts the rendered template, as /tokenize does
+            return max(1, len(_llama_render(body)) // 4)
+        return count_prompt_tokens(body.get("messages", []), body.get("tools"))
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
         if (resp := self._auth_failed(request)) is not None:
             return resp
@@ -210,10 +216,7 @@ class Upstream:
             return web.json_response({"error": {"message": script.fail_message, "type": "server_error",
                                                 "code": script.fail_status}},
                                      status=script.fail_status, headers=headers)
-        if self.flavor == "llamacpp":  # llama.cpp counts the rendered template, as /tokenize does
-            prompt_tokens = max(1, len(_llama_render(body)) // 4)
-        else:
-            prompt_tokens = count_prompt_tokens(body.get("messages", []), body.get("tools"))
+        prompt_tokens = self.prompt_tokens(body)
         usage = script.usage or {"prompt_tokens": prompt_tokens,
                                  "completion_tokens": max(1, len(script.deltas)) if script.deltas else 0,
                                  "total_tokens": prompt_tokens + len(script.deltas)}
