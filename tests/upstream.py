@@ -122,6 +122,9 @@ class Upstream:
         self.cancelled = 0
         self.completed = 0
         self.tokenize_calls = 0
+        # A chat template that allows a system message only first (vLLM renders it for /tokenize
+        # and generation alike, and answers 400 when it raises).
+        self.system_first_only = False
         self.started = asyncio.Event()
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -173,9 +176,20 @@ class Upstream:
             data.append(item)
         return web.json_response({"object": "list", "data": data})
 
+    def _template_refuses(self, body: dict) -> web.Response | None:
+        """vLLM's answer when the chat template raises (jinja2 TemplateError → 400)."""
+        msgs = body.get("messages") or []
+        if self.system_first_only and any(m.get("role") == "system" for m in msgs[1:]):
+            return web.json_response({"error": {"message": "System message must be at the beginning.",
+                                                "type": "BadRequestError", "param": None, "code": 400}},
+                                     status=400)
+        return None
+
     async def vllm_tokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.tokenize_calls += 1
+        if (refused := self._template_refuses(body)) is not None:
+            return refused
         n = count_prompt_tokens(body.get("messages", []), body.get("tools"))
         return web.json_response({"count": n, "max_model_len": self.context, "tokens": list(range(n))})
 
@@ -206,6 +220,8 @@ class Upstream:
         self.received.append(body)
         self.headers.append(dict(request.headers))
         self.started.set()
+        if (refused := self._template_refuses(body)) is not None:
+            return refused
         script = self.scripts.pop(0) if self.scripts else self.default
         if callable(script):
             script = script(body)
