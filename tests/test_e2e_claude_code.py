@@ -53,6 +53,11 @@ def _working_launcher() -> list[str] | None:
 @pytest.fixture(scope="session")
 def claude_bin() -> list[str]:
     """argv that starts the pinned Claude Code CLI, installed into .cache/node on first use."""
+    return install_claude_code()
+
+
+def install_claude_code() -> list[str]:
+    """The claude_bin fixture's work, for other test modules' fixtures (skips where npm cannot install)."""
     if (argv := _working_launcher()) is not None:
         return argv
     npm = shutil.which("npm")

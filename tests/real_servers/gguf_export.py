@@ -57,7 +57,7 @@ def export_gguf(model_dir: Path, out: Path, llama_cpp_source: Path) -> Path:
         else:
             types.append(gguf.TokenType.NORMAL if i in by_id else gguf.TokenType.UNUSED)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt2")  # pre_tokenizers.ByteLevel(use_regex=True): GPT-2's split regex
+    w.add_tokenizer_pre("gpt-2")  # pre_tokenizers.ByteLevel(use_regex=True) splits with GPT-2's regex
     w.add_token_list(tokens)
     w.add_token_types(types)
     gguf.SpecialVocab(model_dir, load_merges=True).add_to_gguf(w)
