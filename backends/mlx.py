@@ -143,7 +143,7 @@ class MLXBackend(Backend):
             except ValueError as exc:
                 raise ModelUnavailable(str(exc)) from None
             context = self.config.context_window or _context_of(cfg) or DEFAULT_CONTEXT
-            handle = ModelHandle(name, path, PromptRenderer(tokenizer, name), parsers, context,
+            handle = ModelHandle(name, path, PromptRenderer(tokenizer, name, self.config.system_messages), parsers, context,
                                  str(cfg.get("model_type", "")), tokenizer)
             self._handles[name] = handle
             log.info("mlx_model_loaded", backend=self.name, model=name, path=str(path), context=context,

@@ -5,6 +5,7 @@ against a real llama-server."""
 from __future__ import annotations
 
 import json
+import os
 
 from tests.compat_helpers import MODEL, assert_error, body, sent, start_stack
 from tests.sse_checks import open_stream
@@ -163,3 +164,31 @@ async def test_validation_follows_the_anthropic_api(start_upstream, start_gatewa
         status, _ = await gw.messages(body(thinking={"type": "adaptive", "display": display}))
         assert status == 200
     assert len(up.received) == 2  # nothing refused reached the backend
+
+
+async def test_mlx_system_messages_modes(start_gateway, tmp_path):
+    """The embedded backend takes the same modes: keep sends the late system message as it is (a
+    system-first template refuses: 400 with its message), as_user and merge place it so it renders."""
+    import shutil
+
+    from backends.mlx_demo import DEMO_DIR_ENV, SCRIPTS, default_root, ensure_demo_model
+    from tests.conftest import gateway_config
+
+    strict = tmp_path / "strict-model"
+    shutil.copytree(ensure_demo_model(root=os.environ.get(DEMO_DIR_ENV) or default_root()), strict)
+    cfg_path = strict / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["chat_template"] = ("{%- for m in messages %}{%- if m.role == 'system' and not loop.first %}"
+                            "{{ raise_exception('System message must be at the beginning.') }}{%- endif %}"
+                            "{%- endfor %}" + cfg["chat_template"])
+    cfg_path.write_text(json.dumps(cfg))
+    request = SCRIPTS["hello"].request(max_tokens=4, messages=LATE_SYSTEM)
+    for mode, expected in (("keep", 400), ("as_user", 200), ("merge", 200), ("auto", 200)):
+        gw = await start_gateway(gateway_config({"m": {"type": "mlx", "model": str(strict), "system_messages": mode,
+                                                      "model_mapping": {"claude-*": str(strict)}}}, default="m"))
+        resp = await gw.post("/v1/messages", request)
+        assert resp.status == expected, (mode, await resp.text())
+        if expected == 400:
+            data = await resp.json()
+            assert data["error"]["type"] == "invalid_request_error"
+            assert "System message must be at the beginning." in data["error"]["message"]
