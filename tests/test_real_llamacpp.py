@@ -25,7 +25,7 @@ from backends.mlx_demo import (
     ensure_demo_model,
 )
 from tests.conftest import gateway_config
-from tests.real_servers.gguf_export import export_gguf
+from tests.real_servers.gguf_export import EXPORT_VERSION, export_gguf
 from tests.real_servers.llamacpp import LlamaServer, start_llama_server
 from tests.real_servers.llamacpp_build import (
     BuildUnavailable,
@@ -68,7 +68,7 @@ def demo_gguf(llama_cpp) -> Path:
     model = ensure_demo_model(root=os.environ.get(DEMO_DIR_ENV) or default_root())
     out = cache_root() / "models"
     out.mkdir(parents=True, exist_ok=True)
-    return export_gguf(model, out / "demo-model-tiny.gguf", llama_cpp.source)
+    return export_gguf(model, out / f"{model.name}.v{EXPORT_VERSION}.gguf", llama_cpp.source)
 
 
 def _server(llama_cpp, demo_gguf, tmp_path_factory, name: str, **kw) -> LlamaServer:

@@ -192,3 +192,18 @@ async def test_mlx_system_messages_modes(start_gateway, tmp_path):
             data = await resp.json()
             assert data["error"]["type"] == "invalid_request_error"
             assert "System message must be at the beginning." in data["error"]["message"]
+
+
+async def test_mlx_tool_call_cut_by_max_tokens(start_gateway):
+    from backends.mlx_demo import DEMO_DIR_ENV, SCRIPTS, default_root, ensure_demo_model
+    from tests.conftest import gateway_config
+
+    model = ensure_demo_model(root=os.environ.get(DEMO_DIR_ENV) or default_root())
+    gw = await start_gateway(gateway_config({"m": {"type": "mlx", "model": str(model),
+                                                  "model_mapping": {"claude-*": str(model)}}}, default="m"))
+    for n in (6, 12, 20):
+        status, msg = await gw.messages(SCRIPTS["weather"].request(max_tokens=n))
+        assert status == 200 and msg["stop_reason"] == "max_tokens", (n, msg)
+        assert not any(b["type"] == "tool_use" for b in msg["content"]), (n, msg)
+        s = await open_stream(gw, SCRIPTS["weather"].request(max_tokens=n))
+        assert s.stop_reason == "max_tokens" and all(b["type"] != "tool_use" for b in s.content), (n, s.content)

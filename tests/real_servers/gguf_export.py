@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 
+EXPORT_VERSION = 2  # bump when the written file changes shape (part of the file name, so stale ones are not reused)
+
+
 def _gguf(source: Path):
     """The gguf-py package from the same llama.cpp source as the server (so the format matches)."""
     sys.path.insert(0, str(source / "gguf-py"))
