@@ -53,7 +53,10 @@ class LlamaCppBackend(OpenAIBackend):
             if info.context_window is None:
                 info.context_window = self.config.context_window or n_ctx
         if isinstance(props.get("chat_template"), str):
-            status, _ = await self._render({"messages": _LATE_SYSTEM_PROBE})
+            try:
+                status, _ = await self._render({"messages": _LATE_SYSTEM_PROBE})
+            except GatewayError:
+                return  # gone again since /props: ask on the next discovery
             self.late_system_ok = status == 200
 
     async def template_system_mode(self, model: str) -> str:
@@ -120,7 +123,7 @@ class LlamaCppBackend(OpenAIBackend):
         if status in (404, 405, 501):  # a server without /apply-template: no exact count
             return TokenCount(estimate_tokens(req), exact=False)
         if status != 200 or not isinstance(rendered, dict):
-            if 400 <= status < 600 and status != 503 and isinstance(rendered, str):
+            if status in (400, 500) and isinstance(rendered, str):
                 # /apply-template only renders: its failure is the template's, and deterministic.
                 raise template_error(self.name, rendered)
             raise GatewayError(500, f"backend '{self.name}' /apply-template answered {status}: {rendered}")

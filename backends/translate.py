@@ -35,7 +35,7 @@ class Dialect:
     reasoning_history: bool = False
     # The server says which stop string ended generation (vLLM's `stop_reason`, llama.cpp's
     # `__verbose.stopping_word`), so `stop` is forwarded. Other servers stop before the string and
-    # do not say which one matched: the gateway keeps `stop` and matches the strings itself.
+    # do not say which one matched: they are not sent `stop`, and the gateway matches the strings.
     reports_stop_string: bool = False
 
 
