@@ -11,7 +11,6 @@ import json
 import sys
 from pathlib import Path
 
-
 EXPORT_VERSION = 2  # bump when the written file changes shape (part of the file name, so stale ones are not reused)
 
 

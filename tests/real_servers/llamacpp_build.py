@@ -91,7 +91,10 @@ def _source(root: Path, log) -> Path:
         return src
     sdist = _pip_download(root / "sdist", log)
     with tarfile.open(sdist) as tar:
-        tar.extractall(root / "src", filter="data")
+        if hasattr(tarfile, "data_filter"):  # refuses links and paths that leave the target
+            tar.extractall(root / "src", filter="data")
+        else:  # pragma: no cover - Pythons before the extraction filters
+            tar.extractall(root / "src")  # a pinned sdist from PyPI
     if not (src / "CMakeLists.txt").exists():
         raise BuildUnavailable(f"{sdist.name} has no vendor/llama.cpp/CMakeLists.txt")
     return src
