@@ -15,9 +15,23 @@ from backends.base import (
     ModelInfo,
     TokenCount,
 )
-from backends.openai import OpenAIBackend, _int, template_error
-from backends.translate import Dialect, to_openai_messages, to_openai_tools
+from backends.openai import (
+    MAX_ERROR_BYTES,
+    MAX_JSON_BYTES,
+    OpenAIBackend,
+    _int,
+    _read_at_most,
+    template_error,
+)
+from backends.translate import (
+    Dialect,
+    template_kwargs,
+    to_openai_messages,
+    to_openai_tools,
+)
+from backends.upstream_text import error_message
 from gateway.errors import GatewayError
+from gateway.redact import scrub
 from gateway.tokens import estimate_tokens
 
 # A conversation with a system message after the first turn, as Claude Code sends every request.
@@ -99,24 +113,26 @@ class LlamaCppBackend(OpenAIBackend):
             async with self.http.post(self.root + "/apply-template", data=orjson.dumps(body),
                                       headers={"Content-Type": "application/json"},
                                       timeout=aiohttp.ClientTimeout(total=self.config.timeout_s)) as resp:
-                raw = await resp.read()
                 status = resp.status
+                raw = await _read_at_most(resp.content, (MAX_JSON_BYTES if status == 200 else MAX_ERROR_BYTES) + 1)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise self.count_failed(BackendUnavailable(f"{type(exc).__name__} {exc}".strip())) from None
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return status, raw[:500].decode(errors="replace")
         if status != 200:
-            err = data.get("error") if isinstance(data, dict) else None
-            return status, err.get("message", "") if isinstance(err, dict) else raw[:500].decode(errors="replace")
+            return status, scrub(error_message(raw[:MAX_ERROR_BYTES]), self.secrets)
+        try:
+            data = orjson.loads(raw) if len(raw) <= MAX_JSON_BYTES else None
+        except orjson.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            raise GatewayError(500, f"backend '{self.name}' /apply-template did not answer a JSON object "
+                                    f"of at most {MAX_JSON_BYTES} bytes")
         return status, data
 
     async def count_tokens(self, breq: BackendRequest) -> TokenCount:
         req = breq.request
         body: dict = {"messages": to_openai_messages(req, self.dialect, breq.model,
                                                      await self.system_messages(req, breq.model)),
-                      "chat_template_kwargs": {"enable_thinking": req.thinking_enabled}}
+                      "chat_template_kwargs": template_kwargs(req)}
         if req.tools:
             body["tools"] = to_openai_tools(req)
         status, rendered = await self._render(body)

@@ -9,17 +9,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
+import orjson
 import structlog
 
 from backends.base import (
-    Backend, BackendHealth, BackendRequest, BackendStartError, ModelInfo, TokenCount,
+    Backend,
+    BackendHealth,
+    BackendRequest,
+    BackendStartError,
+    ModelInfo,
+    TokenCount,
 )
 from backends.mlx_cache import PromptCache
-from backends.mlx_engine import Engine, Job, JobResult, LoadedModel
+from backends.mlx_engine import Engine, Job, JobResult, LoadedModel, RequestFault
 from backends.mlx_output import OutputPipeline
 from backends.mlx_prompt import Prompt, PromptRenderer
 from backends.mlx_structured import json_schema_processor
@@ -49,6 +55,7 @@ class ModelHandle:
     context: int
     model_type: str
     tokenizer: object
+    vocab: int  # logits per step: top_k at or above it keeps every token
 
 
 def resolve_model_path(name: str, backend: str) -> Path:
@@ -93,7 +100,8 @@ class MLXBackend(Backend):
 
     def _engine(self) -> Engine:
         if self.engine is None:
-            cache = PromptCache(int(self.config.cache_mb * 1024 * 1024), self.config.cache_ttl_s)
+            cache = PromptCache(int(self.config.cache_mb * 1024 * 1024), self.config.cache_ttl_s,
+                                self.config.cache_across_sessions)
             self.engine = Engine(cache, max_batch=self.config.max_batch, prefill_step=PREFILL_STEP,
                                  max_resident=self.config.max_resident_models)
         return self.engine
@@ -143,8 +151,8 @@ class MLXBackend(Backend):
             except ValueError as exc:
                 raise ModelUnavailable(str(exc)) from None
             context = self.config.context_window or _context_of(cfg) or DEFAULT_CONTEXT
-            handle = ModelHandle(name, path, PromptRenderer(tokenizer, name, self.config.system_messages), parsers, context,
-                                 str(cfg.get("model_type", "")), tokenizer)
+            handle = ModelHandle(name, path, PromptRenderer(tokenizer, name, self.config.system_messages), parsers,
+                                 context, str(cfg.get("model_type", "")), tokenizer, _vocab_of(cfg, tokenizer))
             self._handles[name] = handle
             log.info("mlx_model_loaded", backend=self.name, model=name, path=str(path), context=context,
                      tool_parser=getattr(parsers, "name", None), seconds=round(time.perf_counter() - t0, 2))
@@ -197,8 +205,9 @@ class MLXBackend(Backend):
         return handle.context
 
     async def models(self) -> list[ModelInfo]:
+        """Configured models; never loads one (a model not loaded yet reports what its local config says)."""
         return [ModelInfo(name, context_window=self._handles[name].context if name in self._handles
-                          else self.config.context_window)
+                          else self.config.context_window or _context_on_disk(name))
                 for name in self.configured_models()]
 
     async def health(self) -> BackendHealth:
@@ -208,6 +217,9 @@ class MLXBackend(Backend):
             return BackendHealth(False, detail)
         resident, active, entries, nbytes = engine.status
         ctx = self._handles[self.config.model].context if self.config.model in self._handles else None
+        if engine.broken:
+            return BackendHealth(False, "; ".join(f"{model}: {why}" for model, why in engine.broken.items()),
+                                 self.configured_models(), ctx)
         detail = (f"resident: {', '.join(resident) or 'none'}; active requests: {active}; "
                   f"prompt cache: {entries} entries, {nbytes / 1e6:.1f} MB")
         return BackendHealth(True, detail, self.configured_models(), ctx)
@@ -230,7 +242,7 @@ class MLXBackend(Backend):
             processors = [await asyncio.to_thread(json_schema_processor, handle.tokenizer, req.json_schema)]
         job = Job(model_key=handle.name, prompt=prompt.tokens, max_tokens=max(1, min(breq.max_tokens,
                                                                                     handle.context - n)),
-                  sampler=_sampler(req), session=breq.session_id, shared_len=prompt.shared_len,
+                  sampler=_sampler(req, handle.vocab), session=breq.session_id, shared_len=prompt.shared_len,
                   loop=asyncio.get_running_loop(), logits_processors=processors,
                   reload=self._loader(handle.name, handle.path))
         engine.submit(job)
@@ -256,9 +268,10 @@ class MLXBackend(Backend):
                         engine.cancel(job)  # the rest would be thrown away
                 elif type(item) is JobResult:
                     result = item
+                elif isinstance(item, RequestFault):
+                    raise GatewayError(400, str(item))  # names the parameter that failed
                 else:
-                    raise GatewayError(500, f"backend '{self.name}': generation failed: "
-                                            f"{type(item).__name__}: {item}")
+                    raise GatewayError(500, f"backend '{self.name}': generation failed: {item}")
             cut = result.finish_reason != "stop"
             for ev in out.finish(cut=cut):
                 yield ev
@@ -275,10 +288,37 @@ class MLXBackend(Backend):
                 engine.cancel(job)  # client gone or stream abandoned: free the batch slot now
 
 
-def _sampler(req) -> Callable | None:
+def _sampler(req, vocab: int) -> Callable | None:
+    """The request's sampler, with its parameters put in the ranges mlx-lm accepts.
+
+    The API takes any top_k ≥ 0, but mlx-lm raises for top_k ≥ the vocabulary; keeping every token
+    is what such a top_k means, so it is dropped. top_p = 0 keeps only the most likely token.
+    """
     from mlx_lm.sample_utils import make_sampler
-    temp = 1.0 if req.temperature is None else req.temperature
-    return make_sampler(temp=temp, top_p=req.top_p or 0.0, top_k=req.top_k or 0)
+    temp = 1.0 if req.temperature is None else float(req.temperature)
+    if req.top_p == 0:
+        temp = 0.0
+    top_k = req.top_k if req.top_k is not None and 0 < req.top_k < vocab else 0
+    return make_sampler(temp=temp, top_p=float(req.top_p or 0.0), top_k=top_k)
+
+
+def _vocab_of(cfg: dict, tokenizer) -> int:
+    """Rows of the output layer (config `vocab_size`), else the tokenizer's size."""
+    for table in (cfg, cfg.get("text_config")):
+        value = table.get("vocab_size") if isinstance(table, dict) else None
+        if isinstance(value, int) and value > 0:
+            return value
+    return len(getattr(tokenizer, "vocab", None) or ()) or 1
+
+
+def _context_on_disk(name: str) -> int | None:
+    """The context length in a local model directory's config.json; None for hub ids or unreadable files."""
+    path = Path(name).expanduser() / "config.json"
+    try:
+        cfg = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return _context_of(cfg) if isinstance(cfg, dict) else None
 
 
 def _context_of(cfg: dict) -> int | None:

@@ -2,10 +2,12 @@
 
 Each entry is the KV cache of one token sequence of one model. A session keeps its latest
 sequence (the conversation so far, plus a few unrelated side requests); a shared entry holds a
-prefix that many sessions start with (system prompt + tools). A lookup takes the entry with the
-longest common token prefix, so a session reuses its own history and a new session still skips
-the shared prefix. Entries are evicted least-recently-used past a byte budget, and dropped after
-a TTL.
+prefix that many sessions start with (system prompt + tools). A session reuses the longest
+common prefix with its own entries; another session's content is never read, because the
+reported cache_read count would tell a guesser how much of it they got right. A shared entry
+serves another session only whole, and only inside that session's own system + tools prefix, so
+the count it reports is a length the reader computed from its own request. Entries are evicted
+least-recently-used past a byte budget, and dropped after a TTL.
 
 Only the engine thread touches this object (no locking): entries hold mlx arrays.
 """
@@ -18,7 +20,6 @@ from typing import Any
 import numpy as np
 from mlx_lm.models.cache import KVCache, can_trim_prompt_cache
 
-
 PER_SESSION = 4  # sequences kept per session: the conversation and a few side requests
 
 
@@ -28,7 +29,8 @@ class CacheEntry:
     tokens: np.ndarray  # int32, the tokens whose keys/values `layers` hold
     layers: list[Any]  # one mlx_lm cache object per layer
     nbytes: int
-    session: str | None  # None: a shared prefix
+    session: str | None  # the conversation's owner (None: a request without a session)
+    shared: bool = False  # a system + tools prefix, readable by every session
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -64,26 +66,33 @@ def _view(layers: list[Any], n: int) -> list[Any] | None:
 
 
 class PromptCache:
-    """Per-session and shared-prefix KV entries with a byte budget, LRU order and a TTL."""
+    """Per-session and shared-prefix KV entries with a byte budget, LRU order and a TTL.
 
-    def __init__(self, max_bytes: int, ttl_s: float):
+    `across_sessions` (opt-in, for a gateway with one user) lets any request reuse any entry.
+    """
+
+    def __init__(self, max_bytes: int, ttl_s: float, across_sessions: bool = False):
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
+        self.across_sessions = across_sessions
         self.entries: list[CacheEntry] = []
 
     @property
     def nbytes(self) -> int:
         return sum(e.nbytes for e in self.entries)
 
-    def lookup(self, model: str, tokens: list[int], session: str | None) -> CacheHit:
-        """The longest cached prefix of `tokens` (at most len-1: the last token must be computed)."""
+    def lookup(self, model: str, tokens: list[int], session: str | None, shared_len: int = 0) -> CacheHit:
+        """The longest cached prefix of `tokens` this session may read (at most len-1: the last is computed).
+
+        `shared_len` is where the request's own system + tools prefix ends.
+        """
         self._expire()
         arr = np.asarray(tokens, dtype=np.int32)
         best, best_n = None, 0
         for e in self.entries:
             if e.model != model:
                 continue
-            n = common_prefix(e.tokens, arr)
+            n = self._readable(e, arr, session, shared_len)
             # Prefer the session's own entry on ties: it is the one that will be replaced.
             if n > best_n or (n == best_n and n and e.session == session and best is not None
                               and best.session != session):
@@ -99,10 +108,21 @@ class PromptCache:
         best.last_used = time.monotonic()
         return CacheHit(layers, limit)
 
-    def insert(self, model: str, tokens: list[int], layers: list[Any], session: str | None) -> None:
+    def _readable(self, e: CacheEntry, arr: np.ndarray, session: str | None, shared_len: int) -> int:
+        """How many leading tokens of `arr` this session may take from `e`."""
+        if self.across_sessions or (session is not None and e.session == session and not e.shared):
+            return common_prefix(e.tokens, arr)
+        if e.shared and len(e.tokens) <= shared_len and common_prefix(e.tokens, arr) == len(e.tokens):
+            return len(e.tokens)  # all or nothing: a partial match would measure someone's prompt
+        return 0
+
+    def insert(self, model: str, tokens: list[int], layers: list[Any], session: str | None,
+               shared: bool = False) -> None:
         """Store the cache of `tokens`; the entry of the same conversation that it extends is replaced."""
         if not tokens or not layers:
             return
+        if session is None and not shared and not self.across_sessions:
+            return  # no one could read it: a request without a session shares only the shared prefix
         arr = np.asarray(tokens, dtype=np.int32)
         nbytes = sum(int(c.nbytes) for c in layers)
         if nbytes > self.max_bytes:
@@ -110,7 +130,7 @@ class PromptCache:
         keep = []
         mine = 0
         for e in reversed(self.entries):  # newest first
-            if e.model == model and e.session == session:
+            if e.model == model and e.session == session and e.shared == shared:
                 # The same conversation moved on (most of the old sequence is the new one's
                 # prefix): the old entry is superseded. A side request of the same session (Claude
                 # Code's title or command-prefix calls, with their own system prompt) shares
@@ -123,7 +143,7 @@ class PromptCache:
             keep.append(e)
         keep.reverse()
         self.entries = keep
-        self.entries.append(CacheEntry(model, arr, layers, nbytes, session))
+        self.entries.append(CacheEntry(model, arr, layers, nbytes, session, shared))
         self._evict()
 
     def drop_model(self, model: str) -> None:

@@ -4,21 +4,30 @@ Each resident model has an mlx-lm `BatchGenerator`: new requests join the runnin
 prefill is interleaved with the others' decode steps), finished or cancelled ones leave it. The
 asyncio side talks to the thread through a command queue and gets text back on a per-request
 asyncio.Queue, so the event loop never waits on mlx.
+
+Failures stay with their request: a request's sampler or logits processor that raises ends that
+request only (the step goes on without it); a step that fails with no request to blame gets a
+fresh batcher, a check that the model still generates, and the requests resume from the tokens
+they already have. A model that cannot generate any more is reported through `broken`.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import queue
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import mlx.core as mx
 import structlog
 from mlx_lm.generate import BatchGenerator, make_stop_sequences
+from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.sample_utils import greedy_sampler
 
 from backends.mlx_cache import PromptCache
 
@@ -28,6 +37,14 @@ log = structlog.get_logger("backends.mlx")
 # once): fewer loop wake-ups and SSE frames per token leave the CPU to the model, which on a
 # 2-core machine is worth several percent of decode speed; 20 ms is below what a reader notices.
 FLUSH_INTERVAL_S = 0.02
+
+
+class RequestFault(Exception):
+    """This request's own sampler or logits processor failed: its client's error, not the engine's."""
+
+
+class EngineFault(Exception):
+    """Generation failed for a reason no single request is to blame for."""
 
 
 @dataclass
@@ -40,7 +57,8 @@ class LoadedModel:
     config: dict
     generator: BatchGenerator | None = None
     stops: Any = None
-    jobs: dict[int, "Job"] = field(default_factory=dict)
+    jobs: dict[int, Job] = field(default_factory=dict)
+    broken: str | None = None  # why the last rebuild of the batcher could not generate; None: healthy
 
 
 @dataclass(slots=True)
@@ -74,6 +92,9 @@ class Job:
     uid: int | None = None
     cached: int = 0
     generated: int = 0
+    out: list[int] = field(default_factory=list)  # generated token ids: a rebuilt batch resumes from them
+    resumed: bool = False  # already survived one batch failure; a second one ends it
+    fault: RequestFault | None = None  # set by its guarded sampler/processor inside a step
     detok: Any = None
     snapshot_pending: bool = False
     t_admit: float = 0.0
@@ -101,6 +122,7 @@ class Engine:
         self.failed: BaseException | None = None
         # Published by the engine thread after each step, read by health checks (an immutable tuple).
         self.status: tuple[tuple[str, ...], int, int, int] = ((), 0, 0, 0)
+        self.broken: dict[str, str] = {}  # model → why it cannot generate (replaced whole, never mutated)
         self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
         self._thread.start()
 
@@ -134,9 +156,7 @@ class Engine:
 
     def install(self, loaded: LoadedModel) -> None:
         """Make `loaded` resident, unloading the least recently used idle models over the limit."""
-        loaded.generator = BatchGenerator(loaded.model, completion_batch_size=self.max_batch,
-                                          prefill_batch_size=min(self.max_batch, 8),
-                                          prefill_step_size=self.prefill_step)
+        self._new_generator(loaded)
         loaded.stops = make_stop_sequences(loaded.tokenizer)
         self.models[loaded.key] = loaded
         self.models.move_to_end(loaded.key)
@@ -146,6 +166,11 @@ class Engine:
             victim = self.models[key]
             if key != loaded.key and not victim.jobs:
                 self._unload(victim)
+
+    def _new_generator(self, lm: LoadedModel) -> None:
+        lm.generator = BatchGenerator(lm.model, completion_batch_size=self.max_batch,
+                                      prefill_batch_size=min(self.max_batch, 8),
+                                      prefill_step_size=self.prefill_step)
 
     def touch(self, key: str) -> LoadedModel | None:
         lm = self.models.get(key)
@@ -178,11 +203,17 @@ class Engine:
                     pass
                 for lm in list(self.models.values()):
                     if lm.jobs:
-                        self._step(lm)
+                        try:
+                            self._step(lm)
+                        except Exception as exc:  # noqa: BLE001 — rebuild this model's batch, keep the engine
+                            self._recover(lm, exc)
                 self._flush()
                 self.status = (tuple(self.models), sum(len(lm.jobs) for lm in self.models.values()),
                                len(self.cache.entries), self.cache.nbytes)
-        except BaseException as exc:  # noqa: BLE001 — the thread must report, not vanish
+                broken = {key: lm.broken for key, lm in self.models.items() if lm.broken}
+                if broken != self.broken:
+                    self.broken = broken
+        except BaseException as exc:
             self.failed = exc
             log.exception("mlx_engine_died")
             for lm in self.models.values():
@@ -203,10 +234,18 @@ class Engine:
 
     def _handle(self, cmd: tuple) -> None:
         kind = cmd[0]
-        if kind == "submit":
-            self._admit(cmd[1])
-        elif kind == "cancel":
-            self._cancel(cmd[1])
+        if kind in ("submit", "cancel"):
+            job = cmd[1]
+            try:
+                if kind == "submit":
+                    self._admit(job)
+                else:
+                    self._cancel(job)
+            except Exception as exc:  # noqa: BLE001 — this request ends; the engine and the batch go on
+                log.error("mlx_request_failed", model=job.model_key, error=_brief(exc))
+                self._drop(job)
+                if not job.done:
+                    self._fail(job, EngineFault(_brief(exc)))
         elif kind == "call":
             _, fn, fut = cmd
             if fut.set_running_or_notify_cancel():
@@ -226,31 +265,40 @@ class Engine:
             if lm is None and job.reload is not None:
                 lm = job.reload()
             if lm is None:
-                raise RuntimeError(f"model {job.model_key} is not loaded")
+                raise EngineFault(f"model {job.model_key} is not loaded")
+            if lm.broken is not None:
+                self._rebuild(lm)  # it may have recovered (memory freed); else this request learns why
         except Exception as exc:  # noqa: BLE001 — reported to this request only
-            self._emit(job, exc)
-            job.done = True
+            self._fail(job, exc)
             return
-        hit = self.cache.lookup(job.model_key, job.prompt, job.session)
+        if job.sampler is not None and job.sampler is not greedy_sampler:  # greedy ones share one batched call
+            job.sampler = _Guard(job, job.sampler, greedy_sampler)
+        job.logits_processors = [_Guard(job, p, _unchanged) for p in job.logits_processors or ()]
+        hit = self.cache.lookup(job.model_key, job.prompt, job.session, job.shared_len)
         job.cached = hit.tokens
         rest = job.prompt[hit.tokens:]
         segments = [rest]
         if hit.tokens + 1 < job.shared_len < len(job.prompt) - 1:
             segments = [job.prompt[hit.tokens:job.shared_len], job.prompt[job.shared_len:]]
             job.snapshot_pending = True
+        if self._insert(lm, job, segments, hit.layers, job.prompt[:hit.tokens], job.max_tokens):
+            job.detok = lm.tokenizer.detokenizer
+            job.t_admit = time.perf_counter()
+
+    def _insert(self, lm: LoadedModel, job: Job, segments: list[list[int]], layers: list | None,
+                cached: list[int], max_tokens: int) -> bool:
+        """Add `job` to the model's batch; a request the batcher refuses fails alone."""
         try:
             (uid,) = lm.generator.insert_segments(
-                [segments], max_tokens=[job.max_tokens], caches=[hit.layers],
-                all_tokens=[list(job.prompt[:hit.tokens])], samplers=[job.sampler],
-                logits_processors=[job.logits_processors or []], stop_sequences=[lm.stops])
+                [segments], max_tokens=[max_tokens], caches=[layers], all_tokens=[list(cached)],
+                samplers=[job.sampler], logits_processors=[job.logits_processors],
+                stop_sequences=[lm.stops])
         except Exception as exc:  # noqa: BLE001 — a bad request must not kill the engine
-            self._emit(job, exc)
-            job.done = True
-            return
+            self._fail(job, EngineFault(f"the batcher refused the request: {_brief(exc)}"))
+            return False
         job.uid = uid
-        job.detok = lm.tokenizer.detokenizer
-        job.t_admit = time.perf_counter()
         lm.jobs[uid] = job
+        return True
 
     def _cancel(self, job: Job) -> None:
         if job.done or job.uid is None:
@@ -268,48 +316,118 @@ class Engine:
         self._finish(job, "cancelled")
 
     def _step(self, lm: LoadedModel) -> None:
-        try:
-            prompt_resps, gen_resps = lm.generator.next()
-        except Exception as exc:  # noqa: BLE001 — fail this model's requests, keep the engine
-            log.exception("mlx_step_failed", model=lm.key)
-            for job in lm.jobs.values():
-                self._emit(job, exc)
-                job.done = True
-            lm.jobs.clear()
-            lm.generator.close()
-            self.install(lm)  # a fresh batcher; the model stays loaded
-            return
+        """One batch step. An exception out of here has no request to blame: _run hands it to _recover."""
+        prompt_resps, gen_resps = lm.generator.next()
+        for job in [job for job in lm.jobs.values() if job.fault is not None]:
+            # Its guard stood in for the failed call, so the step of the others is sound.
+            log.warning("mlx_request_fault", model=lm.key, error=str(job.fault))
+            self._drop(job)
+            self._fail(job, job.fault)
         for r in prompt_resps:
             job = lm.jobs.get(r.uid)
             if job is not None and job.snapshot_pending and r.end_of_segment and not r.end_of_prompt:
                 job.snapshot_pending = False
                 got = lm.generator.extract_cache([r.uid]).get(r.uid)
                 if got is not None:
-                    self._store(lm, list(got[1]), got[0], None)
+                    self._store(lm, list(got[1]), got[0], None, shared=True)
         for r in gen_resps:
             job = lm.jobs.get(r.uid)
             if job is None:
                 continue
-            if job.t_first is None:
-                job.t_first = time.perf_counter()
-            job.generated += 1
-            if r.finish_reason != "stop":
-                job.detok.add_token(r.token)
-            if r.finish_reason is not None:
-                job.detok.finalize()
-            text = job.detok.last_segment
-            if text:
-                self._emit(job, text)
-            if r.finish_reason is not None:
-                del lm.jobs[r.uid]
-                if r.finish_reason == "stop":
-                    job.generated -= 1  # the end-of-turn token is not output
-                self._store(lm, list(r.all_tokens), r.prompt_cache, job.session)
-                self._finish(job, r.finish_reason)
+            try:
+                self._deliver_token(lm, job, r)
+            except Exception as exc:  # noqa: BLE001 — e.g. a token the tokenizer cannot decode: this job only
+                log.warning("mlx_output_failed", model=lm.key, error=_brief(exc))
+                self._drop(job)
+                self._fail(job, EngineFault(f"decoding the model's output failed: {_brief(exc)}"))
 
-    def _store(self, lm: LoadedModel, tokens: list[int], layers: list, session: str | None) -> None:
+    def _deliver_token(self, lm: LoadedModel, job: Job, r: Any) -> None:
+        if job.t_first is None:
+            job.t_first = time.perf_counter()
+        job.generated += 1
+        if r.finish_reason != "stop":
+            job.detok.add_token(r.token)
+            job.out.append(r.token)
+        if r.finish_reason is not None:
+            job.detok.finalize()
+        text = job.detok.last_segment
+        if text:
+            self._emit(job, text)
+        if r.finish_reason is not None:
+            del lm.jobs[r.uid]
+            if r.finish_reason == "stop":
+                job.generated -= 1  # the end-of-turn token is not output
+            self._store(lm, list(r.all_tokens), r.prompt_cache, job.session)
+            self._finish(job, r.finish_reason)
+
+    def _recover(self, lm: LoadedModel, exc: Exception) -> None:
+        """A step failed with no request to blame: a fresh batcher, and the requests resume in it."""
+        log.error("mlx_step_failed", model=lm.key, error=_brief(exc), requests=len(lm.jobs))
+        jobs = list(lm.jobs.values())
+        lm.jobs.clear()
+        try:
+            self._rebuild(lm)
+        except Exception as broken:  # noqa: BLE001 — every request of this model ends; /health says why
+            for job in jobs:
+                self._fail(job, broken)
+            return
+        for job in jobs:
+            if job.fault is not None:
+                self._fail(job, job.fault)
+                continue
+            remaining = job.max_tokens - job.generated
+            # A second failure, or a processor whose state cannot be replayed: end it, not the batch.
+            if job.resumed or job.logits_processors or remaining <= 0:
+                self._fail(job, EngineFault(f"generation failed: {_brief(exc)}"))
+                continue
+            job.resumed = True
+            tokens = job.prompt + job.out
+            try:
+                hit = self.cache.lookup(job.model_key, tokens, job.session, job.shared_len)
+            except Exception as lookup_exc:  # noqa: BLE001
+                self._fail(job, EngineFault(f"generation failed: {_brief(lookup_exc)}"))
+                continue
+            self._insert(lm, job, [tokens[hit.tokens:]], hit.layers, tokens[:hit.tokens], remaining)
+
+    def _rebuild(self, lm: LoadedModel) -> None:
+        """Restore mlx's state and a fresh batcher, then prove that the model can generate."""
+        _repair_random_state()
+        if lm.generator is not None:
+            try:
+                lm.generator.close()
+            except Exception:  # noqa: BLE001, S110 — the old batcher is being thrown away
+                pass
+        try:
+            self._new_generator(lm)
+            _probe(lm.model)
+        except Exception as exc:  # noqa: BLE001
+            lm.broken = f"the model cannot generate: {_brief(exc)}"
+            log.error("mlx_engine_broken", model=lm.key, error=lm.broken)
+            raise EngineFault(lm.broken) from None
+        if lm.broken is not None:
+            log.info("mlx_engine_recovered", model=lm.key)
+        lm.broken = None
+
+    def _store(self, lm: LoadedModel, tokens: list[int], layers: list, session: str | None,
+               shared: bool = False) -> None:
+        if session is None and not shared and not self.cache.across_sessions:
+            return  # nobody may read it (PromptCache.insert): skip the materialising too
         mx.eval([c.state for c in layers])  # materialise: a lazy slice would pin the whole batch cache
-        self.cache.insert(lm.key, tokens, layers, session)
+        self.cache.insert(lm.key, tokens, layers, session, shared)
+
+    def _drop(self, job: Job) -> None:
+        """Take `job` out of its batch, if it is in one."""
+        lm = self.models.get(job.model_key)
+        if lm is not None and job.uid is not None and lm.jobs.get(job.uid) is job:
+            del lm.jobs[job.uid]
+            try:
+                lm.generator.remove([job.uid])
+            except Exception:  # noqa: BLE001, S110 — the next step's failure, if any, rebuilds the batch
+                pass
+
+    def _fail(self, job: Job, exc: BaseException) -> None:
+        job.done = True
+        self._emit(job, exc)
 
     def _finish(self, job: Job, reason: str) -> None:
         now = time.perf_counter()
@@ -345,6 +463,58 @@ class Engine:
                 for job, _ in items:
                     if not job.done:
                         self._cancel(job)
+
+
+class _Guard:
+    """A request's sampler or logits processor, run inside the shared step.
+
+    An exception (e.g. mlx-lm's top_k range check) is kept on the job and a harmless stand-in
+    result lets the step finish, so only that request fails; the job leaves the batch right after.
+    """
+
+    __slots__ = ("fallback", "fn", "job")
+
+    def __init__(self, job: Job, fn: Callable, fallback: Callable):
+        self.job, self.fn, self.fallback = job, fn, fallback
+
+    def __call__(self, *args):
+        if self.job.fault is None:
+            try:
+                return self.fn(*args)
+            except Exception as exc:  # noqa: BLE001 — attributed to this request
+                self.job.fault = RequestFault(_first_line(exc))
+                _repair_random_state()  # an exception inside an mx.compile trace leaves a placeholder there
+        return self.fallback(*args)
+
+
+def _unchanged(_tokens: mx.array, logits: mx.array) -> mx.array:
+    return logits
+
+
+def _repair_random_state() -> None:
+    """Reseed when mlx's global random key is a leftover trace placeholder (every sampler would fail)."""
+    try:
+        mx.eval(mx.random.state)
+    except Exception:  # noqa: BLE001 — "eval an array without a primitive"
+        log.warning("mlx_random_state_reset")
+        mx.random.seed(int.from_bytes(os.urandom(4), "little"))
+
+
+def _probe(model: Any) -> None:
+    """One forward pass and one sampled token on a scratch cache: raises if the model cannot generate."""
+    cache = make_prompt_cache(model)
+    logits = model(mx.array([[0]]), cache=cache)[:, -1, :]
+    mx.eval(mx.random.categorical(logits))
+
+
+def _first_line(exc: BaseException) -> str:
+    """mlx messages run on with links and advice; the first line says what happened."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _brief(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
 def _deliver(items: list[tuple[Job, Any]]) -> None:

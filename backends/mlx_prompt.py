@@ -17,8 +17,13 @@ import orjson
 from jinja2 import TemplateError
 
 from backends.mlx_cache import common_prefix
-from backends.translate import Dialect, to_openai_messages, to_openai_tools
-from gateway.anthropic import MessagesRequest
+from backends.translate import (
+    Dialect,
+    template_kwargs,
+    to_openai_messages,
+    to_openai_tools,
+)
+from gateway.anthropic import MessagesRequest, ToolReferenceBlock, ToolResultBlock
 from gateway.errors import invalid
 
 
@@ -33,7 +38,7 @@ class Prompt:
 
 def chat_messages(req: MessagesRequest, model: str, system_messages: str = "auto") -> list[dict]:
     """HF chat-template messages: OpenAI shape, tool-call arguments as objects (templates `tojson` them)."""
-    msgs = to_openai_messages(req, Dialect(vision=False), model, system_messages)
+    msgs = to_openai_messages(req, Dialect(vision=False, inline_loaded_tools=True), model, system_messages)
     for m in msgs:
         for call in m.get("tool_calls") or ():
             fn = call["function"]
@@ -60,6 +65,13 @@ def _fold_late_system(msgs: list[dict]) -> list[dict]:
     return out
 
 
+def inline_loaded(req: MessagesRequest) -> set[str]:
+    """Tools a tool_reference loaded: chat_messages writes their definitions where the reference
+    is, so the template's tool list (at the top of the prompt) never changes on a load."""
+    return {c.loads.name for m in req.messages for b in m.content if type(b) is ToolResultBlock
+            for c in b.content if type(c) is ToolReferenceBlock and c.loads is not None}
+
+
 class PromptRenderer:
     """Renders requests for one tokenizer; remembers shared-prefix token counts."""
 
@@ -71,8 +83,9 @@ class PromptRenderer:
         self._shared: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()  # renders run on worker threads
 
-    def _apply(self, msgs: list[dict], tools: list[dict] | None, thinking: bool, generation: bool) -> str:
-        kwargs: dict = {"add_generation_prompt": generation, "tokenize": False, "enable_thinking": thinking}
+    def _apply(self, msgs: list[dict], tools: list[dict] | None, variables: dict, generation: bool) -> str:
+        # variables: the thinking switch and the effort (backends.translate.template_kwargs)
+        kwargs: dict = {"add_generation_prompt": generation, "tokenize": False, **variables}
         if tools:
             kwargs["tools"] = tools
         try:
@@ -90,8 +103,8 @@ class PromptRenderer:
         """The prompt generation would prefill for `req`."""
         msgs = chat_messages(req, self.model, self.system_messages)
         use_tools = bool(req.tools) and not (req.tool_choice is not None and req.tool_choice.type == "none")
-        tools = to_openai_tools(req) if use_tools else None
-        thinking = req.thinking_enabled
+        tools = to_openai_tools(req, without=inline_loaded(req)) if use_tools else None
+        thinking = template_kwargs(req)
         try:
             text = self._apply(msgs, tools, thinking, True)
         except TemplateError as exc:
@@ -101,7 +114,7 @@ class PromptRenderer:
         shared = self._shared_prefix(msgs, tools, thinking, tokens)
         return Prompt(tokens, text, shared, text.rstrip().endswith("<think>"), use_tools)
 
-    def _shared_prefix(self, msgs: list[dict], tools: list[dict] | None, thinking: bool,
+    def _shared_prefix(self, msgs: list[dict], tools: list[dict] | None, thinking: dict,
                        tokens: list[int]) -> int:
         system = msgs[:1] if msgs and msgs[0]["role"] == "system" else []
         if not system and not tools:

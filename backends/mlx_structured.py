@@ -52,7 +52,11 @@ class JsonSchemaProcessor:
                 self.matcher.consume_token(t)
             self._seen = n
         if self.matcher.is_error():
-            return logits  # cannot happen with masked sampling; never turn a bug into a hang
+            # The grammar outgrew llguidance's limits mid-answer (e.g. a schema that requires itself):
+            # unmasked sampling would break the promise of schema-valid JSON, so the request fails.
+            reason = self.matcher.get_error().strip().splitlines()
+            raise ValueError(f"output_config.format.schema: constrained decoding failed: "
+                             f"{reason[0] if reason else 'matcher error'}")
         bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
         vocab = logits.shape[-1]
         if len(bits) < vocab:

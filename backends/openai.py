@@ -6,7 +6,7 @@ transport, auth and status-error mapping, but no per-chunk pydantic objects are 
 from __future__ import annotations
 
 import asyncio
-import codecs
+import base64
 import re
 import time
 from typing import AsyncIterator
@@ -18,23 +18,32 @@ import orjson
 import structlog
 
 from backends.base import Backend, BackendHealth, BackendRequest, BackendUnavailable, ModelInfo, TokenCount
+from backends.sse_reader import LineTooLong, sse_reads
 from backends.translate import ChunkTranslator, Dialect, UpstreamStreamError, to_openai
+from backends.upstream_text import context_overflow, error_message, shorten
 from gateway.anthropic import MessagesRequest
 from gateway.config import BackendConfig
 from gateway.errors import GatewayError, from_upstream
-from gateway.events import Event, Started
+from gateway.events import Event, Started, TextDelta, ThinkingDelta, ToolCallDelta, ToolCallStart
+from gateway.redact import scrub
 from gateway.tokens import estimate_tokens
 
 log = structlog.get_logger("backends.openai")
 
 DISCOVERY_TTL_S = 30.0
 PROBE_TIMEOUT_S = 3.0
+# What a broken or hostile upstream may make the gateway hold. A line carries one chunk (a whole
+# tool call at most, for servers that do not stream arguments) and is decoded in one go on the
+# event loop, so its cap also bounds that pause; an answer is bounded by max_tokens, far below its
+# cap. Each cap ends the request with an api_error instead of stalling the server.
+MAX_LINE_BYTES = 1024 * 1024
+MAX_CALLS_PER_CHUNK = 64  # tool-call entries in one chunk (servers send one, or one per parallel call)
+MAX_ANSWER_CHARS = 4 * 1024 * 1024  # text, thinking and tool arguments together
+MAX_ERROR_BYTES = 64 * 1024  # of an error response body
+MAX_JSON_BYTES = 8 * 1024 * 1024  # of a /models, /props or /tokenize answer (token lists are long)
 # A chat template that raised while rendering (llama.cpp's "Jinja Exception: …", Python's
 # jinja2 TemplateError): the same request fails the same way every time, so it is not retryable.
 _TEMPLATE_ERROR_RE = re.compile(r"jinja|template ?error|chat template|raise_exception", re.IGNORECASE)
-_CONTEXT_RE = re.compile(
-    r"maximum context length is (\d+).*?(?:(\d+) (?:tokens )?in the messages|prompt contains at least (\d+))",
-    re.S)
 
 
 def split_base_url(url: str) -> tuple[str, str]:
@@ -58,10 +67,16 @@ class OpenAIBackend(Backend):
                                reports_stop_string=self.dialect.reports_stop_string)
         key = config.resolved_api_key()
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        if config.url_auth is not None:  # user:password@ taken out of base_url by the config
+            self._headers = {"Authorization": "Basic " + basic_credentials(*config.url_auth)}
+        self.secrets = config.secrets()
         self.client = openai.AsyncOpenAI(
-            api_key=key or "not-needed", base_url=self.api_base, max_retries=0,
+            api_key=key or "not-needed", base_url=self.api_base, max_retries=0, default_headers=self._headers,
             timeout=openai.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s)),
-            http_client=openai.DefaultAioHttpClient(),
+            # Error statuses are read here, capped, instead of by the SDK (which reads the whole
+            # body); redirects are not followed, as following one reads its whole body too.
+            http_client=openai.DefaultAioHttpClient(event_hooks={"response": [self._refuse_status]},
+                                                    follow_redirects=False),
         )
         self._http: aiohttp.ClientSession | None = None
         self._discovered: list[ModelInfo] = []
@@ -103,77 +118,100 @@ class OpenAIBackend(Backend):
         """Hook for `auto`: servers that expose their chat template find out what it accepts."""
         return "keep"
 
-    async def stream(self, breq: BackendRequest) -> AsyncIterator[Event]:
-        extra = dict(self.config.extra_body)
-        extra.update(self.extra_fields(breq))
-        body = to_openai(breq, self.dialect, extra, await self.system_messages(breq.request, breq.model))
+    async def stream(self, breq: BackendRequest) -> AsyncIterator[Event | list[Event]]:
         try:
-            resp = await self.client.post(
-                "/chat/completions", cast_to=httpx2.Response,
-                content=orjson.dumps(body), options={"headers": {"Content-Type": "application/json"}},
-                stream=True)
-        except openai.APIStatusError as exc:
-            raise self._status_error(exc) from None
-        except openai.APITimeoutError as exc:
-            if not _refused(exc):
-                raise GatewayError(500, f"backend '{self.name}' ({self.api_base}) did not answer within "
-                                        f"{self.config.timeout_s:g} s") from None
-            # The aiohttp transport reports a refused connect as ConnectTimeout: say what happened.
-            raise GatewayError(500, f"backend '{self.name}' at {self.api_base} is not reachable: "
-                                    f"{_cause(exc)}") from None
-        except openai.APIConnectionError as exc:
-            raise GatewayError(500, f"backend '{self.name}' at {self.api_base} is not reachable: "
-                                    f"{_cause(exc)}") from None
-        yield Started()
-        translator = ChunkTranslator(breq.request)
-        finished = ended = False
-        try:
-            # All complete lines of one network read are decoded together and their events go out
-            # as one list (one socket write downstream): fewer generator hops and send() calls per
-            # chunk, and nothing waits for a later read, so streaming latency is unchanged.
-            async for lines in sse_reads(resp):
-                batch: list[Event] = []
-                try:
-                    for line in lines:
-                        if not line.startswith(b"data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == b"[DONE]":
-                            finished = ended = True
-                            break
-                        try:
-                            chunk = orjson.loads(data)
-                        except orjson.JSONDecodeError:
-                            chunk = self._decode_lenient(data)
-                        if not isinstance(chunk, dict):
-                            raise GatewayError(500, f"backend '{self.name}' sent a non-object stream chunk: "
-                                                    f"{data[:200].decode(errors='replace')!r}")
-                        batch += translator.feed(chunk)
-                        if translator.done:
-                            finished = ended = True
-                            break
-                        if chunk.get("choices") and chunk["choices"][0].get("finish_reason"):
-                            finished = True
-                except Exception:
-                    if batch:  # what came before the bad chunk still goes out first
+            extra = dict(self.config.extra_body)
+            extra.update(self.extra_fields(breq))
+            body = to_openai(breq, self.dialect, extra, await self.system_messages(breq.request, breq.model))
+            try:
+                resp = await self.client.post(
+                    "/chat/completions", cast_to=httpx2.Response,
+                    content=orjson.dumps(body), options={"headers": {"Content-Type": "application/json"}},
+                    stream=True)
+            except _Refused as exc:
+                raise exc.error from None
+            except openai.APITimeoutError as exc:
+                if not _refused(exc):
+                    raise GatewayError(500, f"backend '{self.name}' ({self.api_base}) did not answer within "
+                                            f"{self.config.timeout_s:g} s") from None
+                # The aiohttp transport reports a refused connect as ConnectTimeout: say what happened.
+                raise GatewayError(500, f"backend '{self.name}' at {self.api_base} is not reachable: "
+                                        f"{_cause(exc)}") from None
+            except openai.APIConnectionError as exc:
+                raise GatewayError(500, f"backend '{self.name}' at {self.api_base} is not reachable: "
+                                        f"{_cause(exc)}") from None
+            yield Started()
+            translator = ChunkTranslator(breq.request)
+            finished = ended = False
+            answer_chars = 0
+            try:
+                # All complete lines of one network read are decoded together and their events go out
+                # as one list (one socket write downstream): fewer generator hops and send() calls per
+                # chunk, and nothing waits for a later read, so streaming latency is unchanged.
+                async for lines in sse_reads(resp, MAX_LINE_BYTES):
+                    batch: list[Event] = []
+                    try:
+                        for line in lines:
+                            if not line.startswith(b"data:"):
+                                continue
+                            data = line[5:].strip()
+                            if data == b"[DONE]":
+                                finished = ended = True
+                                break
+                            chunk, events = self._events(translator, data)
+                            answer_chars += _content_chars(events)
+                            if answer_chars > MAX_ANSWER_CHARS:
+                                raise GatewayError(500, f"backend '{self.name}' sent an answer longer than "
+                                                        f"{MAX_ANSWER_CHARS} characters; it was cut off there")
+                            batch += events
+                            if translator.done:
+                                finished = ended = True
+                                break
+                            if chunk.get("choices") and chunk["choices"][0].get("finish_reason"):
+                                finished = True
+                    except Exception:
+                        if batch:  # what came before the bad chunk still goes out first
+                            yield batch
+                        raise
+                    if batch:
                         yield batch
-                    raise
-                if batch:
-                    yield batch
-                if ended:
-                    break
-            if not finished:
-                raise GatewayError(500, f"backend '{self.name}' closed its stream before finishing")
-            for ev in translator.finish():
-                yield ev
-        except UpstreamStreamError as exc:
-            raise self._context_error(from_upstream(exc.status or 500, f"backend '{self.name}': {exc}")) from None
-        except httpx2.TimeoutException:
-            raise GatewayError(500, f"backend '{self.name}' stopped sending for {self.config.timeout_s:g} s") from None
-        except httpx2.HTTPError as exc:
-            raise GatewayError(500, f"backend '{self.name}' connection failed mid-stream: {exc or type(exc).__name__}") from None
-        finally:
-            await resp.aclose()
+                    if ended:
+                        break
+                if not finished:
+                    raise GatewayError(500, f"backend '{self.name}' closed its stream before finishing")
+                for ev in translator.finish():
+                    yield ev
+            except LineTooLong as exc:
+                raise GatewayError(500, f"backend '{self.name}' sent {exc}; the answer was cut off there") from None
+            except UpstreamStreamError as exc:
+                raise self._context_error(from_upstream(exc.status or 500,
+                                                        f"backend '{self.name}': {shorten(str(exc))}")) from None
+            except httpx2.TimeoutException:
+                raise GatewayError(500, f"backend '{self.name}' stopped sending for "
+                                        f"{self.config.timeout_s:g} s") from None
+            except httpx2.HTTPError as exc:
+                raise GatewayError(500, f"backend '{self.name}' connection failed mid-stream: "
+                                        f"{exc or type(exc).__name__}") from None
+            finally:
+                await resp.aclose()
+        except GatewayError as err:  # upstream text may quote our key back (an echoed Authorization)
+            raise GatewayError(err.status, scrub(err.message, self.secrets), err.type, err.headers) from None
+
+    def _events(self, translator: ChunkTranslator, data: bytes) -> tuple[dict, list[Event]]:
+        """One `data:` payload: the decoded chunk and its events; a clear error for a malformed one."""
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            chunk = self._decode_lenient(data)
+        if not isinstance(chunk, dict):
+            raise GatewayError(500, f"backend '{self.name}' sent a non-object stream chunk: "
+                                    f"{data[:200].decode(errors='replace')!r}")
+        _check_calls(chunk, self.name)
+        try:
+            return chunk, translator.feed(chunk)
+        except (AttributeError, TypeError, KeyError, IndexError):  # e.g. a list where "delta" belongs
+            raise GatewayError(500, f"backend '{self.name}' sent a malformed stream chunk: "
+                                    f"{data[:200].decode(errors='replace')!r}") from None
 
     def _decode_lenient(self, data: bytes) -> object:
         """A chunk that is not valid UTF-8 JSON: read it as a text decoder would (bad bytes → U+FFFD)."""
@@ -183,13 +221,32 @@ class OpenAIBackend(Backend):
         except orjson.JSONDecodeError:
             raise GatewayError(500, f"backend '{self.name}' sent a malformed stream chunk: {text[:200]!r}") from None
 
-    def _status_error(self, exc: openai.APIStatusError) -> GatewayError:
-        message = _error_message(exc)
-        if exc.status_code == 500 and _TEMPLATE_ERROR_RE.search(message):
-            return template_error(self.name, message)
-        err = from_upstream(exc.status_code, f"backend '{self.name}' answered {exc.status_code}: {message}",
-                            exc.response.headers.get("retry-after"))
-        return self._context_error(err)
+    async def _refuse_status(self, response: httpx2.Response) -> None:
+        """httpx response hook: an error (or redirect) status becomes the client's error, read from at
+        most MAX_ERROR_BYTES of the body."""
+        status = response.status_code
+        if status < 300:
+            return
+        raw = bytearray()
+        try:
+            async for data in response.aiter_bytes():
+                raw += data
+                if len(raw) >= MAX_ERROR_BYTES:
+                    break
+        except httpx2.HTTPError:
+            pass  # the status alone still says what went wrong
+        finally:
+            await response.aclose()
+        if status < 400:
+            message = (f"a redirect to {shorten(response.headers.get('location', '?'))}, which the gateway "
+                       "does not follow: set base_url to the final address")
+        else:
+            message = error_message(bytes(raw[:MAX_ERROR_BYTES]))
+        if status == 500 and _TEMPLATE_ERROR_RE.search(message):
+            raise _Refused(template_error(self.name, message))
+        err = from_upstream(status, f"backend '{self.name}' answered {status}: {message}",
+                            response.headers.get("retry-after"))
+        raise _Refused(self._context_error(err))
 
     @staticmethod
     def _context_error(err: GatewayError) -> GatewayError:
@@ -197,10 +254,10 @@ class OpenAIBackend(Backend):
         text = err.message.lower()
         if err.status == 400 and any(s in text for s in ("context length", "context size", "context window",
                                                            "maximum context", "too long")):
-            m = _CONTEXT_RE.search(err.message)
-            if m:
-                prompt = m.group(2) or m.group(3)
-                return GatewayError(400, f"prompt is too long: {prompt} tokens > {m.group(1)} maximum")
+            found = context_overflow(err.message)
+            if found:
+                prompt, limit = found
+                return GatewayError(400, f"prompt is too long: {prompt} tokens > {limit} maximum")
             return GatewayError(400, f"prompt is too long for the backend's context window ({err.message})")
         return err
 
@@ -262,8 +319,10 @@ class OpenAIBackend(Backend):
                 return self._discovered
             self._discovered_at = time.monotonic()
             payload = await self.get_json(self.api_base + "/models")
+            # A model id quoting our key back is dropped: /health and /v1/models would show it.
             self._discovered = [self._model_info(item) for item in payload.get("data", [])
-                                if isinstance(item, dict) and isinstance(item.get("id"), str)]
+                                if isinstance(item, dict) and isinstance(item.get("id"), str)
+                                and scrub(item["id"], self.secrets) == item["id"]]
             await self.after_discovery()
             return self._discovered
 
@@ -275,52 +334,83 @@ class OpenAIBackend(Backend):
         return ModelInfo(item["id"], created, self.config.context_window or _int(item.get("max_model_len")))
 
     async def get_json(self, url: str, *, body: dict | None = None, timeout: float = PROBE_TIMEOUT_S) -> dict:
-        """GET (or POST when `body`) a JSON endpoint of the server; BackendUnavailable on any failure."""
+        """GET (or POST when `body`) a JSON endpoint of the server; BackendUnavailable on any failure
+        (its text scrubbed of this backend's secrets)."""
+        try:
+            return await self._get_json(url, body, timeout)
+        except BackendUnavailable as exc:
+            raise BackendUnavailable(scrub(str(exc), self.secrets), exc.status) from None
+
+    async def _get_json(self, url: str, body: dict | None, timeout: float) -> dict:
         try:
             if body is None:
-                req = self.http.get(url, timeout=aiohttp.ClientTimeout(total=timeout))
+                req = self.http.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False)
             else:
                 req = self.http.post(url, data=orjson.dumps(body), headers={"Content-Type": "application/json"},
-                                     timeout=aiohttp.ClientTimeout(total=timeout))
+                                     timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False)
             async with req as resp:
-                raw = await resp.read()
-                if resp.status >= 400:
-                    raise BackendUnavailable(f"{url} answered {resp.status}: {raw[:200].decode(errors='replace')}",
+                limit = MAX_ERROR_BYTES if resp.status >= 300 else MAX_JSON_BYTES
+                raw = await _read_at_most(resp.content, limit + 1)
+                if resp.status >= 300:
+                    raise BackendUnavailable(f"{url} answered {resp.status}: {error_message(raw[:limit])}",
                                              resp.status)
+                if len(raw) > limit:
+                    raise BackendUnavailable(f"{url} answered with more than {limit} bytes")
                 data = orjson.loads(raw)
         except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError, OSError) as exc:
-            raise BackendUnavailable(f"{url}: {type(exc).__name__} {exc}".strip()) from None
+            raise BackendUnavailable(f"{url}: {type(exc).__name__} {shorten(str(exc))}".strip()) from None
         if not isinstance(data, dict):
             raise BackendUnavailable(f"{url} did not return a JSON object")
         return data
 
 
-async def sse_reads(resp: httpx2.Response) -> AsyncIterator[list[bytes]]:
-    """The complete lines of each network read, as bytes, cut where SSE cuts them (CRLF, LF or CR)
-    and nowhere else.
+async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body up to `limit` bytes (StreamReader.read(n) returns one chunk, not n bytes)."""
+    raw = bytearray()
+    while len(raw) < limit and (data := await content.read(limit - len(raw))):
+        raw += data
+    return bytes(raw)
 
-    httpx's aiter_lines uses str.splitlines, which also cuts at U+2028, U+2029 and U+0085: JSON
-    carries those unescaped inside strings, so a chunk holding one arrived in two pieces. Bytes also
-    skip a text-decoding pass per chunk; a body declared in another charset is transcoded to UTF-8.
-    """
-    charset = resp.encoding or "utf-8"
-    transcode = codecs.lookup(charset).name != "utf-8"
-    pending = b""
-    async for data in resp.aiter_bytes():
-        if pending:
-            data = pending + data
-        if b"\r" in data:
-            held_cr = data.endswith(b"\r")  # maybe the first half of a CRLF split across reads
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            if held_cr:
-                data = data[:-1] + b"\r"
-        lines = data.split(b"\n")
-        pending = lines.pop()
-        if lines:
-            yield [line.decode(charset, "replace").encode() for line in lines] if transcode else lines
-    if pending:
-        line = pending[:-1] if pending.endswith(b"\r") else pending
-        yield [line.decode(charset, "replace").encode() if transcode else line]
+
+class _Refused(openai.OpenAIError):
+    """Raised by the response hook; the SDK passes its own error type through untouched."""
+
+    def __init__(self, error: GatewayError):
+        super().__init__(error.message)
+        self.error = error
+
+
+def basic_credentials(user: str, password: str) -> str:
+    """The token of an `Authorization: Basic` header."""
+    return base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+def _check_calls(chunk: dict, backend: str) -> None:
+    """A chunk naming thousands of tool calls would cost the loop a pause per call: refused first."""
+    choices = chunk.get("choices")
+    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+        return
+    delta = choices[0].get("delta")
+    calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+    if isinstance(calls, list) and len(calls) > MAX_CALLS_PER_CHUNK:
+        raise GatewayError(500, f"backend '{backend}' sent a chunk with {len(calls)} tool calls "
+                                f"(more than {MAX_CALLS_PER_CHUNK}); the answer was cut off there")
+
+
+def _content_chars(events: list[Event]) -> int:
+    """How much answer text a chunk's events carry (what a non-streaming answer accumulates)."""
+    n = 0
+    for ev in events:
+        kind = type(ev)
+        if kind is TextDelta:
+            n += len(ev.text)
+        elif kind is ToolCallDelta:
+            n += len(ev.partial_json)
+        elif kind is ThinkingDelta:
+            n += len(ev.thinking)
+        elif kind is ToolCallStart:
+            n += len(ev.name) + 64  # a block of its own, whatever its name
+    return n
 
 
 def template_error(backend: str, message: str) -> GatewayError:
@@ -346,19 +436,3 @@ def _refused(exc: BaseException) -> bool:
 def _cause(exc: BaseException) -> str:
     cause = exc.__cause__ or exc.__context__
     return f"{cause}" if cause else f"{exc}"
-
-
-def _error_message(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return err["message"]
-        if isinstance(body.get("message"), str):
-            return body["message"]
-        if isinstance(body.get("detail"), str):
-            return body["detail"]
-    try:
-        return exc.response.text[:500] or exc.message
-    except Exception:  # a streamed error body may not be readable
-        return exc.message

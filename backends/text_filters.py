@@ -24,27 +24,35 @@ class ThinkTagParser:
 
     def __init__(self, start_in_thinking: bool = False):
         self.thinking = start_in_thinking
-        self._held = ""  # a possible partial tag, or whitespace inside thinking
+        # Held back: whitespace inside thinking (in pieces, joined once: a stream of nothing but
+        # whitespace must not copy all of it again per chunk), then a possible partial tag.
+        self._ws: list[str] = []
+        self._tag = ""
         self._strip_leading = start_in_thinking  # whitespace right after a tag is template noise
 
     def feed(self, text: str) -> list[TextDelta | ThinkingDelta]:
         """Events for one fragment of generated text."""
-        if not self._held and not self.thinking and "<" not in text and not self._strip_leading:
-            return [TextDelta(text)] if text else []
-        buf = self._held + text
-        self._held = ""
+        if not self._tag:
+            if not self.thinking and "<" not in text and not self._strip_leading:
+                return [TextDelta(text)] if text else []
+            if self.thinking and text.isspace():
+                self._ws.append(text)
+                return []
+        buf = "".join(self._ws) + self._tag + text
+        self._ws, self._tag = [], ""
         out: list[TextDelta | ThinkingDelta] = []
         while buf:
             tag = CLOSE_TAG if self.thinking else OPEN_TAG
             pos = buf.find(tag)
             if pos < 0:
                 keep = _partial_suffix(buf, tag)
-                body, self._held = (buf[:-keep], buf[-keep:]) if keep else (buf, "")
+                body, self._tag = (buf[:-keep], buf[-keep:]) if keep else (buf, "")
                 if self.thinking:
                     # Trailing whitespace before </think> is template noise: hold it until
                     # more thinking shows it was inside the reasoning after all.
                     stripped = body.rstrip()
-                    self._held = body[len(stripped):] + self._held
+                    if len(stripped) < len(body):
+                        self._ws = [body[len(stripped):]]
                     body = stripped
                 self._emit(body, out)
                 break
@@ -56,7 +64,8 @@ class ThinkTagParser:
 
     def flush(self) -> list[TextDelta | ThinkingDelta]:
         """Whatever was held back, at the end of generation."""
-        held, self._held = self._held, ""
+        held = "".join(self._ws) + self._tag
+        self._ws, self._tag = [], ""
         out: list[TextDelta | ThinkingDelta] = []
         if held and not (self.thinking and held.isspace()):
             self._emit(held, out)

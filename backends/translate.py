@@ -12,12 +12,16 @@ import orjson
 from backends.base import BackendRequest
 from backends.text_filters import StopSequenceMatcher, ThinkTagParser
 from gateway.anthropic import (
-    ImageBlock, Message, MessagesRequest, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock,
+    ImageBlock, Message, MessagesRequest, TextBlock, ThinkingBlock, ToolReferenceBlock, ToolResultBlock, ToolUseBlock,
 )
 from gateway.errors import invalid
 from gateway.events import (
     Event, Stop, TextDelta, ThinkingDelta, ToolCallDelta, ToolCallEnd, ToolCallStart, UsageReport,
 )
+from gateway.tool_search import loaded_text
+
+# Anthropic effort levels → the low / medium / high that reasoning_effort and chat templates know.
+EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
 
 FINISH_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                   "function_call": "tool_use", "content_filter": "end_turn"}
@@ -33,6 +37,11 @@ class Dialect:
     # Thinking of the current tool loop goes back as the assistant's `reasoning_content`, which
     # servers that render the chat template themselves (vLLM, llama.cpp) hand to the template.
     reasoning_history: bool = False
+    # A deferred tool loaded by a tool_reference: its definition is written where the reference
+    # is (the <functions> block ToolSearch promises) instead of appended to the tool list. Only
+    # where the gateway renders the prompt and parses tool calls itself (embedded MLX): then
+    # everything before the reference stays a cached prefix.
+    inline_loaded_tools: bool = False
     # The server says which stop string ended generation (vLLM's `stop_reason`, llama.cpp's
     # `__verbose.stopping_word`), so `stop` is forwarded. Other servers stop before the string and
     # do not say which one matched: they are not sent `stop`, and the gateway matches the strings.
@@ -57,8 +66,19 @@ def _user_content(blocks: list, vision: bool, model: str) -> str | list[dict]:
     return [_image_part(b) if type(b) is ImageBlock else {"type": "text", "text": b.text} for b in blocks]
 
 
-def _tool_message(block: ToolResultBlock) -> tuple[dict, list[ImageBlock]]:
-    texts = [b.text for b in block.content if type(b) is TextBlock]
+def _reference_text(block: ToolReferenceBlock, inline: bool) -> str:
+    """A tool_reference as the model reads it: the loaded definition, or one short line."""
+    if inline and block.loads is not None:
+        tool = block.loads
+        definition = orjson.dumps({"description": tool.description, "name": tool.name,
+                                   "parameters": tool.input_schema}).decode()
+        return f"<functions>\n<function>{definition}</function>\n</functions>"
+    return loaded_text(block.tool_name, block.available)
+
+
+def _tool_message(block: ToolResultBlock, inline_tools: bool = False) -> tuple[dict, list[ImageBlock]]:
+    texts = [b.text if type(b) is TextBlock else _reference_text(b, inline_tools)
+             for b in block.content if type(b) is not ImageBlock]
     images = [b for b in block.content if type(b) is ImageBlock]
     text = "\n".join(texts)
     if block.is_error:
@@ -137,7 +157,7 @@ def to_openai_messages(req: MessagesRequest, dialect: Dialect, model: str, syste
         images: list[ImageBlock] = []
         for b in msg.content:
             if type(b) is ToolResultBlock:
-                tool_msg, tool_images = _tool_message(b)
+                tool_msg, tool_images = _tool_message(b, dialect.inline_loaded_tools)
                 out.append(tool_msg)
                 images.extend(tool_images)
             elif type(b) is not ThinkingBlock:
@@ -148,9 +168,27 @@ def to_openai_messages(req: MessagesRequest, dialect: Dialect, model: str, syste
     return place_system_messages(out, system_messages)
 
 
-def to_openai_tools(req: MessagesRequest) -> list[dict]:
+def thinking_on(req: MessagesRequest) -> bool:
+    """The template's thinking switch: thinking requested, except adaptive thinking at low effort,
+    where Claude models mostly answer without thinking too."""
+    if not req.thinking_enabled:
+        return False
+    return not (req.thinking.type == "adaptive" and req.effort == "low")
+
+
+def template_kwargs(req: MessagesRequest) -> dict:
+    """Chat-template variables for the request: the thinking switch and, when given, the effort
+    (templates such as gpt-oss read `reasoning_effort`; others ignore it)."""
+    kwargs: dict = {"enable_thinking": thinking_on(req)}
+    effort = EFFORT.get(req.effort or "")
+    if effort:
+        kwargs["reasoning_effort"] = effort
+    return kwargs
+
+
+def to_openai_tools(req: MessagesRequest, without: set[str] | frozenset = frozenset()) -> list[dict]:
     return [{"type": "function", "function": {"name": t.name, "description": t.description,
-                                              "parameters": t.input_schema}} for t in req.tools]
+                                              "parameters": t.input_schema}} for t in req.tools if t.name not in without]
 
 
 def to_openai(breq: BackendRequest, dialect: Dialect, extra_body: dict | None = None,
@@ -184,7 +222,11 @@ def to_openai(breq: BackendRequest, dialect: Dialect, extra_body: dict | None = 
         body["response_format"] = {"type": "json_schema",
                                    "json_schema": {"name": "output", "schema": req.json_schema, "strict": True}}
     if dialect.thinking_switch:
-        body["chat_template_kwargs"] = {"enable_thinking": req.thinking_enabled}
+        # Servers that render the template (vLLM, llama.cpp) take the effort both ways: vLLM
+        # passes `reasoning_effort` to reasoning models, templates read the kwarg.
+        body["chat_template_kwargs"] = template_kwargs(req)
+        if "reasoning_effort" in body["chat_template_kwargs"]:
+            body["reasoning_effort"] = body["chat_template_kwargs"]["reasoning_effort"]
     if extra_body:
         body.update(extra_body)
     return body

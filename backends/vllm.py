@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from backends.base import BackendRequest, BackendUnavailable, TokenCount
 from backends.openai import OpenAIBackend, template_error
-from backends.translate import Dialect, to_openai_messages, to_openai_tools
+from backends.translate import (
+    Dialect,
+    template_kwargs,
+    to_openai_messages,
+    to_openai_tools,
+)
 from gateway.errors import GatewayError
 
 # A conversation with a system message after the first turn, as Claude Code sends every request.
@@ -42,7 +47,7 @@ class VLLMBackend(OpenAIBackend):
             "model": breq.model,
             "messages": to_openai_messages(req, self.dialect, breq.model, await self.system_messages(req, breq.model)),
             "add_generation_prompt": True,
-            "chat_template_kwargs": {"enable_thinking": req.thinking_enabled},
+            "chat_template_kwargs": template_kwargs(req),
         }
         if req.tools:
             body["tools"] = to_openai_tools(req)

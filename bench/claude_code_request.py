@@ -246,7 +246,9 @@ def build_request(turns: int = 30, target_bytes: int = 85_000, model: str = "cla
         if n == turns // 2:
             messages.append({"role": "system", "content": "<system-reminder>The user changed plan mode off. "
                                                           "Continue with the task.</system-reminder>"})
-    messages[-1]["content"][-1]["cache_control"] = EPHEMERAL
+    # The breakpoint goes on the newest user turn (a system reminder may come after it when turns is small).
+    last_user = next(m for m in reversed(messages) if m["role"] == "user")
+    last_user["content"][-1]["cache_control"] = EPHEMERAL
     body = {
         "model": model,
         "max_tokens": 64000,

@@ -1,4 +1,4 @@
-"""Sustained-load bench: `uv run python bench/load.py [--seconds 60] [--streams 128]`.
+"""Sustained-load bench: `uv run python bench/load.py [--seconds 60] [--streams 128] [--quick]`.
 
 Starts bench/fake_upstream.py and `claude-gateway serve` as subprocesses on free 127.0.0.1 ports,
 then keeps `--streams` streaming requests in flight for `--seconds` (each worker sends the next
@@ -189,7 +189,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--body", choices=["claude-code", "small"], default="claude-code",
                    help="the ~85 KB Claude-Code-shaped request (default) or a one-line prompt")
     p.add_argument("--out", default=str(BENCH / "results" / "load.json"))
-    return p.parse_args(argv)
+    p.add_argument("--quick", action="store_true", help="8 streams for 5 s: a smoke run, not a measurement")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seconds, args.streams = 5.0, 8
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""log_replay speed on a large request log: `uv run python bench/log_replay_bench.py [--mb 200]`.
+"""log_replay speed on a large request log: `uv run python bench/log_replay_bench.py [--mb 200] [--quick]`.
 
 Writes a synthetic log (~200 MB by default) with the gateway's own line renderer: Claude-Code-
 shaped bodies (bench/claude_code_request.py, 5–85 KB), count_tokens calls, errors, unknown-route
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.claude_code_request import build_request
 from gateway.logfile import RotatingFile
-from gateway.reqlog import RequestRecord
+from gateway.reqlog import LineRenderer, RequestRecord
 from tools.log_replay import main as log_replay
 from tools.logread import iter_lines, log_files
 
@@ -42,6 +42,7 @@ def write_log(path: Path, megabytes: float, bodies: bool) -> int:
     start = datetime(2025, 6, 1, tzinfo=timezone.utc)
     # Rotate like the gateway (a quarter of the log goes to PATH.1.gz) so the gzip path is timed too.
     out = RotatingFile(path, max_bytes=int(megabytes * 1024 * 1024 * 0.75), keep=1, compress=True)
+    render = LineRenderer().render  # the request log's own renderer, so lines are byte-identical
     written, n = 0, 0
     while written < megabytes * 1024 * 1024:
         n += 1
@@ -66,7 +67,7 @@ def write_log(path: Path, megabytes: float, bodies: bool) -> int:
             rec.event, rec.method, rec.path, rec.status = "unknown_route", "GET", "/v1/organizations/x", 404
             rec.body, rec.model, rec.backend, rec.backend_model = None, None, None, None
             rec.error = {"type": "not_found_error", "message": "no route"}
-        line = rec.to_json(bodies) + b"\n"
+        line = render(rec.to_dict(bodies)) + b"\n"
         out.write(line)
         written += len(line)
     out.close()
@@ -92,12 +93,15 @@ def run_cli(*args: str) -> str:
     return f"{lines} output lines"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mb", type=float, default=200, help="log size in MB before compression (default 200)")
     ap.add_argument("--no-bodies", action="store_true", help="write lines as log.bodies = false would")
     ap.add_argument("--dir", help="where to write the log (default: a temporary directory, removed after)")
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="a ~2 MB log: a smoke run, not a measurement")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.mb = 2
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / "requests.jsonl"
         t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Embedded MLX backend benchmark: three ratios, each against a baseline measured in the same run.
 
-    uv run python bench/mlx_bench.py [--quick] [--dir DIR] [--no-openblas]
+    uv run python bench/mlx_bench.py [--quick | --smoke] [--dir DIR] [--no-openblas]
 
 Model: a random-weight Qwen3-shaped model generated locally (backends.mlx_demo.BENCH, ~18M
 parameters, fp32), so timings mean something on a CPU and nothing is downloaded.
@@ -177,17 +177,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="~6k-token session, fewer tokens and rounds")
     parser.add_argument("--dir", help="where the bench model is generated (default: the demo cache dir)")
     parser.add_argument("--no-openblas", action="store_true", help="keep mlx's bundled reference BLAS on Linux")
+    parser.add_argument("--smoke", action="store_true",
+                        help="every step once on the tests' tiny model, a few tokens: checks the script, measures nothing")
     args = parser.parse_args()
     _maybe_openblas(args)
 
-    from backends.mlx_demo import BENCH, ensure_demo_model
+    from backends.mlx_demo import BENCH, TINY, ensure_demo_model
 
     n = 100 if args.quick else 200
     rounds = 3 if args.quick else 5
     # ~6.5k prompt tokens quick, ~20k full (the bench tokenizer spends ~2.3 characters per token).
     turns, target_bytes, tools = (3, 0, 6) if args.quick else (16, 46_000, 25)
+    if args.smoke:
+        n, rounds, turns, tools = 8, 1, 1, 2
     t = time.perf_counter()
-    model_dir = ensure_demo_model(BENCH, root=args.dir)
+    model_dir = ensure_demo_model(TINY if args.smoke else BENCH, root=args.dir)
     print(f"model {model_dir} ({time.perf_counter() - t:.0f} s to prepare); BLAS: "
           f"{os.environ.get('LD_PRELOAD') or 'mlx bundled (reference)'}", flush=True)
 

@@ -1,11 +1,11 @@
 """Where the gateway's CPU goes: summarise a py-spy collapsed-stack profile by pipeline stage.
 
     uv run --with py-spy python bench/run.py --scenario cpu --py-spy /tmp/gw.txt
-    uv run python bench/profile_summary.py /tmp/gw.txt [--requests N]
+    uv run python bench/profile_summary.py /tmp/gw.txt [--cpu-ms MS]
 
 Each sample is charged to the innermost frame that names a stage (walking from the leaf to the
 root), so e.g. orjson time inside `read_body` counts as body parsing and socket writes under
-`_Pinger.write` count as SSE output. `--requests` turns shares into ms per request using the CPU
+`_Pinger.write` count as SSE output. `--cpu-ms` turns shares into ms per request using the CPU
 per request that bench/run.py measured.
 """
 from __future__ import annotations
@@ -62,12 +62,12 @@ def summarise(path: str) -> tuple[Counter, int]:
     return stages, total
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("profile", help="py-spy --format raw output (collapsed stacks)")
     p.add_argument("--cpu-ms", type=float, help="measured gateway CPU ms per request, to convert shares")
     p.add_argument("--top", type=int, default=25)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     stages, total = summarise(args.profile)
     idle = stages.pop("other threads (idle workers)", 0)
     busy = total - idle

@@ -38,6 +38,22 @@ class Aggregator:
         elif kind == "message_delta":
             self.message.update(event["delta"])
             self.message["usage"] = event["usage"]
+            if "context_management" in event:
+                self.message["context_management"] = event["context_management"]
+
+    def content(self) -> list[dict]:
+        """The content blocks so far; a block still open (the stream was cut) is marked incomplete."""
+        blocks = list(self.message.get("content") or [])
+        for index, parts in self._parts.items():
+            block = dict(blocks[index])
+            joined = "".join(parts)
+            if block["type"] in ("text", "thinking"):
+                block[block["type"]] = joined
+            elif block["type"] == "tool_use":
+                block["partial_json"] = joined  # arguments cut mid-way are not JSON yet
+            block["incomplete"] = True
+            blocks[index] = block
+        return blocks
 
     def _finish_block(self, index: int) -> None:
         block = self.message["content"][index]

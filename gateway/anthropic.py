@@ -2,7 +2,9 @@
 
 `parse_messages_request` turns a decoded JSON body into typed dataclasses, or raises a 400
 `GatewayError` naming the offending field. Unknown top-level fields are ignored on purpose:
-Claude Code adds new ones with every release.
+Claude Code adds new ones with every release. Unknown content block types are tolerated the
+same way: passed on as text when they carry text, dropped otherwise, and named in
+`MessagesRequest.unknown_blocks` so the gateway can log them.
 """
 from __future__ import annotations
 
@@ -38,9 +40,20 @@ class ToolUseBlock:
 
 
 @dataclass(slots=True)
+class ToolReferenceBlock:
+    """A tool search result: loads the deferred tool `tool_name` from here on."""
+
+    tool_name: str
+    # Set by gateway.tool_search: the tool is one of `tools`; the deferred tool this reference loaded.
+    available: bool = False
+    loads: Tool | None = None
+    type: Literal["tool_reference"] = "tool_reference"
+
+
+@dataclass(slots=True)
 class ToolResultBlock:
     tool_use_id: str
-    content: list[TextBlock | ImageBlock]
+    content: list[TextBlock | ImageBlock | ToolReferenceBlock]
     is_error: bool = False
     type: Literal["tool_result"] = "tool_result"
 
@@ -53,7 +66,17 @@ class ThinkingBlock:
     type: Literal["thinking"] = "thinking"
 
 
-ContentBlock = Union[TextBlock, ImageBlock, ToolUseBlock, ToolResultBlock, ThinkingBlock]
+@dataclass(slots=True)
+class ToolChangeBlock:
+    """tool_addition / tool_removal in a system message: the tool set changes from this point on."""
+
+    change: Literal["addition", "removal"]
+    name: str
+    definition: Tool | None = None  # addition with a full definition (else: one of `tools`)
+    type: Literal["tool_change"] = "tool_change"
+
+
+ContentBlock = Union[TextBlock, ImageBlock, ToolUseBlock, ToolResultBlock, ThinkingBlock, ToolChangeBlock]
 
 
 @dataclass(slots=True)
@@ -67,6 +90,7 @@ class Tool:
     name: str
     description: str
     input_schema: dict
+    defer_loading: bool = False  # sent to the model only once a tool_reference loads it
 
 
 @dataclass(slots=True)
@@ -76,18 +100,39 @@ class ToolChoice:
     disable_parallel_tool_use: bool = False
 
 
-THINKING_DISPLAYS = ("summarized", "omitted")
-
-
 @dataclass(slots=True)
 class Thinking:
     type: Literal["enabled", "disabled", "adaptive"]
     budget_tokens: int | None = None
-    display: str | None = None  # one of THINKING_DISPLAYS; None when the request leaves it out
+    display: str | None = None  # "omitted": thinking blocks carry only a signature
 
     @property
     def enabled(self) -> bool:
         return self.type != "disabled"
+
+
+@dataclass(slots=True)
+class ClearThinkingEdit:
+    """clear_thinking_20251015: keep the thinking of the last `keep_turns` assistant turns (None: all)."""
+
+    keep_turns: int | None = 1
+    type: Literal["clear_thinking_20251015"] = "clear_thinking_20251015"
+
+
+@dataclass(slots=True)
+class ClearToolUsesEdit:
+    """clear_tool_uses_20250919: past the trigger, older tool results become a placeholder."""
+
+    trigger_type: Literal["input_tokens", "tool_uses"] = "input_tokens"
+    trigger_value: int = 100_000
+    keep: int = 3
+    clear_at_least: int = 0
+    exclude_tools: tuple[str, ...] = ()
+    clear_tool_inputs: bool | tuple[str, ...] = False
+    type: Literal["clear_tool_uses_20250919"] = "clear_tool_uses_20250919"
+
+
+ContextEdit = ClearThinkingEdit | ClearToolUsesEdit
 
 
 @dataclass(slots=True)
@@ -109,6 +154,8 @@ class MessagesRequest:
     effort: str | None = None
     json_schema: dict | None = None  # output_config.format json_schema → schema
     metadata_user_id: str | None = None
+    context_edits: list[ContextEdit] | None = None  # context_management.edits; None when absent
+    unknown_blocks: list[str] = field(default_factory=list)  # "type@where" of tolerated unknown blocks
 
     @property
     def thinking_enabled(self) -> bool:
@@ -130,6 +177,10 @@ class Usage:
             "cache_creation_input_tokens": self.cache_creation_input_tokens,
         }
 
+
+# Block types Claude Code knows that carry text for the model (connector text between thinking, a
+# system note inside the conversation): passed on as text, like a text block.
+_TEXT_LIKE = ("connector_text", "mid_conv_system")
 
 # Content blocks produced by Anthropic-hosted server tools. They mean nothing to a local model
 # and are dropped from history instead of failing the whole request.
@@ -164,6 +215,22 @@ def _text_blocks(value: Any, where: str) -> list[TextBlock]:
     return out
 
 
+def _system(value: Any, seen: dict[str, None]) -> list[TextBlock]:
+    """The system prompt: a string or text blocks; other block types are tolerated as in messages."""
+    if not isinstance(value, list) or all(isinstance(b, dict) and b.get("type") == "text" for b in value):
+        return _text_blocks(value, "system")
+    out: list[TextBlock] = []
+    for i, block in enumerate(value):
+        _expect(isinstance(block, dict), f"system.{i}: expected an object")
+        if block.get("type") != "text":
+            out.extend(_tolerated(block, "system", seen))
+            continue
+        text = block.get("text")
+        _expect(isinstance(text, str), f"system.{i}.text: expected a string")
+        out.append(TextBlock(text))
+    return out
+
+
 def _image(block: dict, where: str) -> ImageBlock:
     source = block.get("source")
     _expect(isinstance(source, dict), f"{where}.source: expected an object")
@@ -181,13 +248,13 @@ def _image(block: dict, where: str) -> ImageBlock:
     raise invalid(f"{where}.source.type: expected 'base64' or 'url'")
 
 
-def _tool_result_content(value: Any, where: str) -> list[TextBlock | ImageBlock]:
+def _tool_result_content(value: Any, where: str, seen: dict[str, None]) -> list[TextBlock | ImageBlock | ToolReferenceBlock]:
     if value is None:
         return []
     if isinstance(value, str):
         return [TextBlock(value)]
     _expect(isinstance(value, list), f"{where}: expected a string or a list of blocks")
-    out: list[TextBlock | ImageBlock] = []
+    out: list[TextBlock | ImageBlock | ToolReferenceBlock] = []
     for i, block in enumerate(value):
         _expect(isinstance(block, dict), f"{where}.{i}: expected an object")
         kind = block.get("type")
@@ -199,9 +266,72 @@ def _tool_result_content(value: Any, where: str) -> list[TextBlock | ImageBlock]
             out.append(_image(block, f"{where}.{i}"))
         elif kind == "document":
             out.extend(_document(block, f"{where}.{i}"))
+        elif kind == "tool_reference":
+            out.append(_tool_reference(block, f"{where}.{i}"))
         else:
-            raise invalid(f"{where}.{i}.type: unsupported block type {kind!r} in tool_result")
+            out.extend(_tolerated(block, "tool_result.content", seen))
     return out
+
+
+def _tool_reference(block: dict, where: str) -> ToolReferenceBlock:
+    name = block.get("tool_name")
+    _expect(isinstance(name, str) and name != "", f"{where}.tool_name: expected a non-empty string")
+    return ToolReferenceBlock(name)
+
+
+def _tool_change(block: dict, where: str) -> ToolChangeBlock:
+    """tool_addition {tool: tool_reference | tool_definition} or tool_removal {tool: tool_reference}."""
+    change = "addition" if block.get("type") == "tool_addition" else "removal"
+    tool = block.get("tool")
+    _expect(isinstance(tool, dict), f"{where}.tool: expected an object")
+    if tool.get("type") == "tool_definition" and change == "addition":
+        [definition] = _tools([tool.get("definition")], f"{where}.tool.definition") or [None]
+        _expect(definition is not None, f"{where}.tool.definition: expected a tool with an input_schema")
+        return ToolChangeBlock(change, definition.name, definition)
+    _expect(tool.get("type") == "tool_reference", f"{where}.tool.type: expected 'tool_reference'"
+            + (" or 'tool_definition'" if change == "addition" else ""))
+    name = tool.get("name", tool.get("tool_name"))
+    _expect(isinstance(name, str) and name != "", f"{where}.tool.name: expected a non-empty string")
+    return ToolChangeBlock(change, name)
+
+
+def _text_of(value: Any) -> str | None:
+    """The text a block field carries: a string, or the texts of a list of text blocks."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        texts = [b.get("text") for b in value if isinstance(b, dict) and isinstance(b.get("text"), str)]
+        return "\n".join(texts) if texts else None
+    return None
+
+
+def _tolerated(block: dict, where: str, seen: dict[str, None]) -> list[TextBlock]:
+    """A block type this gateway does not know: its text when it carries some, else nothing.
+
+    Claude Code adds block types every few weeks; failing the request would end the session.
+    The type and place go into `seen`, so the gateway logs each one.
+    """
+    _note_unknown(seen, block.get("type"), where)
+    return _carried_text(block)
+
+
+_MAX_UNKNOWN = 32  # distinct type@where labels kept per request (they go on its log line)
+
+
+def _note_unknown(seen: dict[str, None], kind: Any, where: str) -> None:
+    name = kind[:64] if isinstance(kind, str) else type(kind).__name__
+    if len(seen) < _MAX_UNKNOWN:
+        seen.setdefault(f"{name}@{where}", None)
+
+
+def _carried_text(block: dict) -> list[TextBlock]:
+    """The text a block carries in `text`, `content` or a `…text` field; nothing when it has none."""
+    keys = ["text", "content"] + [k for k in block if isinstance(k, str) and k.endswith("text") and k != "text"]
+    for key in keys:
+        text = _text_of(block.get(key))
+        if text:
+            return [TextBlock(text)]
+    return []
 
 
 def _document(block: dict, where: str) -> list[TextBlock]:
@@ -214,7 +344,7 @@ def _document(block: dict, where: str) -> list[TextBlock]:
     raise invalid(f"{where}: only text documents are supported by this gateway's backends")
 
 
-def _content(value: Any, where: str, role: str) -> list[ContentBlock]:
+def _content(value: Any, where: str, role: str, seen: dict[str, None]) -> list[ContentBlock]:
     if isinstance(value, str):
         return [TextBlock(value)]
     _expect(isinstance(value, list), f"{where}: expected a string or a list of content blocks")
@@ -240,7 +370,7 @@ def _content(value: Any, where: str, role: str) -> list[ContentBlock]:
             tid = block.get("tool_use_id")
             _expect(isinstance(tid, str) and tid != "",
                     f"{at}.tool_use_id: tool_result requires a non-empty string tool_use_id")
-            out.append(ToolResultBlock(tid, _tool_result_content(block.get("content"), f"{at}.content"),
+            out.append(ToolResultBlock(tid, _tool_result_content(block.get("content"), f"{at}.content", seen),
                                        bool(block.get("is_error", False))))
         elif kind == "thinking":
             _expect("thinking" in block, f"{at}.thinking: field required")
@@ -254,14 +384,18 @@ def _content(value: Any, where: str, role: str) -> list[ContentBlock]:
             out.append(ThinkingBlock("", block["data"], redacted=True))
         elif kind == "document":
             out.extend(_document(block, at))
+        elif kind in ("tool_addition", "tool_removal"):
+            out.append(_tool_change(block, at))
+        elif kind in _TEXT_LIKE:
+            out.extend(_carried_text(block))
         elif isinstance(kind, str) and kind.endswith(_SERVER_BLOCK_SUFFIXES):
             continue
         else:
-            raise invalid(f"{at}.type: unsupported content block type {kind!r}")
+            out.extend(_tolerated(block, f"{role}.content", seen))
     return out
 
 
-def _messages(value: Any) -> list[Message]:
+def _messages(value: Any, seen: dict[str, None]) -> list[Message]:
     _expect(value is not None, "messages: field required")
     _expect(isinstance(value, list), "messages: expected a list")
     _expect(len(value) > 0, "messages: at least one message is required")
@@ -272,28 +406,29 @@ def _messages(value: Any) -> list[Message]:
         _expect(role in ("user", "assistant", "system"),
                 f"messages.{i}.role: expected 'user', 'assistant' or 'system', got {role!r}")
         _expect("content" in msg, f"messages.{i}.content: field required")
-        out.append(Message(role, _content(msg["content"], f"messages.{i}.content", role)))
+        out.append(Message(role, _content(msg["content"], f"messages.{i}.content", role, seen)))
     return out
 
 
-def _tools(value: Any) -> list[Tool]:
+def _tools(value: Any, where: str = "tools") -> list[Tool]:
     if value is None:
         return []
-    _expect(isinstance(value, list), "tools: expected a list")
+    _expect(isinstance(value, list), f"{where}: expected a list")
     out = []
     for i, tool in enumerate(value):
-        _expect(isinstance(tool, dict), f"tools.{i}: expected an object")
+        at = f"{where}.{i}" if where == "tools" else where
+        _expect(isinstance(tool, dict), f"{at}: expected an object")
         name = tool.get("name")
-        _expect(isinstance(name, str) and name != "", f"tools.{i}.name: expected a non-empty string")
+        _expect(isinstance(name, str) and name != "", f"{at}.name: expected a non-empty string")
         schema = tool.get("input_schema")
         if schema is None and tool.get("type") not in (None, "custom"):
             # Anthropic-hosted server tools (web_search_2025…) have no schema; a local model
             # cannot run them, so they are left out rather than failing the request.
             continue
-        _expect(isinstance(schema, dict), f"tools.{i}.input_schema: expected an object")
+        _expect(isinstance(schema, dict), f"{at}.input_schema: expected an object")
         description = tool.get("description") or ""
-        _expect(isinstance(description, str), f"tools.{i}.description: expected a string")
-        out.append(Tool(name, description, schema))
+        _expect(isinstance(description, str), f"{at}.description: expected a string")
+        out.append(Tool(name, description, schema, tool.get("defer_loading") is True))
     return out
 
 
@@ -322,8 +457,7 @@ def _thinking(value: Any, max_tokens: int | None) -> Thinking | None:
         if max_tokens is not None:
             _expect(budget < max_tokens, "thinking.budget_tokens: must be less than max_tokens")
     display = value.get("display")
-    _expect(display is None or display in THINKING_DISPLAYS,
-            f"thinking.display: expected {' or '.join(map(repr, THINKING_DISPLAYS))}, got {display!r}")
+    _expect(display is None or isinstance(display, str), "thinking.display: expected a string")
     return Thinking(kind, budget if _is_int(budget) else None, display)
 
 
@@ -341,6 +475,68 @@ def _output_schema(body: dict) -> tuple[dict | None, str | None]:
     schema = fmt.get("schema")
     _expect(isinstance(schema, dict), "output_config.format.schema: expected an object")
     return schema, effort
+
+
+def _context_management(value: Any, seen: dict[str, None]) -> list[ContextEdit] | None:
+    """context_management.edits: the two strategies the API has; other edit types are tolerated."""
+    if value is None:
+        return None
+    _expect(isinstance(value, dict), "context_management: expected an object")
+    edits = value.get("edits", [])
+    _expect(isinstance(edits, list), "context_management.edits: expected a list")
+    out: list[ContextEdit] = []
+    for i, edit in enumerate(edits):
+        at = f"context_management.edits.{i}"
+        _expect(isinstance(edit, dict), f"{at}: expected an object")
+        kind = edit.get("type")
+        if kind == "clear_thinking_20251015":
+            out.append(_clear_thinking(edit, at))
+        elif kind == "clear_tool_uses_20250919":
+            out.append(_clear_tool_uses(edit, at))
+        else:
+            _note_unknown(seen, kind, "context_management.edits")
+    return out
+
+
+def _count(value: Any, at: str, unit: str) -> int:
+    """{type: unit, value: n} → n."""
+    _expect(isinstance(value, dict) and value.get("type") == unit, f"{at}: expected {{type: '{unit}', value: n}}")
+    n = value.get("value")
+    _expect(_is_int(n) and n >= 0, f"{at}.value: expected a non-negative integer")
+    return n
+
+
+def _clear_thinking(edit: dict, at: str) -> ClearThinkingEdit:
+    keep = edit.get("keep")
+    if keep is None:
+        return ClearThinkingEdit()
+    if keep == "all":
+        return ClearThinkingEdit(None)
+    return ClearThinkingEdit(_count(keep, f"{at}.keep", "thinking_turns"))
+
+
+def _clear_tool_uses(edit: dict, at: str) -> ClearToolUsesEdit:
+    out = ClearToolUsesEdit()
+    trigger = edit.get("trigger")
+    if trigger is not None:
+        _expect(isinstance(trigger, dict) and trigger.get("type") in ("input_tokens", "tool_uses"),
+                f"{at}.trigger.type: expected 'input_tokens' or 'tool_uses'")
+        out.trigger_type, out.trigger_value = trigger["type"], _count(trigger, f"{at}.trigger", trigger["type"])
+    if edit.get("keep") is not None:
+        out.keep = _count(edit["keep"], f"{at}.keep", "tool_uses")
+    if edit.get("clear_at_least") is not None:
+        out.clear_at_least = _count(edit["clear_at_least"], f"{at}.clear_at_least", "input_tokens")
+    exclude = edit.get("exclude_tools")
+    if exclude is not None:
+        _expect(isinstance(exclude, list) and all(isinstance(n, str) for n in exclude),
+                f"{at}.exclude_tools: expected a list of tool names")
+        out.exclude_tools = tuple(exclude)
+    inputs = edit.get("clear_tool_inputs")
+    if inputs is not None:
+        _expect(isinstance(inputs, bool) or (isinstance(inputs, list) and all(isinstance(n, str) for n in inputs)),
+                f"{at}.clear_tool_inputs: expected a boolean or a list of tool names")
+        out.clear_tool_inputs = inputs if isinstance(inputs, bool) else tuple(inputs)
+    return out
 
 
 def _stop_sequences(value: Any) -> list[str]:
@@ -375,8 +571,9 @@ def parse_messages_request(body: Any, *, count_only: bool = False) -> MessagesRe
         _expect(_is_int(max_tokens), "max_tokens: expected an integer")
         _expect(max_tokens >= 1, "max_tokens: must be at least 1")
 
-    messages = _messages(body.get("messages"))
-    system = _text_blocks(body["system"], "system") if body.get("system") is not None else []
+    seen: dict[str, None] = {}  # an ordered set
+    messages = _messages(body.get("messages"), seen)
+    system = _system(body["system"], seen) if body.get("system") is not None else []
     top_k = body.get("top_k")
     _expect(top_k is None or (_is_int(top_k) and top_k >= 0), "top_k: expected a non-negative integer")
     stream = body.get("stream", False)
@@ -401,4 +598,6 @@ def parse_messages_request(body: Any, *, count_only: bool = False) -> MessagesRe
         effort=effort,
         json_schema=schema,
         metadata_user_id=user_id if isinstance(user_id, str) else None,
+        context_edits=_context_management(body.get("context_management"), seen),
+        unknown_blocks=list(seen),
     )

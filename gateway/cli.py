@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.server.allow_public = True
         if (refusal := _public_refusal(cfg)) is not None:
             return _fail(refusal)
-    configure_logging(cfg.log.level)
+    configure_logging(cfg.log.level, secrets=cfg.secrets())
     runner = {"serve": _serve, "check": _check, "models": _models}[args.command]
     try:
         return _run_loop(runner(cfg), fast=args.command == "serve")

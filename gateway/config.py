@@ -1,12 +1,14 @@
 """config.toml: typed configuration, validated with errors that name the key and its line."""
 from __future__ import annotations
 
+import base64
 import os
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,12 +65,23 @@ class BackendConfig:
     cache_mb: float = 4096  # prompt-cache byte budget (MB)
     cache_ttl_s: float = 1800  # prompt-cache entries unused this long are dropped
     max_batch: int = 8  # requests decoded together
+    cache_across_sessions: bool = False  # any request may reuse any cached prefix (a gateway with one user)
+    # Not a key: user:password@ found in base_url, moved out of it so the URL can be shown.
+    url_auth: tuple[str, str] | None = None
 
     def resolved_api_key(self) -> str | None:
         """The key from api_key_env (when set and present), else api_key."""
         if self.api_key_env and os.environ.get(self.api_key_env):
             return os.environ[self.api_key_env]
         return self.api_key
+
+    def secrets(self) -> tuple[str, ...]:
+        """What must never be shown: the API key, the URL password and the Basic credentials built from it."""
+        out = [self.resolved_api_key() or ""]
+        if self.url_auth is not None:
+            user, password = self.url_auth
+            out += [password, base64.b64encode(f"{user}:{password}".encode()).decode("ascii")]
+        return tuple(s for s in out if s)
 
 
 @dataclass
@@ -78,18 +91,24 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     default_backend: str | None = None
     backends: dict[str, BackendConfig] = field(default_factory=dict)
+    claude_models: list[str] | None = None  # [routing].claude_models; None: gateway/claude_models.toml
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every configured secret: the gateway token and each backend's."""
+        out = (self.server.auth_token or "",) + tuple(s for b in self.backends.values() for s in b.secrets())
+        return tuple(s for s in out if s)
 
 
 # Keys each table accepts, with the Python types a value may have.
 _SERVER_KEYS = {"host": str, "port": int, "auth_token": str, "max_body_mb": (int, float),
                 "ping_interval_s": (int, float), "allow_public": bool, "shutdown_grace_s": (int, float)}
 _LOG_KEYS = {"requests": str, "bodies": bool, "level": str, "rotate_mb": (int, float), "keep": int, "gzip": bool}
-_ROUTING_KEYS = {"default": str}
+_ROUTING_KEYS = {"default": str, "claude_models": list}
 _BACKEND_KEYS = {"type": str, "model": str, "base_url": str, "api_key": str, "api_key_env": str,
                  "timeout_s": (int, float), "context_window": int, "max_output_tokens": int, "vision": bool,
                  "system_messages": str, "extra_body": dict, "model_mapping": dict}
 _MLX_KEYS = {"tool_parser": str, "max_resident_models": int, "cache_mb": (int, float), "cache_ttl_s": (int, float),
-             "max_batch": int}
+             "max_batch": int, "cache_across_sessions": bool}
 _BACKEND_KEYS.update(_MLX_KEYS)
 _REMOTE_TYPES = ("vllm", "llamacpp", "openai")
 _TOOL_PARSERS = ("hermes", "qwen3_coder", "llama3_json", "mistral", "none")  # backends.tool_parsers.PARSERS
@@ -207,6 +226,12 @@ def parse_config(text: str, path: Path | None = None) -> Config:
     routing = data.get("routing", {})
     _check_table(routing, _ROUTING_KEYS, ("routing",), loc)
     cfg.default_backend = routing.get("default")
+    if "claude_models" in routing:
+        ids = routing["claude_models"]
+        if not all(isinstance(i, str) and i for i in ids):
+            raise ConfigError(f"{loc.where(('routing',), 'claude_models')}: 'routing.claude_models' must be a list "
+                              "of model ids (non-empty strings), e.g. [\"claude-sonnet-4-6\"].")
+        cfg.claude_models = list(ids)
     if cfg.default_backend is not None and cfg.default_backend not in cfg.backends:
         raise ConfigError(f"{loc.where(('routing',), 'default')}: 'routing.default' names backend "
                           f"'{cfg.default_backend}', which is not defined. Defined: {', '.join(cfg.backends)}.")
@@ -251,4 +276,25 @@ def _backend(name: str, table: Any, loc: _Locator) -> BackendConfig:
         if key in table and table[key] <= 0:
             raise ConfigError(f"{loc.where(where, key)}: 'backends.{name}.{key}' must be positive.")
     fields = {k: v for k, v in table.items() if k not in ("model_mapping",)}
-    return BackendConfig(name=name, model_mapping=dict(mapping), **fields)
+    url_auth = None
+    if table.get("base_url"):
+        fields["base_url"], url_auth = _split_credentials(table["base_url"])
+        if url_auth is not None and (table.get("api_key") or table.get("api_key_env")):
+            raise ConfigError(f"{loc.where(where, 'base_url')}: backend '{name}' has both credentials in "
+                              "'base_url' (user:password@) and an API key; the server gets one Authorization "
+                              "header, so keep one of them.")
+    return BackendConfig(name=name, model_mapping=dict(mapping), url_auth=url_auth, **fields)
+
+
+def _split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """`url` without its user:password@ part, and that part (percent-decoded), sent as Basic auth."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url, None
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    stripped = urlunsplit(parts._replace(netloc=host))
+    return stripped, ((unquote(user), unquote(password)) if user or password else None)

@@ -108,8 +108,13 @@ def _gzip_file(path: str) -> None:
     tmp = path + ".gz.tmp"
     # Level 1: JSON logs still shrink several-fold at a third of level 6's CPU, which the gateway
     # process shares with serving (bench/run.py: 1.1 → 0.4 ms per Claude Code request).
-    with open(path, "rb") as src, gzip.open(tmp, "wb", compresslevel=1) as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
+    with open(path, "rb") as src:
+        # Same permissions as the live log (0600 by default): the copy holds the same prompts.
+        # gzip.open would create it under the umask, readable by everyone.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, os.fstat(src.fileno()).st_mode & 0o777)
+        with open(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
     os.replace(tmp, path + ".gz")
     os.remove(path)
 

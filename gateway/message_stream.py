@@ -2,8 +2,8 @@
 
 One `MessageStream` per response owns the content-block lifecycle: indices, start/stop, the
 thinking signature, the final `message_delta`. The SSE encoder writes its events as frames and
-the aggregator folds the very same events into a non-streaming message, so the two answers
-cannot differ.
+the aggregator folds the very same events into the answer — the non-streaming message, and the
+`response` of the request log for both kinds — so the two cannot differ.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import os
 import secrets
 import string
 
+from gateway.aggregate import Aggregator
 from gateway.anthropic import StopReason, Usage
 from gateway.errors import GatewayError
 from gateway.events import (
@@ -46,16 +47,22 @@ class MessageStream:
     """Per-response state: feed it backend events, get Anthropic stream events (dicts) back."""
 
     def __init__(self, *, model: str, input_tokens: int, show_thinking: bool, message_id: str | None = None,
+                 omit_thinking: bool = False, context_management: dict | None = None,
                  context_clamped: bool = False):
         self.message_id = message_id or new_id("msg_")
         # max_tokens was lowered to what the context window had left: hitting it means the window is full.
         self.context_clamped = context_clamped
         self.model = model
         self.show_thinking = show_thinking
+        # thinking.display "omitted": the block is sent with its signature but no thinking text.
+        self.omit_thinking = omit_thinking
+        self.context_management = context_management  # reported in message_delta, as the API does
+        self.omitted_thinking: list[tuple[str, str]] = []  # (signature, text) of blocks sent without text
         self.usage = Usage(input_tokens=max(1, input_tokens))
         self._index = -1
         self._open: str | None = None  # type of the open block: text | thinking | tool_use
-        self._pending_ws = ""  # leading whitespace of a text block not yet worth opening
+        self._pending_ws: list[str] = []  # leading whitespace of a text block not yet worth opening (pieces:
+        # an upstream sending only whitespace must not make each piece copy all the earlier ones)
         self._thinking_parts: list[str] = []
         self._signature: str | None = None
         self._deltas = 0  # output-token estimate when the backend reports no usage
@@ -70,12 +77,14 @@ class MessageStream:
         self._stop: Stop | None = None
         self.ttft_seen = False
         self.engine_stats: EngineStats | None = None
+        self.answer = Aggregator()  # every event handed out, folded: what the client has been sent
+        self.finished = False
 
     # -- events -------------------------------------------------------------------------------
 
     def message_start(self) -> dict:
         """The first event of every response."""
-        return {
+        event = {
             "type": "message_start",
             "message": {
                 "id": self.message_id, "type": "message", "role": "assistant", "content": [],
@@ -84,24 +93,33 @@ class MessageStream:
                           "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
             },
         }
+        self.answer.add(event)
+        return event
 
     def feed(self, ev: Event) -> list[dict]:
         """Anthropic events for one backend event (often one, sometimes none or several)."""
+        out = self._events(ev)
+        for event in out:
+            self.answer.add(event)
+        return out
+
+    def _events(self, ev: Event) -> list[dict]:
         if type(ev) is TextDelta:
             return self._text(ev.text)
         if type(ev) is ThinkingDelta:
             if not self.show_thinking or not ev.thinking:
                 return []
             out = self._open_block("thinking")
-            self._pending_ws = ""
+            self._pending_ws = []
             self._deltas += 1
             self._thinking_parts.append(ev.thinking)
-            out.append({"type": "content_block_delta", "index": self._index,
-                        "delta": {"type": "thinking_delta", "thinking": ev.thinking}})
+            if not self.omit_thinking:
+                out.append({"type": "content_block_delta", "index": self._index,
+                            "delta": {"type": "thinking_delta", "thinking": ev.thinking}})
             return out
         if type(ev) is ToolCallStart:
             out = self._close_block()
-            self._pending_ws = ""
+            self._pending_ws = []
             self._index += 1
             self._open = "tool_use"
             self.ttft_seen = True
@@ -152,17 +170,23 @@ class MessageStream:
             # An empty answer is still one (empty) text block, as Anthropic sends it.
             out += self._open_block("text")
             if self._pending_ws:
-                out.append(self._text_delta(self._pending_ws))
-                self._pending_ws = ""
+                out.append(self._text_delta("".join(self._pending_ws)))
+                self._pending_ws = []
             out += self._close_block()
-        self._pending_ws = ""
+        self._pending_ws = []
         usage = self.final_usage()
-        out.append({
+        delta = {
             "type": "message_delta",
             "delta": {"stop_reason": self.stop_reason, "stop_sequence": self.stop_sequence},
             "usage": usage.to_dict(),
-        })
+        }
+        if self.context_management is not None:
+            delta["context_management"] = self.context_management
+        out.append(delta)
         out.append({"type": "message_stop"})
+        for event in out:
+            self.answer.add(event)
+        self.finished = True
         return out
 
     @staticmethod
@@ -212,11 +236,11 @@ class MessageStream:
             return [self._text_delta(text)]
         if text.isspace():
             # Whitespace before a tool call is noise; hold it until real text shows it belongs.
-            self._pending_ws += text
+            self._pending_ws.append(text)
             return []
         out = self._open_block("text")
         if self._pending_ws:
-            text, self._pending_ws = self._pending_ws + text, ""
+            text, self._pending_ws = "".join(self._pending_ws) + text, []
         out.append(self._text_delta(text))
         return out
 
@@ -244,7 +268,10 @@ class MessageStream:
             self._saw_tool = True
             self.tool_names.append(out[0]["content_block"]["name"])
         if self._open == "thinking":
-            signature = self._signature or sign_thinking("".join(self._thinking_parts))
+            text = "".join(self._thinking_parts)
+            signature = self._signature or sign_thinking(text)
+            if self.omit_thinking:
+                self.omitted_thinking.append((signature, text))
             out.append({"type": "content_block_delta", "index": self._index,
                         "delta": {"type": "signature_delta", "signature": signature}})
             self._thinking_parts = []

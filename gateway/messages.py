@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import AsyncIterator
 
 import orjson
@@ -10,8 +11,8 @@ import structlog
 from aiohttp import web
 
 from backends.base import BackendRequest
-from gateway.aggregate import Aggregator
 from gateway.anthropic import MessagesRequest, parse_messages_request
+from gateway.context_edits import apply_context_edits
 from gateway.errors import GatewayError
 from gateway.events import Event
 from gateway.json_body import decode_body
@@ -21,8 +22,11 @@ from gateway.normalize import normalize, session_id
 from gateway.reqlog import RequestRecord
 from gateway.sse import PING, encode_all
 from gateway.state import GATEWAY, RECORD
+from gateway.tool_search import apply_tool_search
 
 log = structlog.get_logger("gateway.messages")
+
+APPLIED_EDITS = web.RequestKey("applied_edits", list)
 
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                "Connection": "keep-alive", "X-Accel-Buffering": "no"}
@@ -41,11 +45,31 @@ async def read_body(request: web.Request, record: RequestRecord) -> object:
     return body
 
 
+_UNKNOWN_LOGGED: set[str] = set()
+_UNKNOWN_LOG_CAP = 256  # distinct types remembered; a client inventing names cannot grow it without end
+
+
+def _note_unknown(req: MessagesRequest, record: RequestRecord) -> None:
+    """Tolerated unknown block types go on the request's log line; each is logged once per process."""
+    if not req.unknown_blocks:
+        return
+    record.unknown_blocks = req.unknown_blocks
+    for label in req.unknown_blocks:
+        if label not in _UNKNOWN_LOGGED and len(_UNKNOWN_LOGGED) < _UNKNOWN_LOG_CAP:
+            _UNKNOWN_LOGGED.add(label)
+            kind, _, where = label.rpartition("@")
+            log.warning("unknown_block_type", type=kind, where=where, request_id=record.request_id,
+                        hint="passed on as text when it carries text, dropped otherwise")
+
+
 async def _prepare(request: web.Request, count_only: bool) -> tuple[MessagesRequest, BackendRequest, object]:
     gw = request.app[GATEWAY]
     record = request[RECORD]
     body = await read_body(request, record)
-    req = normalize(parse_messages_request(body, count_only=count_only))
+    req = apply_tool_search(gw.thinking.restore(normalize(parse_messages_request(body, count_only=count_only))))
+    _note_unknown(req, record)
+    req, applied = apply_context_edits(req)
+    request[APPLIED_EDITS] = applied
     record.model = req.model
     record.stream = req.stream
     record.session_id = session_id(request.headers.get("X-Claude-Code-Session-Id"), req)
@@ -96,7 +120,11 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     record = request[RECORD]
     # message_start must never report more input than the final usage: only an estimate is halved.
     ms = MessageStream(model=req.model, input_tokens=fit.prompt_tokens if fit.exact else fit.prompt_tokens // 2,
-                       show_thinking=req.thinking_enabled, context_clamped=fit.context_clamped)
+                       show_thinking=req.thinking_enabled,
+                       omit_thinking=req.thinking is not None and req.thinking.display == "omitted",
+                       context_management=None if req.context_edits is None
+                       else {"applied_edits": request[APPLIED_EDITS]},
+                       context_clamped=fit.context_clamped)
     events = backend.stream(breq)
     try:
         if req.stream:
@@ -104,11 +132,16 @@ async def _generate(request: web.Request) -> web.StreamResponse:
         return await _respond_json(ms, events, record)
     finally:
         await events.aclose()
-        usage = ms.usage
+        # A cut stream never reached finish(): count what it delivered, not 0.
+        usage = ms.usage if ms.finished else ms.final_usage()
+        # What the client was sent (the log writes it with the bodies); nothing when it failed before message_start.
+        record.response = ms.answer.content() if ms.answer.message else None
         record.input_tokens = usage.input_tokens
         record.output_tokens = usage.output_tokens
         record.cache_read_tokens = usage.cache_read_input_tokens
         record.tool_names = ms.tool_names or None
+        for signature, thinking in ms.omitted_thinking:
+            request.app[GATEWAY].thinking.remember(signature, thinking)
         if ms.engine_stats is not None:
             stats = ms.engine_stats
             record.prefill_tps, record.decode_tps = stats.prefill_tps, stats.decode_tps
@@ -116,17 +149,14 @@ async def _generate(request: web.Request) -> web.StreamResponse:
 
 
 async def _respond_json(ms: MessageStream, events: AsyncIterator[Event], record: RequestRecord) -> web.Response:
-    agg = Aggregator()
-    agg.add(ms.message_start())
+    ms.message_start()
     async for ev in events:
-        for out in _feed(ms, ev):
-            agg.add(out)
+        _feed(ms, ev)
         if ms.ttft_seen:
             record.mark_first_token()
-    for out in ms.finish():
-        agg.add(out)
+    ms.finish()
     record.stop_reason = ms.stop_reason
-    return web.json_response(agg.message, dumps=_dumps)
+    return web.json_response(ms.answer.message, dumps=_dumps)
 
 
 class _Pinger:
@@ -243,4 +273,7 @@ def _feed(ms: MessageStream, item: Event | list[Event]) -> list[dict]:
 
 
 def _dumps(obj: object) -> str:
-    return orjson.dumps(obj).decode()
+    try:
+        return orjson.dumps(obj).decode()
+    except TypeError:  # tool arguments from the upstream nested past orjson's 255 levels
+        return json.dumps(obj, ensure_ascii=False)

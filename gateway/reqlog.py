@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -18,17 +19,22 @@ import orjson
 import structlog
 
 from gateway.logfile import LineWriter, RotatingFile
+from gateway.redact import REDACTED
 
 log = structlog.get_logger("gateway.request")
 
-REDACTED = "[REDACTED]"
-REDACTED_HEADERS = frozenset({"authorization", "x-api-key", "cookie", "set-cookie", "proxy-authorization"})
+# A header whose name says it carries a credential (api-key, X-Auth-Token, Proxy-Authorization,
+# a session cookie …) is logged as [REDACTED]; an id such a name also covers (a session id) is
+# lost from the dump only, as the record keeps session_id in its own field.
+_CREDENTIAL_WORDS = ("key", "token", "secret", "auth", "cookie", "session", "passw")
 
-# Line order: the contract fields, then the optional extras; `body` is always written last.
+# Line order: the contract fields, then the optional extras; `body` then `response` always come last
+# (readers skip both by stopping at `,"body":`).
 _FIELDS = ("ts", "request_id", "event", "method", "path", "query", "status", "duration_ms", "ttft_ms",
            "model", "backend", "backend_model", "stream", "input_tokens", "output_tokens",
            "cache_read_tokens", "stop_reason", "tool_names", "error", "session_id", "user_agent")
-_OPTIONAL = ("headers", "body_bytes", "prefill_tps", "decode_tps", "peak_memory_mb")  # written when set
+_OPTIONAL = ("raw_path", "headers", "body_bytes", "prefill_tps", "decode_tps", "peak_memory_mb",
+             "unknown_blocks")  # written when set
 # Characters JSON allows raw inside strings but that str.splitlines() and JavaScript treat as line
 # breaks: escaped, so a line of the log is a line for every tool.
 _LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
@@ -64,11 +70,14 @@ class RequestRecord:
     session_id: str | None = None
     user_agent: str | None = None
     body: Any = None  # the decoded JSON body; the raw text when it was not JSON
+    response: list[dict] | None = None  # the content blocks the client was sent (written with the body)
+    raw_path: str | None = None  # the request target still percent-encoded, when `path?query` differs from it
     headers: dict | None = None  # unknown routes only, redacted
     body_bytes: int | None = None
     prefill_tps: float | None = None  # in-process engines: prompt tokens computed per second
     decode_tps: float | None = None  # in-process engines: generated tokens per second
     peak_memory_mb: float | None = None  # in-process engines: peak engine memory
+    unknown_blocks: list[str] | None = None  # "type@where" of block types passed on as text or dropped
     started: float = field(default_factory=time.perf_counter, repr=False)
 
     def finish(self, status: int) -> None:
@@ -88,12 +97,18 @@ class RequestRecord:
                 data[name] = value
         if with_body:
             data["body"] = self.body
+            data["response"] = self.response
         return data
 
 
 def redact_headers(headers) -> dict[str, str]:
     """Request headers with credentials replaced."""
-    return {k: (REDACTED if k.lower() in REDACTED_HEADERS else v) for k, v in headers.items()}
+    return {k: (REDACTED if _is_credential(k) else v) for k, v in headers.items()}
+
+
+def _is_credential(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in _CREDENTIAL_WORDS)
 
 
 class LineRenderer:
@@ -119,9 +134,10 @@ class LineRenderer:
         return line
 
     def __call__(self, _logger: object, _method: str, event_dict: dict) -> bytes:
-        """structlog processor: the final renderer, `body` moved last."""
-        if "body" in event_dict:
-            event_dict["body"] = event_dict.pop("body")
+        """structlog processor: the final renderer, `body` and `response` moved last."""
+        for name in ("body", "response"):
+            if name in event_dict:
+                event_dict[name] = event_dict.pop(name)
         try:
             return self.render(event_dict) + b"\n"
         except RecursionError:  # scrubbing a body nested ~1000 deep: the line is still written, without it
@@ -140,6 +156,26 @@ class LineRenderer:
         return value
 
 
+def _without_body(line: bytes) -> bytes:
+    """A rendered line minus its body and response (they come last)."""
+    i = line.find(_BODY_FIELD)
+    if i < 0:
+        return line
+    head = line[:i] + b"}\n"
+    try:
+        orjson.loads(head)
+        return head
+    except orjson.JSONDecodeError:  # the needle sat inside an earlier field (a header named "body")
+        pass
+    try:
+        rec = orjson.loads(line)
+    except orjson.JSONDecodeError:  # nested too deeply for orjson: kept whole
+        return line
+    rec.pop("body", None)
+    rec.pop("response", None)
+    return orjson.dumps(rec) + b"\n"
+
+
 def _dumps(data: dict) -> bytes:
     try:
         return orjson.dumps(data)
@@ -151,15 +187,38 @@ def _dumps(data: dict) -> bytes:
         return orjson.dumps({**data, "body": "[not logged: nested too deeply to serialize]"}, default=str)
 
 
+RECENT_LINES = 200  # kept in memory for the request inspector (/inspect)
+RECENT_BYTES = 4 << 20  # beyond this, the oldest kept lines lose their body and response
+_BODY_FIELD = b',"body":'
+
+
 class _Enqueue:
-    """structlog's "logger" at the end of the chain: hands the rendered line to the writer."""
+    """structlog's "logger" at the end of the chain: hands the rendered line to the writer and
+    keeps the latest ones (numbered) for the request inspector."""
 
     def __init__(self, writer: LineWriter | None):
         self.writer = writer
+        self.recent: deque[list] = deque()  # [seq, line], oldest first; the first `_trimmed` lost their body
+        self.seq = 0
+        self._bytes = 0
+        self._trimmed = 0
 
     def msg(self, line: bytes) -> None:
         if self.writer is not None:
             self.writer.put(line)
+        self.seq += 1
+        self.recent.append([self.seq, line])
+        self._bytes += len(line)
+        if len(self.recent) > RECENT_LINES:
+            self._bytes -= len(self.recent.popleft()[1])
+            self._trimmed = max(0, self._trimmed - 1)
+        # Claude Code lines are ~100 KB: without a budget 200 of them would add 20 MB to the process.
+        while self._bytes > RECENT_BYTES and self._trimmed < len(self.recent) - 1:
+            entry = self.recent[self._trimmed]
+            head = _without_body(entry[1])
+            self._bytes -= len(entry[1]) - len(head)
+            entry[1] = head
+            self._trimmed += 1
 
     info = msg
 
@@ -172,24 +231,31 @@ class RequestLog:
         self.bodies = bodies
         self.secrets = tuple(s for s in secrets if s)
         self._writer = LineWriter(RotatingFile(path, rotate_bytes, keep, compress)) if path else None
-        self._lines = structlog.wrap_logger(_Enqueue(self._writer), processors=[LineRenderer(self.secrets)],
+        self._sink = _Enqueue(self._writer)
+        self._lines = structlog.wrap_logger(self._sink, processors=[LineRenderer(self.secrets)],
                                             wrapper_class=structlog.BoundLogger, context_class=dict)
         if self._writer is not None:
             atexit.register(self.close)  # an exit that skips the app's cleanup still flushes
 
     def write(self, record: RequestRecord) -> None:
         """Record one finished request (returns at once; the line is written off the event loop)."""
-        if self._writer is not None:
-            self._lines.info(**record.to_dict(self.bodies))
+        # Rendered even without a file: the inspector shows the same (scrubbed) lines.
+        self._lines.info(**record.to_dict(self.bodies))
         path, model = record.path, record.model
-        for secret in self.secrets:  # the path and model name are the client's text: a pasted token shows here
-            if secret in path or (model and secret in model):
+        message = (record.error or {}).get("message")  # says what to fix; the type alone rarely does
+        for secret in self.secrets:  # the path, model name and error echo the client's text: a pasted token shows here
+            if secret in path or (model and secret in model) or (message and secret in message):
                 path, model = path.replace(secret, REDACTED), model and model.replace(secret, REDACTED)
+                message = message and message.replace(secret, REDACTED)
         log.info(record.event, request_id=record.request_id, method=record.method, path=path,
                  status=record.status, model=model, backend=record.backend,
                  duration_ms=record.duration_ms, ttft_ms=record.ttft_ms,
                  tokens_in=record.input_tokens, tokens_out=record.output_tokens,
-                 stop_reason=record.stop_reason, error=(record.error or {}).get("type"))
+                 stop_reason=record.stop_reason, error=(record.error or {}).get("type"), error_message=message)
+
+    def recent(self, after: int = 0) -> list[tuple[int, bytes]]:
+        """The latest rendered lines numbered above `after`, oldest first (at most RECENT_LINES)."""
+        return [(n, line) for n, line in self._sink.recent if n > after]
 
     def close(self) -> None:
         """Write every queued line and close the file."""

@@ -38,11 +38,21 @@ class Router:
         """Names the config spells out (listed by /v1/models)."""
         return list(self.exact)
 
-    async def resolve(self, name: str) -> Route:
-        """The route for a requested model name, or a 404 that lists what is available."""
+    def glob_matches(self, ids: list[str]) -> list[str]:
+        """Of `ids`, those a glob serves and no exact key names, in the order given."""
+        return [i for i in ids if i not in self.exact and any(fnmatch.fnmatchcase(i, p) for p, _, _ in self.globs)]
+
+    async def serving(self, name: str) -> Route | None:
+        """The route that serves `name` by name (exact, glob, hint suffix, backend model), without
+        falling back to the default backend: what GET /v1/models/{id} answers for."""
         route = await self._match(name)
         if route is None and _SUFFIX.search(name):
             route = await self._match(_SUFFIX.sub("", name))
+        return route
+
+    async def resolve(self, name: str) -> Route:
+        """The route for a requested model name, or a 404 that lists what is available."""
+        route = await self.serving(name)
         if route is None and self.default is not None:
             route = Route(self.default, await self._default_model(self.default))
         if route is None:

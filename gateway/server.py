@@ -8,6 +8,7 @@ import structlog
 from aiohttp import web
 
 from gateway.errors import GatewayError
+from gateway.inspect import add_inspector
 from gateway.messages import handle_count_tokens, handle_messages
 from gateway.metrics import CONTENT_TYPE, CacheUse, loopback
 from gateway.message_stream import new_id
@@ -56,6 +57,8 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     path = request.path
     record = RequestRecord(request_id=request_id, method=request.method, path=path, query=request.query_string,
                            user_agent=request.headers.get("User-Agent"))
+    if request.raw_path != (f"{path}?{record.query}" if record.query else path):  # what `curl ID` re-sends
+        record.raw_path = request.raw_path
     request[RECORD] = record
     logged = path.startswith(_LOGGED_PREFIXES)
     if logged:
@@ -117,6 +120,11 @@ async def handle_root(request: web.Request) -> web.Response:
     return web.Response(text="claude-gateway: Anthropic Messages API at /v1/messages\n")
 
 
+async def handle_hello(request: web.Request) -> web.Response:
+    """Claude Code's connection warm-up (HEAD /api/hello at start): 200, no auth, like `/`."""
+    return web.Response(text="ok\n")
+
+
 async def handle_health(request: web.Request) -> web.Response:
     """Each backend's state, models and context window."""
     gw = request.app[GATEWAY]
@@ -162,6 +170,7 @@ def create_app(gateway: Gateway) -> web.Application:
                           client_max_size=int(gateway.config.server.max_body_mb * 1024 * 1024))
     app[GATEWAY] = gateway
     app.router.add_get("/", handle_root)
+    app.router.add_get("/api/hello", handle_hello)  # aiohttp answers HEAD on every GET route
     app.router.add_get("/health", handle_health)
     app.router.add_get("/metrics", handle_metrics)
     # A base URL that ends in /v1 makes SDKs call /v1/v1/…: serve both.
@@ -171,7 +180,9 @@ def create_app(gateway: Gateway) -> web.Application:
         app.router.add_get(f"{prefix}/models", handle_list_models)
         app.router.add_get(prefix + "/models/{model_id:.+}", handle_get_model)
     app.router.add_post("/api/event_logging/batch", handle_event_logging)
-    app.router.add_route("*", "/{tail:.*}", handle_unknown)
+    add_inspector(app, _authorized)
+    # (?s): a path holding a decoded newline is an unknown route too, not an unlogged 404.
+    app.router.add_route("*", "/{tail:(?s:.*)}", handle_unknown)
 
     async def on_startup(_app: web.Application) -> None:
         await gateway.start()

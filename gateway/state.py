@@ -12,6 +12,7 @@ from gateway.config import Config
 from gateway.metrics import Metrics
 from gateway.reqlog import RequestLog, RequestRecord
 from gateway.router import Router
+from gateway.thinking_store import ThinkingStore
 
 log = structlog.get_logger("gateway")
 
@@ -24,15 +25,14 @@ class Gateway:
         self.backends = backends if backends is not None else {
             name: create_backend(bcfg) for name, bcfg in config.backends.items()}
         self.router = Router(config, self.backends)
-        secrets = (config.server.auth_token,) + tuple(
-            b.resolved_api_key() or "" for b in config.backends.values())
         lc = config.log
-        self.reqlog = RequestLog(lc.requests or None, lc.bodies, secrets, rotate_bytes=int(lc.rotate_mb * 1024 * 1024),
+        self.reqlog = RequestLog(lc.requests or None, lc.bodies, config.secrets(), rotate_bytes=int(lc.rotate_mb * 1024 * 1024),
                                  keep=lc.keep, compress=lc.gzip)
         self.metrics = Metrics(tuple(self.backends))
         self.unavailable: dict[str, str] = {}
         self.stopping = False  # set on SIGTERM/SIGINT: see cut_inflight
         self.inflight: set[asyncio.Task] = set()  # running /v1/messages handlers
+        self.thinking = ThinkingStore()  # thinking sent with display "omitted", for the next turn
 
     async def start(self) -> None:
         """Start every backend; one that is not reachable yet is reported, not fatal.

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import orjson
 
-from gateway.anthropic import MessagesRequest, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock
+from gateway.anthropic import (
+    MessagesRequest, TextBlock, ThinkingBlock, ToolReferenceBlock, ToolResultBlock, ToolUseBlock,
+)
 
 CHARS_PER_TOKEN = 3.5
 PER_MESSAGE = 4
 PER_TOOL = 8
 PER_IMAGE = 768  # a mid-sized image in most vision encoders
+PER_REFERENCE = 16  # a tool_reference: "Tool X loaded: …"
 
 
 def _text_tokens(text: str) -> float:
@@ -40,7 +43,12 @@ def estimate_tokens(req: MessagesRequest) -> int:
                 total += _text_tokens(b.name) + len(orjson.dumps(b.input)) / CHARS_PER_TOKEN
             elif kind is ToolResultBlock:
                 for c in b.content:
-                    total += _text_tokens(c.text) if type(c) is TextBlock else PER_IMAGE
+                    if type(c) is TextBlock:
+                        total += _text_tokens(c.text)
+                    elif type(c) is ToolReferenceBlock:
+                        total += PER_REFERENCE  # one short line (backends.translate)
+                    else:
+                        total += PER_IMAGE
             elif kind is ThinkingBlock:
                 total += _text_tokens(b.thinking)
             else:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -141,3 +143,27 @@ async def stack(request, start_upstream, start_gateway):
                           default="up")
     gw = await start_gateway(toml)
     return up, gw
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory) -> Path:
+    """The tiny scripted MLX model, generated once per session (or reused from $CLAUDE_GATEWAY_DEMO_DIR)."""
+    # Imported here: only the MLX tests pay for importing mlx.
+    from backends.mlx_demo import ensure_demo_model
+    root = os.environ.get("CLAUDE_GATEWAY_DEMO_DIR") or tmp_path_factory.mktemp("demo")
+    return ensure_demo_model(root=root)
+
+
+@pytest.fixture
+async def mlx_gw(start_gateway, demo_model, tmp_path):
+    """Factory: a gateway whose default (and claude-*) backend is the demo model."""
+
+    async def start(**backend):
+        cfg = {"type": "mlx", "model": str(demo_model), "model_mapping": {"claude-*": str(demo_model)}}
+        cfg.update(backend)
+        log = tmp_path / "requests.jsonl"
+        gw = await start_gateway(gateway_config({"m": cfg}, default="m", log_path=str(log)))
+        gw.log_path = log
+        return gw
+
+    return start

@@ -100,14 +100,20 @@ async def wait_until(predicate, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def run_cli_tty(*args: str, cwd: Path = ROOT) -> tuple[int, str]:
-    """Run tools/log_replay.py with stdout on a pseudo-terminal (what a user at a terminal sees)."""
+async def run_cli_tty(*args: str, cwd: Path = ROOT, columns: int = 200) -> tuple[int, str]:
+    """Run tools/log_replay.py with stdout on a pseudo-terminal `columns` wide (what a user at a terminal sees)."""
+    import fcntl
     import os
     import pty
+    import struct
+    import termios
 
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     proc = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "tools" / "log_replay.py"), *args,
-                                                cwd=cwd, stdout=slave, stderr=asyncio.subprocess.PIPE)
+                                                cwd=cwd, stdout=slave, stderr=asyncio.subprocess.PIPE,
+                                                # the terminal's own size, not a COLUMNS a test runner set
+                                                env={k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")})
     os.close(slave)
     chunks = []
     loop = asyncio.get_running_loop()

@@ -292,7 +292,10 @@ async def test_replay_with_another_model_and_without_regressions(start_upstream,
     # Every request went out under the new name, which gateway 2 maps to backend a.
     assert not same_b.received and {b["model"] for b in same_a.received} == {"model-a"}
     assert len(same_a.received) == 4
-    # A wrong token is a regression (each success now fails), and is reported per request.
-    code, out, _ = await run_cli("--file", str(log), "--status", "2xx", "replay", "--to", other.url, "--json",
-                                 "--token", "wrong", env=env)
-    assert code == 1 and all(r["regressions"] == ["failed"] for r in json_lines(out))
+    # A wrong token: the first 401 stops the replay (the rest would fail alike) with a hint.
+    received = len(same_a.received)
+    code, out, err = await run_cli("--file", str(log), "--status", "2xx", "replay", "--to", other.url, "--json",
+                                   "--token", "wrong", env=env)
+    assert code == 2 and [r["new"]["status"] for r in json_lines(out)] == [401]
+    assert "401" in err and "--token" in err and "$ANTHROPIC_AUTH_TOKEN" in err and "Traceback" not in err
+    assert len(same_a.received) == received

@@ -184,7 +184,7 @@ async def test_rotation_keeps_n_gzipped_files_of_whole_lines(start_upstream, sta
         assert sum(len(line) for line in read_lines(tmp_path / name)) <= 0.01 * 1024 * 1024
         kept += [r["request_id"] for r in recs]
     # Oldest first across the files, no gap, ending with the newest request.
-    assert kept == ids[-len(kept):] and len(kept) >= 12
+    assert kept == ids[-len(kept):] and len(kept) >= 9  # 3 files of 3+ lines (each line also holds the answer)
 
 
 async def test_rotation_without_gzip_keeps_plain_files(start_upstream, start_gateway, tmp_path):

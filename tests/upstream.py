@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from aiohttp import web
 
@@ -29,6 +29,13 @@ class Script:
     stop_reason: str | None = None  # vLLM's choice.stop_reason
     raw_lines: list[str] | None = None  # send these SSE lines verbatim instead
     die_mid: bool = False  # drop the connection after the deltas
+    # Hostile upstreams: the streamed body as raw byte pieces (a 50 MB line, an endless answer),
+    # produced lazily so the test never holds it whole; an error body sent verbatim; an error
+    # message that quotes the Authorization header the request carried.
+    body_pieces: Callable[[], Iterable[bytes]] | None = None
+    fail_body: bytes | None = None
+    fail_quotes_auth: bool = False
+    stream_headers: dict[str, str] = field(default_factory=dict)  # extra headers of the SSE response
 
 
 def TEXT(s: str, pieces: int | None = None) -> Script:
@@ -115,6 +122,7 @@ class Upstream:
         self.context = context
         self.slots = slots
         self.api_key = api_key
+        self.quote_auth = False  # a hostile 401: its message quotes the Authorization it got
         self.scripts: list[Script] = []
         self.default: Script | Callable[[dict], Script] = TEXT("Hello there!")
         self.received: list[dict] = []
@@ -161,7 +169,9 @@ class Upstream:
 
     def _auth_failed(self, request: web.Request) -> web.Response | None:
         if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return web.json_response({"error": {"message": "Invalid API key", "type": "invalid_request_error"}},
+            message = (f"Invalid API key: {request.headers.get('Authorization')!r}" if self.quote_auth
+                       else "Invalid API key")
+            return web.json_response({"error": {"message": message, "type": "invalid_request_error"}},
                                      status=401)
         return None
 
@@ -229,6 +239,11 @@ class Upstream:
             await asyncio.sleep(script.headers_delay_s)
         if script.fail_status:
             headers = {"retry-after": script.retry_after} if script.retry_after else {}
+            if script.fail_body is not None:
+                return web.Response(body=script.fail_body, status=script.fail_status,
+                                    headers={**headers, "Content-Type": "application/json"})
+            if script.fail_quotes_auth:
+                script.fail_message = f"invalid credentials: {request.headers.get('Authorization')!r}"
             return web.json_response({"error": {"message": script.fail_message, "type": "server_error",
                                                 "code": script.fail_status}},
                                      status=script.fail_status, headers=headers)
@@ -238,11 +253,23 @@ class Upstream:
                                  "total_tokens": prompt_tokens + len(script.deltas)}
         if not body.get("stream"):
             return web.json_response(self._whole(script, body, usage))
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **script.stream_headers})
         await resp.prepare(request)
         base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": body.get("model")}
         try:
+            if script.body_pieces is not None:
+                for piece in script.body_pieces():
+                    try:
+                        await resp.write(piece)
+                    except ConnectionResetError:  # the gateway hung up on it, as it should
+                        self.cancelled += 1
+                        return resp
+                    if script.delay_s:  # pieces in separate network reads
+                        await asyncio.sleep(script.delay_s)
+                await resp.write_eof()
+                self.completed += 1
+                return resp
             if script.raw_lines is not None:
                 for line in script.raw_lines:
                     await resp.write(line.encode() + b"\n\n")

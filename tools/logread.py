@@ -8,6 +8,7 @@ so a reader that does not need bodies decodes only the short head of each line.
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import sys
 import zlib
@@ -63,22 +64,51 @@ def _stderr_warn(message: str) -> None:
     print(f"log_replay: warning: {message}", file=sys.stderr)
 
 
-def iter_lines(files: list[Path], warn: Warn = _stderr_warn) -> Iterator[bytes]:
-    """Every whole line of the files, in order. A cut last line (the gateway died mid-write) is skipped."""
-    for path in files:
-        try:
-            with _open(path) as f:
-                for line in f:
-                    if line[-1:] != b"\n":
-                        warn(f"{path}: the last line is cut ({len(line)} bytes without a newline; "
-                             "the gateway stopped while writing it) — skipped")
-                        break
-                    if len(line) > 1:
-                        yield line
-        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            warn(f"{path}: compressed file ends early or is damaged ({exc}); records after that point are missing")
-        except OSError as exc:
-            raise LogError(f"cannot read {path}: {exc.strerror or exc}") from None
+def iter_lines(files: list[Path], warn: Warn = _stderr_warn, frozen: bool = False) -> Iterator[bytes]:
+    """Every whole line of the files, in order. A cut last line (the gateway died mid-write) is skipped.
+    `frozen`: only what the files held when reading began (they are opened at once, so a rotation
+    cannot move them away either): a replay to the gateway writing the log never reads its own records."""
+    opened = []
+    try:
+        if frozen:
+            for path in files:
+                f = _opened(path)
+                opened.append((path, f, None if path.name.endswith(".gz") else os.fstat(f.fileno()).st_size))
+        for i, path in enumerate(files):
+            f, budget = (opened[i][1], opened[i][2]) if frozen else (_opened(path), None)
+            if not frozen:
+                opened.append((path, f, None))
+            yield from _lines_of(path, f, budget, warn)
+            f.close()
+    finally:
+        for _, f, _ in opened:
+            f.close()
+
+
+def _opened(path: Path):
+    try:
+        return _open(path)
+    except OSError as exc:
+        raise LogError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _lines_of(path: Path, f, budget: int | None, warn: Warn) -> Iterator[bytes]:
+    try:
+        for line in f:
+            if budget is not None:
+                if budget <= 0:
+                    return
+                budget -= len(line)
+            if line[-1:] != b"\n":
+                warn(f"{path}: the last line is cut ({len(line)} bytes without a newline; "
+                     "the gateway stopped while writing it) — skipped")
+                return
+            if len(line) > 1:
+                yield line
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        warn(f"{path}: compressed file ends early or is damaged ({exc}); records after that point are missing")
+    except OSError as exc:
+        raise LogError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def head(line: bytes) -> bytes:
@@ -176,6 +206,7 @@ class Filter:
 
     errors_only: bool = False
     unknown_routes: bool = False
+    unknown_blocks: bool = False  # requests carrying block types the gateway passed on as text or dropped
     statuses: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     backends: list[str] = field(default_factory=list)
@@ -191,6 +222,8 @@ class Filter:
             groups.append((b'"event":"unknown_route"',))
         if self.errors_only:
             groups.append((b'"error":{', b'"status":4', b'"status":5'))
+        if self.unknown_blocks:
+            groups.append((b'"unknown_blocks":',))
         if self._status:
             groups.append(tuple(n for _, n in self._status))
         if self.backends:
@@ -206,7 +239,8 @@ class Filter:
     @property
     def empty(self) -> bool:
         """No filter given: every record matches."""
-        return not (self._needles or self._status or self.errors_only or self.unknown_routes or self.models
+        return not (self._needles or self._status or self.errors_only or self.unknown_routes
+                    or self.unknown_blocks or self.models
                     or self.paths or self.since or self.until)
 
     def line_may_match(self, line: bytes) -> bool:
@@ -234,6 +268,8 @@ class Filter:
             return False
         if self.errors_only and not (rec.get("error") or status >= 400):
             return False
+        if self.unknown_blocks and not rec.get("unknown_blocks"):
+            return False
         if self._status and not any(test(status) for test, _ in self._status):
             return False
         if self.backends and rec.get("backend") not in self.backends:
@@ -249,9 +285,9 @@ class Filter:
 
 
 def records(files: list[Path], flt: Filter, with_body: bool = False,
-            warn: Warn = _stderr_warn) -> Iterator[tuple[bytes, dict]]:
-    """(raw line, record) for each matching record, in file order."""
-    for line in iter_lines(files, warn):
+            warn: Warn = _stderr_warn, frozen: bool = False) -> Iterator[tuple[bytes, dict]]:
+    """(raw line, record) for each matching record, in file order (`frozen`: see iter_lines)."""
+    for line in iter_lines(files, warn, frozen):
         h = head(line)  # filters look at top-level fields only, all written before the body
         if not flt.line_may_match(h):
             continue
@@ -265,10 +301,27 @@ def records(files: list[Path], flt: Filter, with_body: bool = False,
 
 def find_record(files: list[Path], request_id: str, warn: Warn = _stderr_warn) -> tuple[bytes, dict] | None:
     """The record with this request_id (the first one, with its body)."""
-    needle = b'"request_id":' + orjson.dumps(request_id)
+    found = find_records(files, request_id, warn)
+    return found[0] if found and found[0][1].get("request_id") == request_id else None
+
+
+def find_records(files: list[Path], prefix: str, warn: Warn = _stderr_warn, limit: int = 5) -> list[tuple[bytes, dict]]:
+    """Records whose request_id is `prefix` or starts with it ("req_" may be left out): the exact
+    match alone when there is one, else up to `limit` distinct ids that start with it."""
+    if not prefix.startswith("req_"):
+        prefix = "req_" + prefix
+    needle = b'"request_id":' + orjson.dumps(prefix)[:-1]  # no closing quote: a prefix of the id
+    out: list[tuple[bytes, dict]] = []
+    seen: set[str] = set()
     for line in iter_lines(files, warn):
         if needle in line:
             rec = decode(line)
-            if rec is not None and rec.get("request_id") == request_id:
-                return line, rec
-    return None
+            rid = rec.get("request_id") if rec is not None else None
+            if not isinstance(rid, str) or not rid.startswith(prefix):
+                continue
+            if rid == prefix:
+                return [(line, rec)]
+            if rid not in seen and len(out) < limit:
+                seen.add(rid)
+                out.append((line, rec))
+    return out

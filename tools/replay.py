@@ -1,5 +1,6 @@
 """Re-send recorded requests to another gateway (or the same one, now serving a new model) and
-compare each answer with what the log recorded: status, stop_reason, tools called, tokens, time."""
+compare each answer with what the log recorded: status, stop_reason, tools called and their
+arguments, the answer's text, tokens, time."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +11,10 @@ from dataclasses import asdict, dataclass, field
 
 import aiohttp
 import orjson
+from yarl import URL
 
+from tools.answers import AnswerDiff, compare
+from tools.render import request_target
 
 
 @dataclass
@@ -25,14 +29,18 @@ class Outcome:
     duration_ms: float | None = None
     ttft_ms: float | None = None
     error: str | None = None  # error type (or a transport failure)
+    error_message: str | None = None
+    content: list[dict] | None = None  # the answer's content blocks (None: not known)
 
     @classmethod
     def recorded(cls, rec: dict) -> Outcome:
-        err = rec.get("error")
+        err = rec.get("error") if isinstance(rec.get("error"), dict) else {}
+        response = rec.get("response")
         return cls(status=rec.get("status"), stop_reason=rec.get("stop_reason"),
                    tool_names=list(rec.get("tool_names") or []), input_tokens=rec.get("input_tokens"),
                    output_tokens=rec.get("output_tokens"), duration_ms=rec.get("duration_ms"),
-                   ttft_ms=rec.get("ttft_ms"), error=(err.get("type") if isinstance(err, dict) else None))
+                   ttft_ms=rec.get("ttft_ms"), error=err.get("type"), error_message=err.get("message"),
+                   content=response if isinstance(response, list) else None)
 
 
 @dataclass
@@ -47,9 +55,30 @@ class Result:
     new: Outcome | None = None
     regressions: list[str] = field(default_factory=list)
     skipped: str | None = None  # why it was not re-sent
+    answer: AnswerDiff | None = None  # None when either answer is unknown (no response in the log)
+    other_request_id: str | None = None  # diff: the same request in LOG_B
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def stops_replay(self) -> bool:
+        """A 401 or a connection failure: every further request would fail the same way."""
+        return self.new is not None and (self.new.status == 401 or (self.new.error or "").startswith("connection"))
+
+
+def compare_outcomes(rec: Outcome, new: Outcome, strict: bool = False,
+                     min_similarity: float | None = None) -> tuple[list[str], AnswerDiff | None]:
+    """(regressions, answer comparison) of a new outcome against the recorded one."""
+    answer = compare(rec.content, new.content) if rec.content is not None and new.content is not None else None
+    found = regressions(rec, new, strict)
+    if answer is not None and "failed" not in found:
+        low = min_similarity is not None and answer.text_similarity is not None and answer.text_similarity < min_similarity
+        if low or (strict and answer.changed):
+            found.append("answer_changed")
+        if (strict or min_similarity is not None) and answer.tool_calls == "changed_arguments":
+            found.append("tool_arguments_changed")
+    return found, answer
 
 
 def regressions(rec: Outcome, new: Outcome, strict: bool = False) -> list[str]:
@@ -97,9 +126,8 @@ def _body(rec: dict, model: str | None) -> bytes | None:
 
 async def _send(session: aiohttp.ClientSession, base: str, rec: dict, body: bytes | None,
                 token: str | None) -> Outcome:
-    url = base.rstrip("/") + (rec.get("path") or "/")
-    if rec.get("query"):
-        url += "?" + rec["query"]
+    # encoded=True: the target goes out byte for byte as it was recorded, not re-quoted by yarl.
+    url = URL(base.rstrip("/") + request_target(rec), encoded=True)
     out = Outcome()
     start = time.perf_counter()
     try:
@@ -110,8 +138,12 @@ async def _send(session: aiohttp.ClientSession, base: str, rec: dict, body: byte
                 await _read_sse(resp, out, start)
             else:
                 _read_json(await resp.read(), out)
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-        out.error = f"connection: {type(exc).__name__} {exc}".strip()
+    except asyncio.TimeoutError as exc:  # before ClientConnectionError: a slow answer is not a dead server
+        out.error, out.error_message = "timeout", f"no answer within the timeout ({type(exc).__name__})"
+    except (aiohttp.ClientConnectionError, OSError) as exc:
+        out.error, out.error_message = "connection", f"{type(exc).__name__}: {exc}".strip()
+    except aiohttp.ClientError as exc:
+        out.error, out.error_message = "client_error", f"{type(exc).__name__}: {exc}".strip()
     out.duration_ms = round((time.perf_counter() - start) * 1000, 2)
     return out
 
@@ -126,11 +158,14 @@ def _read_json(raw: bytes, out: Outcome) -> None:
     if not isinstance(data, dict):
         return
     if data.get("type") == "error":
-        out.error = (data.get("error") or {}).get("type") or f"http_{out.status}"
+        err = data.get("error") if isinstance(data.get("error"), dict) else {}
+        out.error = err.get("type") or f"http_{out.status}"
+        out.error_message = err.get("message")
         return
     if data.get("type") == "message":
         out.stop_reason = data.get("stop_reason")
-        out.tool_names = [b.get("name") for b in data.get("content") or [] if b.get("type") == "tool_use"]
+        out.content = [b for b in data.get("content") or [] if isinstance(b, dict)]
+        out.tool_names = [b.get("name") for b in out.content if b.get("type") == "tool_use"]
         usage = data.get("usage") or {}
         out.input_tokens, out.output_tokens = usage.get("input_tokens"), usage.get("output_tokens")
     elif "input_tokens" in data:  # count_tokens
@@ -138,6 +173,8 @@ def _read_json(raw: bytes, out: Outcome) -> None:
 
 
 async def _read_sse(resp: aiohttp.ClientResponse, out: Outcome, start: float) -> None:
+    out.content = []
+    partial: dict[int, str] = {}  # tool arguments as they stream
     buf = b""
     async for chunk in resp.content.iter_any():
         buf += chunk
@@ -151,19 +188,44 @@ async def _read_sse(resp: aiohttp.ClientResponse, out: Outcome, start: float) ->
                         out.error = "malformed_sse"
                         continue
                     if isinstance(ev, dict):
-                        _sse_event(ev, out, start)
+                        _sse_event(ev, out, start, partial)
+    for index, raw in partial.items():  # a call the stream never closed
+        if index < len(out.content):
+            out.content[index].update(partial_json=raw, incomplete=True)
 
 
-def _sse_event(ev: dict, out: Outcome, start: float) -> None:
+def _sse_event(ev: dict, out: Outcome, start: float, partial: dict[int, str]) -> None:
     kind = ev.get("type")
+    blocks = out.content if out.content is not None else []
     if kind == "message_start":
         out.input_tokens = ((ev.get("message") or {}).get("usage") or {}).get("input_tokens")
     elif kind == "content_block_start":
         if out.ttft_ms is None:
             out.ttft_ms = round((time.perf_counter() - start) * 1000, 2)
-        block = ev.get("content_block") or {}
+        block = dict(ev.get("content_block") or {})
+        blocks.append(block)
         if block.get("type") == "tool_use":
             out.tool_names.append(block.get("name"))
+            partial[len(blocks) - 1] = ""
+    elif kind == "content_block_delta":
+        index, delta = ev.get("index"), ev.get("delta") or {}
+        if not isinstance(index, int) or not 0 <= index < len(blocks):
+            return
+        block, dtype = blocks[index], delta.get("type")
+        if dtype == "text_delta":
+            block["text"] = (block.get("text") or "") + str(delta.get("text") or "")
+        elif dtype == "thinking_delta":
+            block["thinking"] = (block.get("thinking") or "") + str(delta.get("thinking") or "")
+        elif dtype == "input_json_delta" and index in partial:
+            partial[index] += str(delta.get("partial_json") or "")
+    elif kind == "content_block_stop":
+        index = ev.get("index")
+        if isinstance(index, int) and index in partial and index < len(blocks):
+            raw = partial.pop(index)
+            try:
+                blocks[index]["input"] = orjson.loads(raw) if raw.strip() else {}
+            except orjson.JSONDecodeError:
+                blocks[index].update(partial_json=raw, incomplete=True)
     elif kind == "message_delta":
         out.stop_reason = (ev.get("delta") or {}).get("stop_reason")
         usage = ev.get("usage") or {}
@@ -171,11 +233,13 @@ def _sse_event(ev: dict, out: Outcome, start: float) -> None:
         if usage.get("input_tokens") is not None:
             out.input_tokens = usage["input_tokens"]
     elif kind == "error":
-        out.error = (ev.get("error") or {}).get("type") or "error"
+        err = ev.get("error") if isinstance(ev.get("error"), dict) else {}
+        out.error = err.get("type") or "error"
+        out.error_message = err.get("message")
 
 
 async def _one(session: aiohttp.ClientSession, base: str, rec: dict, model: str | None, token: str | None,
-               strict: bool) -> Result:
+               strict: bool, min_similarity: float | None) -> Result:
     res = Result(request_id=rec.get("request_id") or "?", method=rec.get("method") or "POST",
                  path=rec.get("path") or "/", model=model or rec.get("model"), recorded=Outcome.recorded(rec))
     body = _body(rec, model)
@@ -183,23 +247,31 @@ async def _one(session: aiohttp.ClientSession, base: str, rec: dict, model: str 
         res.skipped = "no body in the log (log.bodies was false)"
         return res
     res.new = await _send(session, base, rec, body, token)
-    res.regressions = regressions(res.recorded, res.new, strict)
+    res.regressions, res.answer = compare_outcomes(res.recorded, res.new, strict, min_similarity)
     return res
 
 
 async def replay(records: Iterable[dict], base: str, *, model: str | None = None, concurrency: int = 1,
-                 token: str | None = None, strict: bool = False, timeout_s: float = 600) -> AsyncIterator[Result]:
-    """Re-send each record to `base`; results come back in log order, `concurrency` requests in flight."""
+                 token: str | None = None, strict: bool = False, timeout_s: float = 600,
+                 min_similarity: float | None = None) -> AsyncIterator[Result]:
+    """Re-send each record to `base`; results come back in log order, `concurrency` requests in flight.
+    Ends after the first result that `stops_replay` (a 401, a connection failure)."""
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     pending: deque[asyncio.Task] = deque()
     async with aiohttp.ClientSession(timeout=timeout) as session:
         try:
             for rec in records:
-                pending.append(asyncio.create_task(_one(session, base, rec, model, token, strict)))
+                pending.append(asyncio.create_task(_one(session, base, rec, model, token, strict, min_similarity)))
                 if len(pending) >= concurrency:
-                    yield await pending.popleft()
+                    res = await pending.popleft()
+                    yield res
+                    if res.stops_replay:
+                        return
             while pending:
-                yield await pending.popleft()
+                res = await pending.popleft()
+                yield res
+                if res.stops_replay:
+                    return
         finally:
             for task in pending:
                 task.cancel()
