@@ -73,7 +73,8 @@ class MessageStream:
         # Events of the open tool_use block, held until the call is complete: a call cut off by
         # max_tokens is dropped whole instead of reaching the client as a callable tool_use.
         self._held: list[dict] = []
-        self.tool_names: list[str] = []  # tools called, in order (the request log records them)
+        self._dropped: list[dict] = []  # the held events of a call a length stop cut (for the log)
+        self.tool_names: list[str] = []  # tools the answer called or began to call, in order (for the log)
         self._stop: Stop | None = None
         self.ttft_seen = False
         self.engine_stats: EngineStats | None = None
@@ -123,6 +124,7 @@ class MessageStream:
             self._index += 1
             self._open = "tool_use"
             self.ttft_seen = True
+            self.tool_names.append(ev.name)
             self._held = [{"type": "content_block_start", "index": self._index,
                            "content_block": {"type": "tool_use", "id": new_id("toolu_"), "name": ev.name,
                                              "input": {}}}]
@@ -162,7 +164,7 @@ class MessageStream:
         """Close the open block and end the message (message_delta, message_stop)."""
         if self._open == "tool_use" and self._length_stop():
             # Generation ended inside the call: its arguments are unfinished, so it is not a call.
-            self._held = []
+            self._dropped, self._held = self._held, []
             self._open = None
             self._index -= 1
         out = self._close_block()
@@ -188,6 +190,19 @@ class MessageStream:
             self.answer.add(event)
         self.finished = True
         return out
+
+    def logged_content(self) -> list[dict] | None:
+        """For the request log: what the client was sent (None: not even message_start), and a tool
+        call held back because it never completed (the stream was cut, or a length stop dropped it),
+        marked incomplete."""
+        held = self._held or self._dropped
+        if not self.answer.message and not held:
+            return None
+        blocks = self.answer.content() if self.answer.message else []
+        if held:
+            blocks.append({**held[0]["content_block"], "incomplete": True,
+                           "partial_json": "".join(e["delta"]["partial_json"] for e in held[1:])})
+        return blocks
 
     @staticmethod
     def error_event(err: GatewayError) -> dict:
@@ -266,7 +281,6 @@ class MessageStream:
         if self._open == "tool_use":
             out, self._held = self._held, []
             self._saw_tool = True
-            self.tool_names.append(out[0]["content_block"]["name"])
         if self._open == "thinking":
             text = "".join(self._thinking_parts)
             signature = self._signature or sign_thinking(text)

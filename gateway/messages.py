@@ -135,7 +135,7 @@ async def _generate(request: web.Request) -> web.StreamResponse:
         # A cut stream never reached finish(): count what it delivered, not 0.
         usage = ms.usage if ms.finished else ms.final_usage()
         # What the client was sent (the log writes it with the bodies); nothing when it failed before message_start.
-        record.response = ms.answer.content() if ms.answer.message else None
+        record.response = ms.logged_content()
         record.input_tokens = usage.input_tokens
         record.output_tokens = usage.output_tokens
         record.cache_read_tokens = usage.cache_read_input_tokens
