@@ -209,3 +209,20 @@ async def test_mlx_tool_call_cut_by_max_tokens(start_gateway):
         assert not any(b["type"] == "tool_use" for b in msg["content"]), (n, msg)
         s = await open_stream(gw, SCRIPTS["weather"].request(max_tokens=n))
         assert s.stop_reason == "max_tokens" and all(b["type"] != "tool_use" for b in s.content), (n, s.content)
+
+
+async def test_a_call_dropped_at_a_length_stop_is_in_the_log_as_incomplete(start_upstream, start_gateway, tmp_path):
+    from tests.conftest import gateway_config
+    from tests.logtools import wait_records
+
+    up = await start_upstream("openai")
+    log = tmp_path / "requests.jsonl"
+    gw = await start_gateway(gateway_config({"up": {"type": "openai", "base_url": up.url, "model": "test-model",
+                                                    "model_mapping": {"claude-*": "test-model"}}},
+                                            default="up", log_path=str(log)))
+    up.push(_cut_call())
+    status, msg = await gw.messages(body())
+    assert status == 200 and msg["content"] == [{"type": "text", "text": "Checking."}]
+    [rec] = await wait_records(log, 1)
+    assert rec["stop_reason"] == "max_tokens" and rec["tool_names"] == ["get_weather"]
+    assert rec["response"][-1]["incomplete"] is True and rec["response"][-1]["partial_json"] == '{"city": "Pa'
