@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
 from typing import AsyncIterator
 
@@ -21,6 +22,7 @@ from backends.openai_passthrough import passthrough
 from backends.sse_reader import LineTooLong, sse_reads
 from backends.translate import ChunkTranslator, Dialect, UpstreamStreamError, to_openai
 from backends.upstream_text import context_overflow, error_message, shorten
+from gateway.anthropic import MessagesRequest
 from gateway.config import BackendConfig
 from gateway.errors import GatewayError, from_upstream
 from gateway.events import Event, Started, TextDelta, ThinkingDelta, ToolCallDelta, ToolCallStart
@@ -40,6 +42,9 @@ MAX_CALLS_PER_CHUNK = 64  # tool-call entries in one chunk (servers send one, or
 MAX_ANSWER_CHARS = 4 * 1024 * 1024  # text, thinking and tool arguments together
 MAX_ERROR_BYTES = 64 * 1024  # of an error response body
 MAX_JSON_BYTES = 8 * 1024 * 1024  # of a /models, /props or /tokenize answer (token lists are long)
+# A chat template that raised while rendering (llama.cpp's "Jinja Exception: …", Python's
+# jinja2 TemplateError): the same request fails the same way every time, so it is not retryable.
+_TEMPLATE_ERROR_RE = re.compile(r"jinja|template ?error|chat template|raise_exception", re.IGNORECASE)
 
 
 def split_base_url(url: str) -> tuple[str, str]:
@@ -59,7 +64,8 @@ class OpenAIBackend(Backend):
         self.root, self.api_base = split_base_url(config.base_url or "")
         self.dialect = Dialect(top_k=self.dialect.top_k, vision=config.vision,
                                thinking_switch=self.dialect.thinking_switch,
-                               reasoning_history=self.dialect.reasoning_history)
+                               reasoning_history=self.dialect.reasoning_history,
+                               reports_stop_string=self.dialect.reports_stop_string)
         key = config.resolved_api_key()
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         if config.url_auth is not None:  # user:password@ taken out of base_url by the config
@@ -101,11 +107,24 @@ class OpenAIBackend(Backend):
         """Server-specific request fields (subclasses add theirs)."""
         return {}
 
+    async def system_messages(self, req: MessagesRequest, model: str) -> str:
+        """The `system_messages` mode for `req` on `model`: the configured one, or what `auto` finds
+        (asked only when the request has a system message after the first turn)."""
+        mode = self.config.system_messages
+        if mode != "auto" or not any(m.role == "system" for m in req.messages):
+            return mode
+        return await self.template_system_mode(model)
+
+    async def template_system_mode(self, model: str) -> str:
+        """Hook for `auto`: servers that expose their chat template find out what it accepts."""
+        return "keep"
+
     async def stream(self, breq: BackendRequest) -> AsyncIterator[Event | list[Event]]:
         try:
             extra = dict(self.config.extra_body)
             extra.update(self.extra_fields(breq))
-            body = passthrough(breq, extra) if breq.openai_body is not None else to_openai(breq, self.dialect, extra)
+            body = (passthrough(breq, extra) if breq.openai_body is not None
+                    else to_openai(breq, self.dialect, extra, await self.system_messages(breq.request, breq.model)))
             try:
                 resp = await self.client.post(
                     "/chat/completions", cast_to=httpx2.Response,
@@ -225,6 +244,8 @@ class OpenAIBackend(Backend):
                        "does not follow: set base_url to the final address")
         else:
             message = error_message(bytes(raw[:MAX_ERROR_BYTES]))
+        if status == 500 and _TEMPLATE_ERROR_RE.search(message):
+            raise _Refused(template_error(self.name, message))
         err = from_upstream(status, f"backend '{self.name}' answered {status}: {message}",
                             response.headers.get("retry-after"))
         raise _Refused(self._context_error(err))
@@ -243,6 +264,12 @@ class OpenAIBackend(Backend):
         return err
 
     # -- tokens and models --------------------------------------------------------------------
+
+    def count_failed(self, exc: BackendUnavailable) -> GatewayError:
+        """The error for a token count the server could not give (down, or answering errors)."""
+        if exc.status is None:
+            return GatewayError(500, f"backend '{self.name}' at {self.root} is not reachable: {exc}")
+        return GatewayError(500, f"backend '{self.name}' could not count tokens: {exc}")
 
     async def count_tokens(self, breq: BackendRequest) -> TokenCount:
         return TokenCount(estimate_tokens(breq.request), exact=False)
@@ -314,7 +341,7 @@ class OpenAIBackend(Backend):
         try:
             return await self._get_json(url, body, timeout)
         except BackendUnavailable as exc:
-            raise BackendUnavailable(scrub(str(exc), self.secrets)) from None
+            raise BackendUnavailable(scrub(str(exc), self.secrets), exc.status) from None
 
     async def _get_json(self, url: str, body: dict | None, timeout: float) -> dict:
         try:
@@ -327,7 +354,8 @@ class OpenAIBackend(Backend):
                 limit = MAX_ERROR_BYTES if resp.status >= 300 else MAX_JSON_BYTES
                 raw = await _read_at_most(resp.content, limit + 1)
                 if resp.status >= 300:
-                    raise BackendUnavailable(f"{url} answered {resp.status}: {error_message(raw[:limit])}")
+                    raise BackendUnavailable(f"{url} answered {resp.status}: {error_message(raw[:limit])}",
+                                             resp.status)
                 if len(raw) > limit:
                     raise BackendUnavailable(f"{url} answered with more than {limit} bytes")
                 data = orjson.loads(raw)
@@ -385,6 +413,12 @@ def _content_chars(events: list[Event]) -> int:
         elif kind is ToolCallStart:
             n += len(ev.name) + 64  # a block of its own, whatever its name
     return n
+
+
+def template_error(backend: str, message: str) -> GatewayError:
+    """A 400 for a conversation the backend's chat template refuses to render."""
+    return GatewayError(400, f"backend '{backend}' cannot render this conversation with its chat template: "
+                             f"{message}")
 
 
 def _int(value: object) -> int | None:

@@ -61,5 +61,6 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     breq.max_tokens = fit.max_tokens
     breq.openai_body = upstream_body(body, fit.max_tokens)
     ms = MessageStream(model=chat.model, input_tokens=fit.prompt_tokens if fit.exact else fit.prompt_tokens // 2,
-                       show_thinking=True, message_id=new_id("chatcmpl-"), tool_id_prefix="call_")
+                       show_thinking=True, message_id=new_id("chatcmpl-"), tool_id_prefix="call_",
+                       context_clamped=fit.context_clamped)
     return await answer(request, ms, route.backend.stream(breq), ChatWire(ms, chat.include_usage), chat.stream)
