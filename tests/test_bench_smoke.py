@@ -61,3 +61,8 @@ def test_mlx_bench_smoke():
     # The tests' tiny demo model, in the cache the Claude Code end-to-end tests use too.
     text = _bench("mlx_bench.py", "--smoke", timeout=600)
     assert "tok/s" in text
+
+
+def test_tool_load_cache_quick():
+    text = _bench("tool_load_cache.py", "--quick", timeout=600)
+    assert "baseline" in text and "embedded MLX" in text, text
