@@ -48,6 +48,10 @@ class BackendHealth:
 class BackendUnavailable(Exception):
     """The backend cannot be reached now; requests will fail until it comes back."""
 
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status  # the HTTP status when the server answered with an error
+
 
 class Backend(ABC):
     """One configured backend: a remote server or an in-process engine."""
@@ -55,6 +59,8 @@ class Backend(ABC):
     # health() only reads in-process state (no network call): /health may ask it on every request
     # instead of serving a background snapshot.
     local_health = False
+    # count_tokens uses the model's own tokenizer (exact and cheap): every request is counted.
+    counts_exactly = False
 
     def __init__(self, config: BackendConfig):
         self.config = config

@@ -88,6 +88,7 @@ class MLXBackend(Backend):
     """Models in this process, on MLX (Apple GPU on macOS, CPU on Linux)."""
 
     local_health = True  # the engine's published status: reading it costs nothing
+    counts_exactly = True  # the model's own tokenizer, and the render is memoized for the stream
 
     def __init__(self, config: BackendConfig):
         super().__init__(config)
@@ -151,8 +152,8 @@ class MLXBackend(Backend):
             except ValueError as exc:
                 raise ModelUnavailable(str(exc)) from None
             context = self.config.context_window or _context_of(cfg) or DEFAULT_CONTEXT
-            handle = ModelHandle(name, path, PromptRenderer(tokenizer, name), parsers, context,
-                                 str(cfg.get("model_type", "")), tokenizer, _vocab_of(cfg, tokenizer))
+            handle = ModelHandle(name, path, PromptRenderer(tokenizer, name, self.config.system_messages), parsers,
+                                 context, str(cfg.get("model_type", "")), tokenizer, _vocab_of(cfg, tokenizer))
             self._handles[name] = handle
             log.info("mlx_model_loaded", backend=self.name, model=name, path=str(path), context=context,
                      tool_parser=getattr(parsers, "name", None), seconds=round(time.perf_counter() - t0, 2))

@@ -36,9 +36,9 @@ class Prompt:
     tools: bool  # tools were rendered (tool calls are parsed)
 
 
-def chat_messages(req: MessagesRequest, model: str) -> list[dict]:
+def chat_messages(req: MessagesRequest, model: str, system_messages: str = "auto") -> list[dict]:
     """HF chat-template messages: OpenAI shape, tool-call arguments as objects (templates `tojson` them)."""
-    msgs = to_openai_messages(req, Dialect(vision=False, inline_loaded_tools=True), model)
+    msgs = to_openai_messages(req, Dialect(vision=False, inline_loaded_tools=True), model, system_messages)
     for m in msgs:
         for call in m.get("tool_calls") or ():
             fn = call["function"]
@@ -75,9 +75,11 @@ def inline_loaded(req: MessagesRequest) -> set[str]:
 class PromptRenderer:
     """Renders requests for one tokenizer; remembers shared-prefix token counts."""
 
-    def __init__(self, tokenizer: Any, model: str):
+    def __init__(self, tokenizer: Any, model: str, system_messages: str = "auto"):
         self.tokenizer = tokenizer
         self.model = model
+        # auto: as sent, folded in place only when the template refuses (backends.translate modes otherwise)
+        self.system_messages = system_messages
         self._shared: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()  # renders run on worker threads
 
@@ -90,7 +92,7 @@ class PromptRenderer:
             return self.tokenizer.apply_chat_template(msgs, **kwargs)
         except TemplateError:
             folded = _fold_late_system(msgs)
-            if folded == msgs:
+            if folded == msgs or self.system_messages != "auto":
                 raise
             return self.tokenizer.apply_chat_template(folded, **kwargs)
 
@@ -99,7 +101,7 @@ class PromptRenderer:
 
     def render(self, req: MessagesRequest) -> Prompt:
         """The prompt generation would prefill for `req`."""
-        msgs = chat_messages(req, self.model)
+        msgs = chat_messages(req, self.model, self.system_messages)
         use_tools = bool(req.tools) and not (req.tool_choice is not None and req.tool_choice.type == "none")
         tools = to_openai_tools(req, without=inline_loaded(req)) if use_tools else None
         thinking = template_kwargs(req)

@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 import time
-from typing import AsyncIterator
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import AsyncIterator, TypeVar
 
 import aiohttp
 import httpx2
@@ -19,10 +22,11 @@ import structlog
 
 from backends.base import Backend, BackendHealth, BackendRequest, BackendUnavailable, ModelInfo, TokenCount
 from backends.openai_passthrough import passthrough
-from backends.replicas import Replica, ReplicaPool
+from backends.replicas import Replica, ReplicaPool, all_failed
 from backends.sse_reader import LineTooLong, sse_reads
 from backends.translate import ChunkTranslator, Dialect, UpstreamStreamError, to_openai
 from backends.upstream_text import context_overflow, error_message, shorten
+from gateway.anthropic import MessagesRequest
 from gateway.config import BackendConfig
 from gateway.errors import GatewayError, from_upstream
 from gateway.events import Event, Started, TextDelta, ThinkingDelta, ToolCallDelta, ToolCallStart
@@ -30,6 +34,10 @@ from gateway.redact import scrub
 from gateway.tokens import estimate_tokens
 
 log = structlog.get_logger("backends.openai")
+
+T = TypeVar("T")
+# The replica a token count or template probe is being tried on (see OpenAIBackend.on_replicas).
+_TRYING: ContextVar[Replica | None] = ContextVar("trying_replica", default=None)
 
 DISCOVERY_TTL_S = 30.0
 PROBE_TIMEOUT_S = 3.0
@@ -42,6 +50,9 @@ MAX_CALLS_PER_CHUNK = 64  # tool-call entries in one chunk (servers send one, or
 MAX_ANSWER_CHARS = 4 * 1024 * 1024  # text, thinking and tool arguments together
 MAX_ERROR_BYTES = 64 * 1024  # of an error response body
 MAX_JSON_BYTES = 8 * 1024 * 1024  # of a /models, /props or /tokenize answer (token lists are long)
+# A chat template that raised while rendering (llama.cpp's "Jinja Exception: …", Python's
+# jinja2 TemplateError): the same request fails the same way every time, so it is not retryable.
+_TEMPLATE_ERROR_RE = re.compile(r"jinja|template ?error|chat template|raise_exception", re.IGNORECASE)
 
 
 def split_base_url(url: str) -> tuple[str, str]:
@@ -60,7 +71,8 @@ class OpenAIBackend(Backend):
         super().__init__(config)
         self.dialect = Dialect(top_k=self.dialect.top_k, vision=config.vision,
                                thinking_switch=self.dialect.thinking_switch,
-                               reasoning_history=self.dialect.reasoning_history)
+                               reasoning_history=self.dialect.reasoning_history,
+                               reports_stop_string=self.dialect.reports_stop_string)
         self.key = config.resolved_api_key()
         self.secrets = config.secrets()
         urls = config.base_urls or [config.base_url or ""]
@@ -91,8 +103,25 @@ class OpenAIBackend(Backend):
 
     @property
     def root(self) -> str:
-        """Server root of the first admitted replica (for calls any replica can answer)."""
-        return self.pool.primary().root
+        """Server root of the replica `on_replicas` is trying, else of the first admitted one."""
+        return (_TRYING.get() or self.pool.primary()).root
+
+    async def on_replicas(self, breq: BackendRequest, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()` (which reads `self.root`) on each replica in the request's order until one answers:
+        one that is unreachable or answers 5xx is ejected and the next is tried."""
+        errors: list[GatewayError] = []
+        for replica in self.pool.order(breq.session_id):
+            trying = _TRYING.set(replica)
+            try:
+                return await call()
+            except GatewayError as err:
+                if err.status < 500 or err.headers.get("x-should-retry") == "false":
+                    raise
+                self.pool.failed(replica, err.message[:300], eject=True)
+                errors.append(err)
+            finally:
+                _TRYING.reset(trying)
+        raise all_failed(self.name, len(self.pool), errors)
 
     @property
     def api_base(self) -> str:
@@ -130,11 +159,24 @@ class OpenAIBackend(Backend):
         """Request fields that depend on the replica serving it (subclasses add theirs)."""
         return {}
 
+    async def system_messages(self, req: MessagesRequest, model: str) -> str:
+        """The `system_messages` mode for `req` on `model`: the configured one, or what `auto` finds
+        (asked only when the request has a system message after the first turn)."""
+        mode = self.config.system_messages
+        if mode != "auto" or not any(m.role == "system" for m in req.messages):
+            return mode
+        return await self.template_system_mode(model)
+
+    async def template_system_mode(self, model: str) -> str:
+        """Hook for `auto`: servers that expose their chat template find out what it accepts."""
+        return "keep"
+
     async def stream(self, breq: BackendRequest) -> AsyncIterator[Event | list[Event]]:
         try:
             extra = dict(self.config.extra_body)
             extra.update(self.extra_fields(breq))
-            body = passthrough(breq, extra) if breq.openai_body is not None else to_openai(breq, self.dialect, extra)
+            body = (passthrough(breq, extra) if breq.openai_body is not None
+                    else to_openai(breq, self.dialect, extra, await self.system_messages(breq.request, breq.model)))
 
             def chosen(replica: Replica) -> None:
                 breq.replica = replica.url
@@ -268,6 +310,8 @@ class OpenAIBackend(Backend):
                        "does not follow: set base_url to the final address")
         else:
             message = error_message(bytes(raw[:MAX_ERROR_BYTES]))
+        if status == 500 and _TEMPLATE_ERROR_RE.search(message):
+            raise _Refused(template_error(self.name, message))
         err = from_upstream(status, f"backend '{self.name}' answered {status}: {message}",
                             response.headers.get("retry-after"))
         raise _Refused(self._context_error(err))
@@ -286,6 +330,12 @@ class OpenAIBackend(Backend):
         return err
 
     # -- tokens and models --------------------------------------------------------------------
+
+    def count_failed(self, exc: BackendUnavailable) -> GatewayError:
+        """The error for a token count the server could not give (down, or answering errors)."""
+        if exc.status is None:
+            return GatewayError(500, f"backend '{self.name}' at {self.root} is not reachable: {exc}")
+        return GatewayError(500, f"backend '{self.name}' could not count tokens: {exc}")
 
     async def count_tokens(self, breq: BackendRequest) -> TokenCount:
         return TokenCount(estimate_tokens(breq.request), exact=False)
@@ -393,11 +443,14 @@ class OpenAIBackend(Backend):
         try:
             return await self._get_json(url, body, timeout)
         except BackendUnavailable as exc:
-            raise BackendUnavailable(scrub(str(exc), self.secrets)) from None
+            raise BackendUnavailable(scrub(str(exc), self.secrets), exc.status) from None
+
+    def headers_for(self, url: str) -> dict:
+        """The credentials of the replica `url` names (each may carry its own user:password@)."""
+        return next((dict(r.headers) for r in self.pool.replicas if url.startswith(r.root + "/")), {})
 
     async def _get_json(self, url: str, body: dict | None, timeout: float) -> dict:
-        # The credentials of the replica the URL names (each may carry its own user:password@).
-        headers = next((dict(r.headers) for r in self.pool.replicas if url.startswith(r.root + "/")), {})
+        headers = self.headers_for(url)
         try:
             if body is None:
                 req = self.http.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout),
@@ -410,7 +463,8 @@ class OpenAIBackend(Backend):
                 limit = MAX_ERROR_BYTES if resp.status >= 300 else MAX_JSON_BYTES
                 raw = await _read_at_most(resp.content, limit + 1)
                 if resp.status >= 300:
-                    raise BackendUnavailable(f"{url} answered {resp.status}: {error_message(raw[:limit])}")
+                    raise BackendUnavailable(f"{url} answered {resp.status}: {error_message(raw[:limit])}",
+                                             resp.status)
                 if len(raw) > limit:
                     raise BackendUnavailable(f"{url} answered with more than {limit} bytes")
                 data = orjson.loads(raw)
@@ -468,6 +522,12 @@ def _content_chars(events: list[Event]) -> int:
         elif kind is ToolCallStart:
             n += len(ev.name) + 64  # a block of its own, whatever its name
     return n
+
+
+def template_error(backend: str, message: str) -> GatewayError:
+    """A 400 for a conversation the backend's chat template refuses to render."""
+    return GatewayError(400, f"backend '{backend}' cannot render this conversation with its chat template: "
+                             f"{message}")
 
 
 def _int(value: object) -> int | None:

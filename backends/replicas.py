@@ -213,10 +213,11 @@ class ReplicaPool(Generic[C]):
                 replica.in_flight -= 1
             self.succeeded(replica)
             return
-        raise _all_failed(self.backend, len(self.replicas), errors)
+        raise all_failed(self.backend, len(self.replicas), errors)
 
 
-def _all_failed(backend: str, count: int, errors: list[GatewayError]) -> GatewayError:
+def all_failed(backend: str, count: int, errors: list[GatewayError]) -> GatewayError:
+    """The error for a request every replica failed (the last one's, saying how many were tried)."""
     last = errors[-1]
     if count == 1:
         return last

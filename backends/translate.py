@@ -42,6 +42,13 @@ class Dialect:
     # where the gateway renders the prompt and parses tool calls itself (embedded MLX): then
     # everything before the reference stays a cached prefix.
     inline_loaded_tools: bool = False
+    # The server says which stop string ended generation (vLLM's `stop_reason`, llama.cpp's
+    # `__verbose.stopping_word`), so `stop` is forwarded. Other servers stop before the string and
+    # do not say which one matched: they are not sent `stop`, and the gateway matches the strings.
+    reports_stop_string: bool = False
+
+
+SYSTEM_MESSAGE_MODES = ("auto", "keep", "merge", "as_user")
 
 
 def _image_part(block: ImageBlock) -> dict:
@@ -100,7 +107,34 @@ def _assistant(msg: Message, keep_reasoning: bool) -> dict:
     return out
 
 
-def to_openai_messages(req: MessagesRequest, dialect: Dialect, model: str) -> list[dict]:
+def place_system_messages(msgs: list[dict], mode: str) -> list[dict]:
+    """Apply a backend's `system_messages` mode to system messages after the first message.
+
+    keep: as they are. merge: their text joins the leading system message. as_user: each becomes
+    user text where it stands (joined to a neighbouring user turn), so everything before it, the
+    cached prefix, stays byte-identical; for templates that allow a system message only first.
+    """
+    if mode in ("keep", "auto") or not any(m["role"] == "system" for m in msgs[1:]):
+        return msgs
+    if mode == "merge":
+        late = [m["content"] for m in msgs[1:] if m["role"] == "system"]
+        rest = [m for m in msgs[1:] if m["role"] != "system"]
+        if msgs[0]["role"] == "system":
+            return [{"role": "system", "content": "\n\n".join([msgs[0]["content"], *late])}, *rest]
+        return [{"role": "system", "content": "\n\n".join(late)}, msgs[0], *rest]
+    out: list[dict] = []
+    for i, m in enumerate(msgs):
+        if m["role"] == "system" and i > 0:
+            m = {"role": "user", "content": m["content"]}
+        if out and m["role"] == "user" and out[-1]["role"] == "user" \
+                and isinstance(out[-1]["content"], str) and isinstance(m["content"], str):
+            out[-1] = {"role": "user", "content": out[-1]["content"] + "\n\n" + m["content"]}
+            continue
+        out.append(m)
+    return out
+
+
+def to_openai_messages(req: MessagesRequest, dialect: Dialect, model: str, system_messages: str = "keep") -> list[dict]:
     """The chat `messages` array: system first, tool results right after the call they answer."""
     out: list[dict] = []
     if req.system:
@@ -131,7 +165,7 @@ def to_openai_messages(req: MessagesRequest, dialect: Dialect, model: str) -> li
         rest = images + rest  # images a tool returned go to the model right after the results
         if rest or not any(type(b) is ToolResultBlock for b in msg.content):
             out.append({"role": "user", "content": _user_content(rest, dialect.vision, req.model)})
-    return out
+    return place_system_messages(out, system_messages)
 
 
 def thinking_on(req: MessagesRequest) -> bool:
@@ -157,12 +191,13 @@ def to_openai_tools(req: MessagesRequest, without: set[str] | frozenset = frozen
                                               "parameters": t.input_schema}} for t in req.tools if t.name not in without]
 
 
-def to_openai(breq: BackendRequest, dialect: Dialect, extra_body: dict | None = None) -> dict:
+def to_openai(breq: BackendRequest, dialect: Dialect, extra_body: dict | None = None,
+              system_messages: str = "keep") -> dict:
     """The full chat-completions body (always streamed; non-streaming answers are aggregated)."""
     req = breq.request
     body: dict = {
         "model": breq.model,
-        "messages": to_openai_messages(req, dialect, breq.model),
+        "messages": to_openai_messages(req, dialect, breq.model, system_messages),
         "max_tokens": breq.max_tokens,
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -175,7 +210,7 @@ def to_openai(breq: BackendRequest, dialect: Dialect, extra_body: dict | None = 
             {"type": "function", "function": {"name": tc.name}}
         if tc.disable_parallel_tool_use:
             body["parallel_tool_calls"] = False
-    if req.stop_sequences:
+    if req.stop_sequences and dialect.reports_stop_string:
         body["stop"] = req.stop_sequences
     if req.temperature is not None:
         body["temperature"] = req.temperature
@@ -240,9 +275,15 @@ class ChunkTranslator:
                 self._tool_calls(calls, out)
             if choice.get("finish_reason"):
                 self._finish = choice["finish_reason"]
-                stop = choice.get("stop_reason")  # vLLM: the stop string that ended generation
-                if isinstance(stop, str) and stop in self.stop_sequences:
-                    self._upstream_stop = stop
+                # vLLM's stop_reason, SGLang's matched_stop: the stop string that ended generation.
+                for stop in (choice.get("stop_reason"), choice.get("matched_stop")):
+                    if isinstance(stop, str) and stop in self.stop_sequences:
+                        self._upstream_stop = stop
+        verbose = chunk.get("__verbose")  # llama.cpp with `verbose`: the final result says why it stopped
+        if isinstance(verbose, dict) and verbose.get("stop_type") == "word":
+            word = verbose.get("stopping_word")
+            if isinstance(word, str) and word in self.stop_sequences:
+                self._upstream_stop = word
         usage = chunk.get("usage")
         if usage:
             details = usage.get("prompt_tokens_details") or {}
@@ -297,7 +338,9 @@ class ChunkTranslator:
             tail = self.stops.flush()
             if tail:
                 out.append(TextDelta(tail))
-        if self._tool_index is not None:
+        if self._tool_index is not None and self._finish != "length":
+            # A call still open at a length stop is unfinished: it stays open, so it is not
+            # presented as a complete call.
             out.append(ToolCallEnd())
             self._tool_index = None
         matched = (self.stops.matched if self.stops else None) or self._upstream_stop

@@ -96,7 +96,7 @@ async def amain(args) -> int:
     ports = [free_port() for _ in range(3)]
     ups = []
     for i, port in enumerate(ports):
-        proc = Proc(f"replica-{i}", [sys.executable, "-m", "tests.upstream", "--port", str(port), "--text",
+        proc = Proc(f"replica-{i}", [sys.executable, "-m", "tests.upstream", "--port", str(port), "--flavor", "vllm", "--text",
                                      f"replica-{i} answers in several pieces", "--pieces", "8",
                                      "--delay", str(args.chunk_delay)], tmp / f"replica-{i}.log")
         ups.append(proc)

@@ -14,7 +14,7 @@ from typing import Any, Literal, Union
 from gateway.errors import invalid
 
 Role = Literal["user", "assistant", "system"]
-StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "model_context_window_exceeded"]
 
 
 @dataclass(slots=True)
@@ -363,7 +363,9 @@ def _content(value: Any, where: str, role: str, seen: dict[str, None]) -> list[C
             tid, name = block.get("id"), block.get("name")
             _expect(isinstance(tid, str) and tid != "", f"{at}.id: tool_use requires a non-empty string id")
             _expect(isinstance(name, str) and name != "", f"{at}.name: tool_use requires a non-empty string name")
-            out.append(ToolUseBlock(tid, name, block.get("input", {})))
+            _expect("input" in block, f"{at}.input: field required")
+            _expect(isinstance(block["input"], dict), f"{at}.input: expected an object")
+            out.append(ToolUseBlock(tid, name, block["input"]))
         elif kind == "tool_result":
             tid = block.get("tool_use_id")
             _expect(isinstance(tid, str) and tid != "",
@@ -371,12 +373,15 @@ def _content(value: Any, where: str, role: str, seen: dict[str, None]) -> list[C
             out.append(ToolResultBlock(tid, _tool_result_content(block.get("content"), f"{at}.content", seen),
                                        bool(block.get("is_error", False))))
         elif kind == "thinking":
-            thinking = block.get("thinking", "")
+            _expect("thinking" in block, f"{at}.thinking: field required")
+            thinking = block["thinking"]
             _expect(isinstance(thinking, str), f"{at}.thinking: expected a string")
             signature = block.get("signature", "")
             out.append(ThinkingBlock(thinking, signature if isinstance(signature, str) else ""))
         elif kind == "redacted_thinking":
-            out.append(ThinkingBlock("", str(block.get("data", "")), redacted=True))
+            _expect("data" in block, f"{at}.data: field required")
+            _expect(isinstance(block["data"], str), f"{at}.data: expected a string")
+            out.append(ThinkingBlock("", block["data"], redacted=True))
         elif kind == "document":
             out.extend(_document(block, at))
         elif kind in ("tool_addition", "tool_removal"):

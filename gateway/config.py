@@ -65,6 +65,8 @@ class BackendConfig:
     context_window: int | None = None
     max_output_tokens: int | None = None
     vision: bool = False
+    # Where system messages after the first go: keep | merge | as_user; auto asks the chat template.
+    system_messages: str = "auto"
     extra_body: dict = field(default_factory=dict)
     model_mapping: dict[str, str] = field(default_factory=dict)
     # mlx only
@@ -121,13 +123,14 @@ _LOG_KEYS = {"requests": str, "bodies": bool, "level": str, "rotate_mb": (int, f
 _ROUTING_KEYS = {"default": str, "claude_models": list}
 _BACKEND_KEYS = {"type": str, "model": str, "base_url": (str, list), "api_key": str, "api_key_env": str,
                  "timeout_s": (int, float), "context_window": int, "max_output_tokens": int, "vision": bool,
-                 "extra_body": dict, "model_mapping": dict, "fallback": str}
+                 "system_messages": str, "extra_body": dict, "model_mapping": dict, "fallback": str}
 _MLX_KEYS = {"tool_parser": str, "max_resident_models": int, "cache_mb": (int, float), "cache_ttl_s": (int, float),
              "max_batch": int, "cache_across_sessions": bool}
 _BACKEND_KEYS.update(_MLX_KEYS)
 _REMOTE_TYPES = ("vllm", "llamacpp", "openai")
 _TOOL_PARSERS = ("hermes", "qwen3_coder", "llama3_json", "mistral", "none")  # backends.tool_parsers.PARSERS
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_SYSTEM_MESSAGE_MODES = ("auto", "keep", "merge", "as_user")  # backends.translate.SYSTEM_MESSAGE_MODES
 
 
 class _Locator:
@@ -364,6 +367,9 @@ def _backend(name: str, table: Any, loc: _Locator) -> BackendConfig:
     if "tool_parser" in table and table["tool_parser"].strip().lower().replace("-", "_") not in _TOOL_PARSERS:
         raise ConfigError(f"{loc.where(where, 'tool_parser')}: 'backends.{name}.tool_parser' must be one of "
                           f"{', '.join(_TOOL_PARSERS)}, got {table['tool_parser']!r}.")
+    if "system_messages" in table and table["system_messages"] not in _SYSTEM_MESSAGE_MODES:
+        raise ConfigError(f"{loc.where(where, 'system_messages')}: 'backends.{name}.system_messages' must be one of "
+                          f"{', '.join(_SYSTEM_MESSAGE_MODES)}, got {table['system_messages']!r}.")
     for key in ("timeout_s", "context_window", "max_output_tokens", "max_resident_models", "cache_ttl_s",
                 "max_batch"):
         if key in table and table[key] <= 0:

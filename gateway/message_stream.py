@@ -48,8 +48,10 @@ class MessageStream:
 
     def __init__(self, *, model: str, input_tokens: int, show_thinking: bool, message_id: str | None = None,
                  omit_thinking: bool = False, context_management: dict | None = None,
-                 tool_id_prefix: str | None = None):
+                 tool_id_prefix: str | None = None, context_clamped: bool = False):
         self.message_id = message_id or new_id("msg_")
+        # max_tokens was lowered to what the context window had left: hitting it means the window is full.
+        self.context_clamped = context_clamped
         self.model = model
         self.show_thinking = show_thinking
         # thinking.display "omitted": the block is sent with its signature but no thinking text.
@@ -68,7 +70,11 @@ class MessageStream:
         self._reported_input: int | None = None
         self._reported_cached: int | None = None
         self._saw_tool = False
-        self.tool_names: list[str] = []  # tools called, in order (the request log records them)
+        # Events of the open tool_use block, held until the call is complete: a call cut off by
+        # max_tokens is dropped whole instead of reaching the client as a callable tool_use.
+        self._held: list[dict] = []
+        self._dropped: list[dict] = []  # the held events of a call a length stop cut (for the log)
+        self.tool_names: list[str] = []  # tools the answer called or began to call, in order (for the log)
         self._stop: Stop | None = None
         self.ttft_seen = False
         self.engine_stats: EngineStats | None = None
@@ -119,21 +125,21 @@ class MessageStream:
         if type(ev) is ToolCallStart:
             out = self._close_block()
             self._pending_ws = []
-            self._saw_tool = True
-            self.tool_names.append(ev.name)
             self._index += 1
             self._open = "tool_use"
             self.ttft_seen = True
-            out.append({"type": "content_block_start", "index": self._index,
-                        "content_block": {"type": "tool_use", "id": self._tool_id(ev.id), "name": ev.name,
-                                          "input": {}}})
+            self.tool_names.append(ev.name)
+            self._held = [{"type": "content_block_start", "index": self._index,
+                           "content_block": {"type": "tool_use", "id": self._tool_id(ev.id), "name": ev.name,
+                                             "input": {}}}]
             return out
         if type(ev) is ToolCallDelta:
             if self._open != "tool_use" or not ev.partial_json:
                 return []
             self._deltas += 1
-            return [{"type": "content_block_delta", "index": self._index,
-                     "delta": {"type": "input_json_delta", "partial_json": ev.partial_json}}]
+            self._held.append({"type": "content_block_delta", "index": self._index,
+                               "delta": {"type": "input_json_delta", "partial_json": ev.partial_json}})
+            return []
         if type(ev) is ToolCallEnd:
             return self._close_block() if self._open == "tool_use" else []
         if type(ev) is ThinkingSignature:
@@ -169,6 +175,11 @@ class MessageStream:
 
     def finish(self) -> list[dict]:
         """Close the open block and end the message (message_delta, message_stop)."""
+        if self._open == "tool_use" and self._length_stop():
+            # Generation ended inside the call: its arguments are unfinished, so it is not a call.
+            self._dropped, self._held = self._held, []
+            self._open = None
+            self._index -= 1
         out = self._close_block()
         if self._index < 0:
             # An empty answer is still one (empty) text block, as Anthropic sends it.
@@ -193,6 +204,19 @@ class MessageStream:
         self.finished = True
         return out
 
+    def logged_content(self) -> list[dict] | None:
+        """For the request log: what the client was sent (None: not even message_start), and a tool
+        call held back because it never completed (the stream was cut, or a length stop dropped it),
+        marked incomplete."""
+        held = self._held or self._dropped
+        if not self.answer.message and not held:
+            return None
+        blocks = self.answer.content() if self.answer.message else []
+        if held:
+            blocks.append({**held[0]["content_block"], "incomplete": True,
+                           "partial_json": "".join(e["delta"]["partial_json"] for e in held[1:])})
+        return blocks
+
     @staticmethod
     def error_event(err: GatewayError) -> dict:
         """The `error` event that ends a stream that failed after its first byte."""
@@ -200,8 +224,15 @@ class MessageStream:
 
     # -- results ------------------------------------------------------------------------------
 
+    def _length_stop(self) -> bool:
+        return self._stop is not None and self._stop.reason in ("max_tokens", "model_context_window_exceeded")
+
     @property
     def stop_reason(self) -> StopReason:
+        if self._length_stop():
+            # A length stop is one whatever came before it; when max_tokens was what the context
+            # window had left, say so (Claude Code then reports a full context, not a 64000-token answer).
+            return "model_context_window_exceeded" if self.context_clamped else "max_tokens"
         if self._saw_tool:
             return "tool_use"
         return self._stop.reason if self._stop else "end_turn"
@@ -260,6 +291,9 @@ class MessageStream:
         if self._open is None:
             return []
         out: list[dict] = []
+        if self._open == "tool_use":
+            out, self._held = self._held, []
+            self._saw_tool = True
         if self._open == "thinking":
             text = "".join(self._thinking_parts)
             signature = self._signature or sign_thinking(text)

@@ -171,12 +171,13 @@ class AnthropicWire:
 async def _generate(request: web.Request) -> web.StreamResponse:
     req, breq, backend = await _prepare(request, count_only=False)
     backend, breq, fit = await fit_with_fallback(request.app[GATEWAY], backend, breq, request[RECORD])
-    # message_start must never report more input than the final usage: the estimate is halved.
+    # message_start must never report more input than the final usage: only an estimate is halved.
     ms = MessageStream(model=req.model, input_tokens=fit.prompt_tokens if fit.exact else fit.prompt_tokens // 2,
                        show_thinking=req.thinking_enabled,
                        omit_thinking=req.thinking is not None and req.thinking.display == "omitted",
                        context_management=None if req.context_edits is None
-                       else {"applied_edits": request[APPLIED_EDITS]})
+                       else {"applied_edits": request[APPLIED_EDITS]},
+                       context_clamped=fit.context_clamped)
     events = events_with_fallback(request.app[GATEWAY], backend, breq, request[RECORD])
     return await answer(request, ms, events, AnthropicWire(ms), req.stream)
 
@@ -194,7 +195,7 @@ async def answer(request: web.Request, ms: MessageStream, events: AsyncIterator[
         # A cut stream never reached finish(): count what it delivered, not 0.
         usage = ms.usage if ms.finished else ms.final_usage()
         # What the client was sent (the log writes it with the bodies); nothing when it failed before message_start.
-        record.response = ms.answer.content() if ms.answer.message else None
+        record.response = ms.logged_content()
         record.input_tokens = usage.input_tokens
         record.output_tokens = usage.output_tokens
         record.cache_read_tokens = usage.cache_read_input_tokens

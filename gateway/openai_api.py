@@ -66,6 +66,7 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     if backend is route.backend:
         breq.openai_body = upstream_body(body, fit.max_tokens)
     ms = MessageStream(model=chat.model, input_tokens=fit.prompt_tokens if fit.exact else fit.prompt_tokens // 2,
-                       show_thinking=True, message_id=new_id("chatcmpl-"), tool_id_prefix="call_")
+                       show_thinking=True, message_id=new_id("chatcmpl-"), tool_id_prefix="call_",
+                       context_clamped=fit.context_clamped)
     events = events_with_fallback(gw, backend, breq, record)
     return await answer(request, ms, events, ChatWire(ms, chat.include_usage), chat.stream)

@@ -19,7 +19,7 @@ from gateway.message_stream import MessageStream
 KEEP_ALIVE = b": keep-alive\n\n"  # an SSE comment: OpenAI clients skip it
 DONE = b"data: [DONE]\n\n"
 FINISH_REASONS: dict[StopReason, str] = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
-                                          "tool_use": "tool_calls"}
+                                          "model_context_window_exceeded": "length", "tool_use": "tool_calls"}
 
 
 def _frame(obj: dict) -> bytes:

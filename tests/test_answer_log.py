@@ -6,7 +6,7 @@ import json
 
 from tests.conftest import gateway_config
 from tests.logtools import read_records, wait_records
-from tests.upstream import FAIL_MID, THINK, TOOL, Script
+from tests.upstream import FAIL_MID, THINK, TOOL, Script, wait_for
 
 CONTENT_ONLY = ("type", "text", "thinking", "id", "name", "input")
 
@@ -130,9 +130,9 @@ async def test_a_cut_tool_call_is_logged_with_its_partial_arguments(start_upstre
     up.default = script
     gw = await start_gateway(_gateway_toml(up, log))
     resp = await gw.post("/v1/messages", _msg("write it", stream=True))
-    seen = b""
-    while seen.count(b"input_json_delta") < 20:
-        seen += await resp.content.readany()
+    await resp.content.readany()  # message_start: the call is being generated (~3 s in all)
+    await wait_for(lambda: len(up.received) == 1)
+    await asyncio.sleep(0.5)  # a good part of the arguments is written; a call goes out only whole
     resp.close()
     await asyncio.sleep(0.1)
     [rec] = await wait_records(log, 1, timeout=10)

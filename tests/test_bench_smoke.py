@@ -63,6 +63,11 @@ def test_mlx_bench_smoke():
     assert "tok/s" in text
 
 
+def test_tool_load_cache_quick():
+    text = _bench("tool_load_cache.py", "--quick", timeout=600)
+    assert "baseline" in text and "embedded MLX" in text, text
+
+
 def test_replicas_quick(tmp_path):
     out = tmp_path / "replicas.json"
     text = _bench("replicas.py", "--quick", "--out", str(out))

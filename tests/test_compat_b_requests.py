@@ -158,7 +158,12 @@ async def test_b10_sampling_params_reach_backend(stack):
     got = sent(up)
     assert got["temperature"] == 0.3
     assert got["top_p"] == 0.85
-    assert got["stop"] == ["</answer>", "\n\nHuman:"]
+    if up.flavor == "openai":
+        # Documented choice: a generic server stops before a stop string without saying which one
+        # matched, so the gateway matches them itself (test_stop_sequences_matched_by_the_gateway).
+        assert "stop" not in got
+    else:
+        assert got["stop"] == ["</answer>", "\n\nHuman:"]
     if up.flavor == "openai":
         # Documented choice: OpenAI proper rejects `top_k`, so the generic openai type does not forward it.
         assert "top_k" not in got

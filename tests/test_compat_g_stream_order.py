@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import gateway_config
 from tests.sse_checks import check_stream, open_stream, parse_frames, read_stream
-from tests.upstream import EMPTY, FAIL, LEN, STOPSEQ, TEXT, THINK, TOOL, TOOLS2, Script, count_prompt_tokens
+from tests.upstream import EMPTY, FAIL, LEN, STOPSEQ, TEXT, THINK, TOOL, TOOLS2, Script
 
 MODEL = "claude-opus-4-8"
 
@@ -233,11 +233,16 @@ async def test_g11_final_usage_with_cache_hits(stack):
     """G11: with a backend-reported cache split the final totals carry cache_read and never shrink the prompt total."""
     up, gw = stack
     messages = [{"role": "user", "content": "a somewhat longer prompt " * 40}]
-    total = count_prompt_tokens(messages)
-    up.push(Script(deltas=[{"content": "hi"}],
-                   usage={"prompt_tokens": total, "completion_tokens": 1, "total_tokens": total + 1,
-                          "prompt_tokens_details": {"cached_tokens": total - 5}}))
+    seen: list[int] = []
+
+    def cached(chat_body: dict) -> Script:
+        seen.append(total := up.prompt_tokens(chat_body))  # what the server's own tokenizer counts
+        return Script(deltas=[{"content": "hi"}],
+                      usage={"prompt_tokens": total, "completion_tokens": 1, "total_tokens": total + 1,
+                             "prompt_tokens_details": {"cached_tokens": total - 5}})
+    up.push(cached)
     s = await open_stream(gw, body(messages=messages))
+    total = seen[0]
     start, final = s.message["usage"], s.usage
     assert final["input_tokens"] == 5 and final["cache_read_input_tokens"] == total - 5  # D4: input excludes cache
     # The cache split is only known at the end, so the per-field input_tokens of message_start

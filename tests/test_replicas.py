@@ -18,7 +18,8 @@ BODY = {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": [{"role": "u
 
 
 async def _replicas(n: int, *args: str) -> list[UpstreamProcess]:
-    ups = [UpstreamProcess(free_port(), "--text", f"replica-{i} says hello", *args) for i in range(n)]
+    ups = [UpstreamProcess(free_port(), "--flavor", "vllm", "--text", f"replica-{i} says hello", *args)
+           for i in range(n)]
     await asyncio.gather(*(u.start() for u in ups))
     return ups
 

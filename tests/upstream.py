@@ -130,6 +130,9 @@ class Upstream:
         self.cancelled = 0
         self.completed = 0
         self.tokenize_calls = 0
+        # A chat template that allows a system message only first (vLLM renders it for /tokenize
+        # and generation alike, and answers 400 when it raises).
+        self.system_first_only = False
         self.started = asyncio.Event()
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -183,9 +186,20 @@ class Upstream:
             data.append(item)
         return web.json_response({"object": "list", "data": data})
 
+    def _template_refuses(self, body: dict) -> web.Response | None:
+        """vLLM's answer when the chat template raises (jinja2 TemplateError → 400)."""
+        msgs = body.get("messages") or []
+        if self.system_first_only and any(m.get("role") == "system" for m in msgs[1:]):
+            return web.json_response({"error": {"message": "System message must be at the beginning.",
+                                                "type": "BadRequestError", "param": None, "code": 400}},
+                                     status=400)
+        return None
+
     async def vllm_tokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.tokenize_calls += 1
+        if (refused := self._template_refuses(body)) is not None:
+            return refused
         n = count_prompt_tokens(body.get("messages", []), body.get("tools"))
         return web.json_response({"count": n, "max_model_len": self.context, "tokens": list(range(n))})
 
@@ -203,6 +217,12 @@ class Upstream:
         n = max(1, len(body.get("content", "")) // 4)
         return web.json_response({"tokens": list(range(n))})
 
+    def prompt_tokens(self, body: dict) -> int:
+        """The prompt size of a chat-completions body, as this server's own tokenizer counts it."""
+        if self.flavor == "llamacpp":  # llama.cpp counts the rendered template, as /tokenize does
+            return max(1, len(_llama_render(body)) // 4)
+        return count_prompt_tokens(body.get("messages", []), body.get("tools"))
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
         if (resp := self._auth_failed(request)) is not None:
             return resp
@@ -210,6 +230,8 @@ class Upstream:
         self.received.append(body)
         self.headers.append(dict(request.headers))
         self.started.set()
+        if (refused := self._template_refuses(body)) is not None:
+            return refused
         script = self.scripts.pop(0) if self.scripts else self.default
         if callable(script):
             script = script(body)
@@ -225,10 +247,7 @@ class Upstream:
             return web.json_response({"error": {"message": script.fail_message, "type": "server_error",
                                                 "code": script.fail_status}},
                                      status=script.fail_status, headers=headers)
-        if self.flavor == "llamacpp":  # llama.cpp counts the rendered template, as /tokenize does
-            prompt_tokens = max(1, len(_llama_render(body)) // 4)
-        else:
-            prompt_tokens = count_prompt_tokens(body.get("messages", []), body.get("tools"))
+        prompt_tokens = self.prompt_tokens(body)
         usage = script.usage or {"prompt_tokens": prompt_tokens,
                                  "completion_tokens": max(1, len(script.deltas)) if script.deltas else 0,
                                  "total_tokens": prompt_tokens + len(script.deltas)}

@@ -1,0 +1,80 @@
+"""Starts a real `llama-server` (built by llamacpp_build) on 127.0.0.1 for the real-server tier."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+START_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LlamaServer:
+    """One running llama-server process (ours: stopped by its own PID)."""
+
+    proc: subprocess.Popen
+    port: int
+    log: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(self.url + path, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def post(self, path: str, body: dict) -> tuple[int, dict]:
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_llama_server(binary: Path, model: Path, log: Path, *, ctx: int = 8192, parallel: int = 1,
+                       extra: tuple[str, ...] = ()) -> LlamaServer:
+    """llama-server for `model` with `ctx` tokens of KV cache split over `parallel` slots; waits until
+    it serves (/health 200)."""
+    port = free_port()
+    args = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx),
+            "-np", str(parallel), "-t", "1", "--no-webui", "--no-warmup", *extra]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    server = LlamaServer(proc, port, log, args)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama-server exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            if server.get("/health").get("status") == "ok":
+                return server
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"llama-server did not become healthy in {START_TIMEOUT_S:g} s:\n"
+                       f"{log.read_text(errors='replace')[-3000:]}")
