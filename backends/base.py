@@ -18,6 +18,7 @@ class BackendRequest:
     model: str
     max_tokens: int
     session_id: str | None = None
+    replica: str | None = None  # set by a pooled backend: the replica that served (or was tried last)
     # The client's OpenAI chat-completions body (POST /v1/chat/completions): OpenAI-style backends
     # send it on with minimal change instead of re-translating `request`; others ignore it.
     openai_body: dict | None = None
@@ -91,6 +92,10 @@ class Backend(ABC):
 
     async def close(self) -> None:
         """Release connections, engines and threads."""
+
+    def replicas(self) -> list[dict] | None:
+        """Per-replica state of a pool of servers (None: a single server or an in-process engine)."""
+        return None
 
     def configured_models(self) -> list[str]:
         """Backend model names named in config (default model first, then mapping values)."""

@@ -23,6 +23,7 @@ from backends.openai import (
     _read_at_most,
     template_error,
 )
+from backends.replicas import Replica
 from backends.translate import (
     Dialect,
     template_kwargs,
@@ -52,26 +53,34 @@ class LlamaCppBackend(OpenAIBackend):
         self.late_system_ok: bool | None = None  # does the chat template render a late system message
 
     async def after_discovery(self) -> None:
-        try:
-            props = await self.get_json(self.root + "/props")
-        except BackendUnavailable:
-            return  # older servers: fall back to config.context_window
-        self.total_slots = _int(props.get("total_slots"))
-        settings = props.get("default_generation_settings")
-        n_ctx = _int(settings.get("n_ctx")) if isinstance(settings, dict) else None
-        if n_ctx is None and (total := _int(props.get("n_ctx"))):
-            # Only the whole KV cache is given: with --parallel N each slot has 1/N of it.
-            n_ctx = total // (self.total_slots or 1)
-        self.n_ctx = n_ctx
+        await asyncio.gather(*(self.probe_facts(r) for r in self.pool.replicas))
+        replica = self.pool.primary()
+        self.total_slots = replica.facts.get("total_slots")
+        self.n_ctx = replica.facts.get("n_ctx")
         for info in self._discovered:
             if info.context_window is None:
-                info.context_window = self.config.context_window or n_ctx
-        if isinstance(props.get("chat_template"), str):
+                info.context_window = self.config.context_window or self.n_ctx
+        if replica.facts.get("chat_template"):
             try:
                 status, _ = await self._render({"messages": _LATE_SYSTEM_PROBE})
             except GatewayError:
                 return  # gone again since /props: ask on the next discovery
             self.late_system_ok = status == 200
+
+    async def probe_facts(self, replica: Replica) -> None:
+        """n_ctx per slot and the slot count of one replica (servers of a pool may run different -np)."""
+        try:
+            props = await self.get_json(replica.root + "/props")
+        except BackendUnavailable:
+            return  # older servers: fall back to config.context_window
+        total_slots = _int(props.get("total_slots"))
+        settings = props.get("default_generation_settings")
+        n_ctx = _int(settings.get("n_ctx")) if isinstance(settings, dict) else None
+        if n_ctx is None and (total := _int(props.get("n_ctx"))):
+            # Only the whole KV cache is given: with --parallel N each slot has 1/N of it.
+            n_ctx = total // (total_slots or 1)
+        replica.facts.update(n_ctx=n_ctx, total_slots=total_slots,
+                             chat_template=isinstance(props.get("chat_template"), str))
 
     async def template_system_mode(self, model: str) -> str:
         if self.late_system_ok is None:
@@ -102,16 +111,21 @@ class LlamaCppBackend(OpenAIBackend):
         if breq.request.stop_sequences:
             # Its OpenAI chunks do not say which stop string matched; the debug block does.
             fields["verbose"] = True
-        if breq.session_id and self.total_slots and self.total_slots > 1:
-            # The same session lands on the same slot, whose KV cache still holds its prefix.
-            fields["id_slot"] = zlib.crc32(breq.session_id.encode()) % self.total_slots
         return fields
+
+    def replica_fields(self, breq: BackendRequest, replica: Replica) -> dict:
+        slots = replica.facts.get("total_slots")
+        if breq.session_id and slots and slots > 1:
+            # The same session lands on the same slot of its replica, whose KV cache still holds its prefix.
+            return {"id_slot": zlib.crc32(breq.session_id.encode()) % slots}
+        return {}
 
     async def _render(self, body: dict) -> tuple[int, dict | str]:
         """POST /apply-template: (status, JSON answer) or (status, the server's error message)."""
         try:
-            async with self.http.post(self.root + "/apply-template", data=orjson.dumps(body),
-                                      headers={"Content-Type": "application/json"},
+            url = self.root + "/apply-template"
+            async with self.http.post(url, data=orjson.dumps(body),
+                                      headers={**self.headers_for(url), "Content-Type": "application/json"},
                                       timeout=aiohttp.ClientTimeout(total=self.config.timeout_s)) as resp:
                 status = resp.status
                 raw = await _read_at_most(resp.content, (MAX_JSON_BYTES if status == 200 else MAX_ERROR_BYTES) + 1)
@@ -129,6 +143,9 @@ class LlamaCppBackend(OpenAIBackend):
         return status, data
 
     async def count_tokens(self, breq: BackendRequest) -> TokenCount:
+        return await self.on_replicas(breq, lambda: self._count_exactly(breq))
+
+    async def _count_exactly(self, breq: BackendRequest) -> TokenCount:
         req = breq.request
         body: dict = {"messages": to_openai_messages(req, self.dialect, breq.model,
                                                      await self.system_messages(req, breq.model)),

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import re
 import time
-from typing import AsyncIterator
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import AsyncIterator, TypeVar
 
 import aiohttp
 import httpx2
@@ -19,6 +22,7 @@ import structlog
 
 from backends.base import Backend, BackendHealth, BackendRequest, BackendUnavailable, ModelInfo, TokenCount
 from backends.openai_passthrough import passthrough
+from backends.replicas import Replica, ReplicaPool, all_failed
 from backends.sse_reader import LineTooLong, sse_reads
 from backends.translate import ChunkTranslator, Dialect, UpstreamStreamError, to_openai
 from backends.upstream_text import context_overflow, error_message, shorten
@@ -30,6 +34,10 @@ from gateway.redact import scrub
 from gateway.tokens import estimate_tokens
 
 log = structlog.get_logger("backends.openai")
+
+T = TypeVar("T")
+# The replica a token count or template probe is being tried on (see OpenAIBackend.on_replicas).
+_TRYING: ContextVar[Replica | None] = ContextVar("trying_replica", default=None)
 
 DISCOVERY_TTL_S = 30.0
 PROBE_TIMEOUT_S = 3.0
@@ -61,28 +69,63 @@ class OpenAIBackend(Backend):
 
     def __init__(self, config: BackendConfig):
         super().__init__(config)
-        self.root, self.api_base = split_base_url(config.base_url or "")
         self.dialect = Dialect(top_k=self.dialect.top_k, vision=config.vision,
                                thinking_switch=self.dialect.thinking_switch,
                                reasoning_history=self.dialect.reasoning_history,
                                reports_stop_string=self.dialect.reports_stop_string)
-        key = config.resolved_api_key()
-        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
-        if config.url_auth is not None:  # user:password@ taken out of base_url by the config
-            self._headers = {"Authorization": "Basic " + basic_credentials(*config.url_auth)}
+        self.key = config.resolved_api_key()
         self.secrets = config.secrets()
-        self.client = openai.AsyncOpenAI(
-            api_key=key or "not-needed", base_url=self.api_base, max_retries=0, default_headers=self._headers,
-            timeout=openai.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s)),
+        urls = config.base_urls or [config.base_url or ""]
+        auths = config.url_auths or [config.url_auth]
+        self.pool: ReplicaPool[openai.AsyncOpenAI] = ReplicaPool(
+            self.name, [self._replica(url, auth) for url, auth in zip(urls, auths)], probe=self._probe,
+            redact=lambda text: scrub(text, self.secrets))
+        self._http: aiohttp.ClientSession | None = None
+        self._discovered: list[ModelInfo] = []
+        self._discovered_at = 0.0
+        self._discovery_lock = asyncio.Lock()
+
+    def _replica(self, url: str, auth: tuple[str, str] | None) -> Replica[openai.AsyncOpenAI]:
+        """One server of the pool, with its own client (and its own credentials from its URL)."""
+        root, api_base = split_base_url(url)
+        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        if auth is not None:  # user:password@ taken out of base_url by the config
+            headers = {"Authorization": "Basic " + basic_credentials(*auth)}
+        client = openai.AsyncOpenAI(
+            api_key=self.key or "not-needed", base_url=api_base, max_retries=0, default_headers=headers,
+            timeout=openai.Timeout(self.config.timeout_s, connect=min(10.0, self.config.timeout_s)),
             # Error statuses are read here, capped, instead of by the SDK (which reads the whole
             # body); redirects are not followed, as following one reads its whole body too.
             http_client=openai.DefaultAioHttpClient(event_hooks={"response": [self._refuse_status]},
                                                     follow_redirects=False),
         )
-        self._http: aiohttp.ClientSession | None = None
-        self._discovered: list[ModelInfo] = []
-        self._discovered_at = 0.0
-        self._discovery_lock = asyncio.Lock()
+        return Replica(url=root, root=root, api_base=api_base, client=client, headers=headers)
+
+    @property
+    def root(self) -> str:
+        """Server root of the replica `on_replicas` is trying, else of the first admitted one."""
+        return (_TRYING.get() or self.pool.primary()).root
+
+    async def on_replicas(self, breq: BackendRequest, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()` (which reads `self.root`) on each replica in the request's order until one answers:
+        one that is unreachable or answers 5xx is ejected and the next is tried."""
+        errors: list[GatewayError] = []
+        for replica in self.pool.order(breq.session_id):
+            trying = _TRYING.set(replica)
+            try:
+                return await call()
+            except GatewayError as err:
+                if err.status < 500 or err.headers.get("x-should-retry") == "false":
+                    raise
+                self.pool.failed(replica, err.message[:300], eject=True)
+                errors.append(err)
+            finally:
+                _TRYING.reset(trying)
+        raise all_failed(self.name, len(self.pool), errors)
+
+    @property
+    def api_base(self) -> str:
+        return self.pool.primary().api_base
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -90,21 +133,30 @@ class OpenAIBackend(Backend):
     def http(self) -> aiohttp.ClientSession:
         """Session for the server's own endpoints beyond chat completions."""
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession(headers=self._headers)
+            self._http = aiohttp.ClientSession()
         return self._http
 
     async def start(self) -> None:
         await self._discover(force=True)
 
     async def close(self) -> None:
-        await self.client.close()
+        await self.pool.close()
+        for replica in self.pool.replicas:
+            await replica.client.close()
         if self._http is not None:
             await self._http.close()
+
+    def replicas(self) -> list[dict] | None:
+        return [r.state() for r in self.pool.replicas] if len(self.pool) > 1 else None
 
     # -- generation ---------------------------------------------------------------------------
 
     def extra_fields(self, breq: BackendRequest) -> dict:
         """Server-specific request fields (subclasses add theirs)."""
+        return {}
+
+    def replica_fields(self, breq: BackendRequest, replica: Replica) -> dict:
+        """Request fields that depend on the replica serving it (subclasses add theirs)."""
         return {}
 
     async def system_messages(self, req: MessagesRequest, model: str) -> str:
@@ -125,79 +177,93 @@ class OpenAIBackend(Backend):
             extra.update(self.extra_fields(breq))
             body = (passthrough(breq, extra) if breq.openai_body is not None
                     else to_openai(breq, self.dialect, extra, await self.system_messages(breq.request, breq.model)))
-            try:
-                resp = await self.client.post(
-                    "/chat/completions", cast_to=httpx2.Response,
-                    content=orjson.dumps(body), options={"headers": {"Content-Type": "application/json"}},
-                    stream=True)
-            except _Refused as exc:
-                raise exc.error from None
-            except openai.APITimeoutError as exc:
-                if not _refused(exc):
-                    raise GatewayError(500, f"backend '{self.name}' ({self.api_base}) did not answer within "
-                                            f"{self.config.timeout_s:g} s") from None
-                # The aiohttp transport reports a refused connect as ConnectTimeout: say what happened.
-                raise GatewayError(500, f"backend '{self.name}' at {self.api_base} is not reachable: "
-                                        f"{_cause(exc)}") from None
-            except openai.APIConnectionError as exc:
-                raise GatewayError(500, f"backend '{self.name}' at {self.api_base} is not reachable: "
-                                        f"{_cause(exc)}") from None
-            yield Started()
-            translator = ChunkTranslator(breq.request)
-            finished = ended = False
-            answer_chars = 0
-            try:
-                # All complete lines of one network read are decoded together and their events go out
-                # as one list (one socket write downstream): fewer generator hops and send() calls per
-                # chunk, and nothing waits for a later read, so streaming latency is unchanged.
-                async for lines in sse_reads(resp, MAX_LINE_BYTES):
-                    batch: list[Event] = []
-                    try:
-                        for line in lines:
-                            if not line.startswith(b"data:"):
-                                continue
-                            data = line[5:].strip()
-                            if data == b"[DONE]":
-                                finished = ended = True
-                                break
-                            chunk, events = self._events(translator, data)
-                            answer_chars += _content_chars(events)
-                            if answer_chars > MAX_ANSWER_CHARS:
-                                raise GatewayError(500, f"backend '{self.name}' sent an answer longer than "
-                                                        f"{MAX_ANSWER_CHARS} characters; it was cut off there")
-                            batch += events
-                            if translator.done:
-                                finished = ended = True
-                                break
-                            if chunk.get("choices") and chunk["choices"][0].get("finish_reason"):
-                                finished = True
-                    except Exception:
-                        if batch:  # what came before the bad chunk still goes out first
-                            yield batch
-                        raise
-                    if batch:
-                        yield batch
-                    if ended:
-                        break
-                if not finished:
-                    raise GatewayError(500, f"backend '{self.name}' closed its stream before finishing")
-                for ev in translator.finish():
-                    yield ev
-            except LineTooLong as exc:
-                raise GatewayError(500, f"backend '{self.name}' sent {exc}; the answer was cut off there") from None
-            except UpstreamStreamError as exc:
-                raise self._context_error(from_upstream(exc.status or 500,
-                                                        f"backend '{self.name}': {shorten(str(exc))}")) from None
-            except httpx2.TimeoutException:
-                raise GatewayError(500, f"backend '{self.name}' stopped sending for "
-                                        f"{self.config.timeout_s:g} s") from None
-            except httpx2.HTTPError as exc:
-                raise GatewayError(500, f"backend '{self.name}' connection failed mid-stream: "
-                                        f"{exc or type(exc).__name__}") from None
-            finally:
-                await resp.aclose()
+
+            def chosen(replica: Replica) -> None:
+                breq.replica = replica.url
+
+            attempts = self.pool.failover(breq.session_id, lambda r: self._stream_from(r, breq, body),
+                                          chosen if len(self.pool) > 1 else None)
+            async with contextlib.aclosing(attempts):  # closed with this generator (a client that left)
+                async for item in attempts:
+                    yield item
         except GatewayError as err:  # upstream text may quote our key back (an echoed Authorization)
             raise GatewayError(err.status, scrub(err.message, self.secrets), err.type, err.headers) from None
+
+    async def _stream_from(self, replica: Replica, breq: BackendRequest,
+                           body: dict) -> AsyncIterator[Event | list[Event]]:
+        """One replica's answer: Started once it accepted, then its events."""
+        fields = self.replica_fields(breq, replica)
+        try:
+            resp = await replica.client.post(
+                "/chat/completions", cast_to=httpx2.Response,
+                content=orjson.dumps({**body, **fields} if fields else body),
+                options={"headers": {"Content-Type": "application/json"}}, stream=True)
+        except _Refused as exc:
+            raise exc.error from None
+        except openai.APITimeoutError as exc:
+            if not _refused(exc):
+                raise GatewayError(500, f"backend '{self.name}' ({replica.api_base}) did not answer within "
+                                        f"{self.config.timeout_s:g} s") from None
+            # The aiohttp transport reports a refused connect as ConnectTimeout: say what happened.
+            raise GatewayError(500, f"backend '{self.name}' at {replica.api_base} is not reachable: "
+                                    f"{_cause(exc)}") from None
+        except openai.APIConnectionError as exc:
+            raise GatewayError(500, f"backend '{self.name}' at {replica.api_base} is not reachable: "
+                                    f"{_cause(exc)}") from None
+        yield Started()
+        translator = ChunkTranslator(breq.request)
+        finished = ended = False
+        answer_chars = 0
+        try:
+            # All complete lines of one network read are decoded together and their events go out
+            # as one list (one socket write downstream): fewer generator hops and send() calls per
+            # chunk, and nothing waits for a later read, so streaming latency is unchanged.
+            async for lines in sse_reads(resp, MAX_LINE_BYTES):
+                batch: list[Event] = []
+                try:
+                    for line in lines:
+                        if not line.startswith(b"data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == b"[DONE]":
+                            finished = ended = True
+                            break
+                        chunk, events = self._events(translator, data)
+                        answer_chars += _content_chars(events)
+                        if answer_chars > MAX_ANSWER_CHARS:
+                            raise GatewayError(500, f"backend '{self.name}' sent an answer longer than "
+                                                    f"{MAX_ANSWER_CHARS} characters; it was cut off there")
+                        batch += events
+                        if translator.done:
+                            finished = ended = True
+                            break
+                        if chunk.get("choices") and chunk["choices"][0].get("finish_reason"):
+                            finished = True
+                except Exception:
+                    if batch:  # what came before the bad chunk still goes out first
+                        yield batch
+                    raise
+                if batch:
+                    yield batch
+                if ended:
+                    break
+            if not finished:
+                raise GatewayError(500, f"backend '{self.name}' closed its stream before finishing")
+            for ev in translator.finish():
+                yield ev
+        except LineTooLong as exc:
+            raise GatewayError(500, f"backend '{self.name}' sent {exc}; the answer was cut off there") from None
+        except UpstreamStreamError as exc:
+            raise self._context_error(from_upstream(exc.status or 500,
+                                                    f"backend '{self.name}': {shorten(str(exc))}")) from None
+        except httpx2.TimeoutException:
+            raise GatewayError(500, f"backend '{self.name}' stopped sending for "
+                                    f"{self.config.timeout_s:g} s") from None
+        except httpx2.HTTPError as exc:
+            raise GatewayError(500, f"backend '{self.name}' connection failed mid-stream: "
+                                    f"{exc or type(exc).__name__}") from None
+        finally:
+            await resp.aclose()
 
     def _events(self, translator: ChunkTranslator, data: bytes) -> tuple[dict, list[Event]]:
         """One `data:` payload: the decoded chunk and its events; a clear error for a malformed one."""
@@ -290,12 +356,36 @@ class OpenAIBackend(Backend):
         return out
 
     async def health(self) -> BackendHealth:
+        if len(self.pool) > 1:
+            await self._probe_all()
         try:
             models = await self._discover(force=True)
         except BackendUnavailable as exc:
             return BackendHealth(False, str(exc))
         ctx = self.config.context_window or next((m.context_window for m in models if m.context_window), None)
-        return BackendHealth(True, "ok", [m.id for m in models], ctx)
+        if len(self.pool) == 1:
+            return BackendHealth(True, "ok", [m.id for m in models], ctx)
+        up = sum(r.admitted for r in self.pool.replicas)
+        return BackendHealth(up > 0, f"{up} of {len(self.pool)} replicas up", [m.id for m in models], ctx)
+
+    async def _probe_all(self) -> None:
+        """Probe every replica: one that does not answer is ejected, one that does is admitted."""
+        async def one(replica: Replica) -> None:
+            try:
+                await self._probe(replica)
+            except BackendUnavailable as exc:
+                self.pool.failed(replica, f"probe: {exc}", eject=True)
+            else:
+                self.pool.admit(replica, "a health check answered")
+        await asyncio.gather(*(one(r) for r in self.pool.replicas))
+
+    async def _probe(self, replica: Replica) -> None:
+        """Does the replica answer its model list? BackendUnavailable when not."""
+        await self.get_json(replica.api_base + "/models")
+        await self.probe_facts(replica)
+
+    async def probe_facts(self, replica: Replica) -> None:
+        """Hook: per-replica server facts, refreshed with each probe (llama.cpp's slot count)."""
 
     async def _models_cached(self) -> list[ModelInfo]:
         """Discovered models; refreshed in the background once stale so callers never wait long."""
@@ -320,13 +410,25 @@ class OpenAIBackend(Backend):
             if not force and time.monotonic() - self._discovered_at < DISCOVERY_TTL_S:
                 return self._discovered
             self._discovered_at = time.monotonic()
-            payload = await self.get_json(self.api_base + "/models")
+            payload = await self._models_payload()
             # A model id quoting our key back is dropped: /health and /v1/models would show it.
             self._discovered = [self._model_info(item) for item in payload.get("data", [])
                                 if isinstance(item, dict) and isinstance(item.get("id"), str)
                                 and scrub(item["id"], self.secrets) == item["id"]]
             await self.after_discovery()
             return self._discovered
+
+    async def _models_payload(self) -> dict:
+        """/v1/models of the first replica that answers (config order, admitted ones first); those
+        that do not answer are ejected on the way."""
+        replicas = self.pool.replicas
+        candidates = [r for r in replicas if r.admitted] + [r for r in replicas if not r.admitted]
+        for replica in candidates[:-1]:
+            try:
+                return await self.get_json(replica.api_base + "/models")
+            except BackendUnavailable as exc:
+                self.pool.failed(replica, f"probe: {exc}", eject=True)
+        return await self.get_json(candidates[-1].api_base + "/models")
 
     async def after_discovery(self) -> None:
         """Hook: fetch server facts that /v1/models does not carry."""
@@ -343,12 +445,19 @@ class OpenAIBackend(Backend):
         except BackendUnavailable as exc:
             raise BackendUnavailable(scrub(str(exc), self.secrets), exc.status) from None
 
+    def headers_for(self, url: str) -> dict:
+        """The credentials of the replica `url` names (each may carry its own user:password@)."""
+        return next((dict(r.headers) for r in self.pool.replicas if url.startswith(r.root + "/")), {})
+
     async def _get_json(self, url: str, body: dict | None, timeout: float) -> dict:
+        headers = self.headers_for(url)
         try:
             if body is None:
-                req = self.http.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False)
+                req = self.http.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout),
+                                    allow_redirects=False)
             else:
-                req = self.http.post(url, data=orjson.dumps(body), headers={"Content-Type": "application/json"},
+                req = self.http.post(url, data=orjson.dumps(body),
+                                     headers={**headers, "Content-Type": "application/json"},
                                      timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False)
             async with req as resp:
                 limit = MAX_ERROR_BYTES if resp.status >= 300 else MAX_JSON_BYTES

@@ -42,6 +42,9 @@ class VLLMBackend(OpenAIBackend):
         return "keep" if self._late_system_ok[model] else "as_user"
 
     async def count_tokens(self, breq: BackendRequest) -> TokenCount:
+        return await self.on_replicas(breq, lambda: self._count_exactly(breq))
+
+    async def _count_exactly(self, breq: BackendRequest) -> TokenCount:
         req = breq.request
         body: dict = {
             "model": breq.model,

@@ -20,6 +20,7 @@ from gateway.logs import configure_logging
 from gateway.models_api import catalog
 from gateway.server import create_app, runner_options
 from gateway.state import Gateway
+from gateway.tls import TLSError, server_context
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -66,16 +67,22 @@ def _public_refusal(cfg: Config) -> str | None:
 
 def _describe(cfg: Config, name: str) -> str:
     b = cfg.backends[name]
+    if len(b.base_urls) > 1:
+        return f"{b.type} pool of {len(b.base_urls)} replicas"
     return f"{b.type} at {b.base_url}" if b.base_url else f"{b.type} model {b.model}"
 
 
 async def _serve(cfg: Config) -> int:
+    try:
+        tls = server_context(cfg.server)
+    except TLSError as exc:
+        return _fail(str(exc), 1)
     gateway = Gateway(cfg)
     raise_open_files_limit(cfg.server.max_connections)
     cap = ConnectionCap(cfg.server.max_connections, gateway.connections)
     try:
         # Bound before the backends load: a port in use is reported at once, not after a model download.
-        bound = await bind(cfg.server.host, cfg.server.port, cap)
+        bound = await bind(cfg.server.host, cfg.server.port, cap, ssl=tls)
     except OSError as exc:
         await gateway.close()
         return _fail(f"cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror or exc}. "
@@ -99,8 +106,9 @@ async def _serve(cfg: Config) -> int:
         print(f"claude-gateway: backend '{name}' ({_describe(cfg, name)}) is not reachable: {detail}. "
               f"Start that server or fix base_url in [backends.{name}] of {cfg.path}. The gateway runs anyway; "
               f"requests routed to '{name}' fail with api_error until it answers.", file=sys.stderr)
-    await ListenerSite(runner, bound, cfg.server.host, cfg.server.port).start()
-    url = f"http://{cfg.server.host}:{cfg.server.port}"
+    scheme = "https" if tls is not None else "http"
+    await ListenerSite(runner, bound, cfg.server.host, cfg.server.port, scheme).start()
+    url = f"{scheme}://{cfg.server.host}:{cfg.server.port}"
     auth = "ANTHROPIC_AUTH_TOKEN=<server.auth_token>" if cfg.server.auth_token else "ANTHROPIC_AUTH_TOKEN=any"
     print(f"claude-gateway listening on {url}\n  use it: ANTHROPIC_BASE_URL={url} {auth} claude",
           file=sys.stderr, flush=True)
@@ -124,6 +132,13 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 async def _check(cfg: Config) -> int:
+    tls_line, tls_ok = None, True
+    if cfg.server.tls_cert:
+        try:
+            server_context(cfg.server)
+            tls_line = f"TLS: ok, {cfg.server.tls_cert} and {cfg.server.tls_key} are a certificate and its key"
+        except TLSError as exc:
+            tls_line, tls_ok = f"TLS: FAILED, {exc}", False
     gateway = Gateway(cfg)
     rows, failed = [], False
     try:
@@ -140,13 +155,23 @@ async def _check(cfg: Config) -> int:
                 continue
             h = await backend.health()
             failed |= not h.ok
+            models = ", ".join(h.models) or h.detail
+            if backend.replicas() is not None:
+                models = f"{models} ({h.detail})"
             rows.append([name, backend.config.type, _describe(cfg, name), "ok" if h.ok else "unreachable",
-                         str(h.context_window or "-"), ", ".join(h.models) or h.detail])
+                         str(h.context_window or "-"), models])
+            for replica in backend.replicas() or []:
+                failed |= not replica["ok"]
+                rows.append(["", "replica", replica["url"], "ok" if replica["ok"] else "unreachable", "-",
+                             "" if replica["ok"] else replica.get("last_error", "")])
     finally:
         await gateway.close()
     print(_table(rows, ["BACKEND", "TYPE", "WHERE", "STATUS", "CONTEXT", "MODELS"]))
-    print(f"\nconfig {cfg.path}: valid; " + ("some backends are not usable" if failed else "all backends answer"))
-    return 1 if failed else 0
+    if tls_line is not None:
+        print(f"\n{tls_line}")
+    print(f"\nconfig {cfg.path}: valid; " + ("some backends are not usable" if failed else "all backends answer")
+          + ("" if tls_ok else "; the TLS pair is not usable"))
+    return 1 if failed or not tls_ok else 0
 
 
 async def _models(cfg: Config) -> int:

@@ -39,6 +39,8 @@ class ServerConfig:
     header_timeout_s: float = 20.0  # a connection must finish its request headers this soon (idle ones close too)
     body_timeout_s: float = 60.0  # a request body must arrive within this long after its headers
     max_connections: int = 512  # open client connections; past it, idle ones are closed first
+    tls_cert: str | None = None  # PEM certificate (chain) file: serve HTTPS directly
+    tls_key: str | None = None  # PEM private key file of tls_cert
 
 
 @dataclass
@@ -56,7 +58,7 @@ class BackendConfig:
     name: str
     type: str
     model: str | None = None
-    base_url: str | None = None
+    base_url: str | None = None  # the first replica's URL (credentials removed); base_urls has them all
     api_key: str | None = None
     api_key_env: str | None = None
     timeout_s: float = 900.0
@@ -74,7 +76,11 @@ class BackendConfig:
     cache_ttl_s: float = 1800  # prompt-cache entries unused this long are dropped
     max_batch: int = 8  # requests decoded together
     cache_across_sessions: bool = False  # any request may reuse any cached prefix (a gateway with one user)
-    # Not a key: user:password@ found in base_url, moved out of it so the URL can be shown.
+    fallback: str | None = None  # the backend that answers when this one cannot (every replica down or overloaded)
+    # Not keys: base_url as a list of replica URLs (credentials removed), and the user:password@
+    # found in each, moved out of it so the URL can be shown (url_auth: the first replica's).
+    base_urls: list[str] = field(default_factory=list)
+    url_auths: list[tuple[str, str] | None] = field(default_factory=list)
     url_auth: tuple[str, str] | None = None
 
     def resolved_api_key(self) -> str | None:
@@ -86,9 +92,10 @@ class BackendConfig:
     def secrets(self) -> tuple[str, ...]:
         """What must never be shown: the API key, the URL password and the Basic credentials built from it."""
         out = [self.resolved_api_key() or ""]
-        if self.url_auth is not None:
-            user, password = self.url_auth
-            out += [password, base64.b64encode(f"{user}:{password}".encode()).decode("ascii")]
+        for auth in self.url_auths or [self.url_auth]:
+            if auth is not None:
+                user, password = auth
+                out += [password, base64.b64encode(f"{user}:{password}".encode()).decode("ascii")]
         return tuple(s for s in out if s)
 
 
@@ -111,12 +118,12 @@ class Config:
 _SERVER_KEYS = {"host": str, "port": int, "auth_token": str, "max_body_mb": (int, float),
                 "ping_interval_s": (int, float), "allow_public": bool, "shutdown_grace_s": (int, float),
                 "allowed_hosts": list, "allowed_origins": list, "header_timeout_s": (int, float),
-                "body_timeout_s": (int, float), "max_connections": int}
+                "body_timeout_s": (int, float), "max_connections": int, "tls_cert": str, "tls_key": str}
 _LOG_KEYS = {"requests": str, "bodies": bool, "level": str, "rotate_mb": (int, float), "keep": int, "gzip": bool}
 _ROUTING_KEYS = {"default": str, "claude_models": list}
-_BACKEND_KEYS = {"type": str, "model": str, "base_url": str, "api_key": str, "api_key_env": str,
+_BACKEND_KEYS = {"type": str, "model": str, "base_url": (str, list), "api_key": str, "api_key_env": str,
                  "timeout_s": (int, float), "context_window": int, "max_output_tokens": int, "vision": bool,
-                 "system_messages": str, "extra_body": dict, "model_mapping": dict}
+                 "system_messages": str, "extra_body": dict, "model_mapping": dict, "fallback": str}
 _MLX_KEYS = {"tool_parser": str, "max_resident_models": int, "cache_mb": (int, float), "cache_ttl_s": (int, float),
              "max_batch": int, "cache_across_sessions": bool}
 _BACKEND_KEYS.update(_MLX_KEYS)
@@ -215,6 +222,10 @@ def parse_config(text: str, path: Path | None = None) -> Config:
         raise ConfigError(f"{loc.where(('server',), 'ping_interval_s')}: 'server.ping_interval_s' must be positive.")
     if cfg.server.shutdown_grace_s < 0:
         raise ConfigError(f"{loc.where(('server',), 'shutdown_grace_s')}: 'server.shutdown_grace_s' must be 0 or more.")
+    if bool(cfg.server.tls_cert) != bool(cfg.server.tls_key):
+        given, missing = ("tls_cert", "tls_key") if cfg.server.tls_cert else ("tls_key", "tls_cert")
+        raise ConfigError(f"{loc.where(('server',), given)}: 'server.{given}' is set but 'server.{missing}' is "
+                          "not; HTTPS needs both the certificate and its private key (PEM files).")
     env_token = os.environ.get("GATEWAY_AUTH_TOKEN")
     if env_token:
         cfg.server.auth_token = env_token
@@ -247,10 +258,29 @@ def parse_config(text: str, path: Path | None = None) -> Config:
             raise ConfigError(f"{loc.where(('routing',), 'claude_models')}: 'routing.claude_models' must be a list "
                               "of model ids (non-empty strings), e.g. [\"claude-sonnet-4-6\"].")
         cfg.claude_models = list(ids)
+    _check_fallbacks(cfg, loc)
     if cfg.default_backend is not None and cfg.default_backend not in cfg.backends:
         raise ConfigError(f"{loc.where(('routing',), 'default')}: 'routing.default' names backend "
                           f"'{cfg.default_backend}', which is not defined. Defined: {', '.join(cfg.backends)}.")
     return cfg
+
+
+def _check_fallbacks(cfg: Config, loc: _Locator) -> None:
+    """Every `fallback` names a defined backend, and no chain comes back to where it started."""
+    for name, b in cfg.backends.items():
+        if b.fallback is None:
+            continue
+        where = loc.where(("backends", name), "fallback")
+        if b.fallback not in cfg.backends:
+            raise ConfigError(f"{where}: 'backends.{name}.fallback' names backend '{b.fallback}', which is not "
+                              f"defined. Defined: {', '.join(cfg.backends)}.")
+        chain, at = [name], b.fallback
+        while at is not None:
+            if at in chain:
+                raise ConfigError(f"{where}: the fallback chain {' -> '.join(chain + [at])} is a loop; "
+                                  "end it at a backend without 'fallback'.")
+            chain.append(at)
+            at = cfg.backends[at].fallback
 
 
 def port_problem(port: int) -> str | None:
@@ -323,11 +353,7 @@ def _backend(name: str, table: Any, loc: _Locator) -> BackendConfig:
     if kind in _REMOTE_TYPES and not table.get("base_url"):
         raise ConfigError(f"{loc.where(where)}: backend '{name}' (type {kind}) needs 'base_url', "
                           "e.g. base_url = \"http://127.0.0.1:8000\".")
-    if kind in _REMOTE_TYPES:
-        parts = urlsplit(table["base_url"].strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"{loc.where(where, 'base_url')}: 'backends.{name}.base_url' must be an http:// or "
-                              f"https:// URL with a host, e.g. \"http://127.0.0.1:8000\"; got {_without_userinfo(table['base_url'])!r}.")
+    urls = _base_urls(name, kind, table.get("base_url"), loc) if "base_url" in table else []
     if kind == "mlx" and not table.get("model"):
         raise ConfigError(f"{loc.where(where)}: backend '{name}' (type mlx) needs 'model': a Hugging Face id "
                           "or a local path.")
@@ -348,15 +374,44 @@ def _backend(name: str, table: Any, loc: _Locator) -> BackendConfig:
                 "max_batch"):
         if key in table and table[key] <= 0:
             raise ConfigError(f"{loc.where(where, key)}: 'backends.{name}.{key}' must be positive.")
-    fields = {k: v for k, v in table.items() if k not in ("model_mapping",)}
-    url_auth = None
-    if table.get("base_url"):
-        fields["base_url"], url_auth = _split_credentials(table["base_url"])
-        if url_auth is not None and (table.get("api_key") or table.get("api_key_env")):
-            raise ConfigError(f"{loc.where(where, 'base_url')}: backend '{name}' has both credentials in "
-                              "'base_url' (user:password@) and an API key; the server gets one Authorization "
-                              "header, so keep one of them.")
-    return BackendConfig(name=name, model_mapping=dict(mapping), url_auth=url_auth, **fields)
+    if table.get("fallback") == name:
+        raise ConfigError(f"{loc.where(where, 'fallback')}: 'backends.{name}.fallback' names the backend itself; "
+                          "name another backend.")
+    fields = {k: v for k, v in table.items() if k not in ("model_mapping", "base_url")}
+    split = [_split_credentials(u) for u in urls]
+    auths = [auth for _, auth in split]
+    if any(a is not None for a in auths) and (table.get("api_key") or table.get("api_key_env")):
+        raise ConfigError(f"{loc.where(where, 'base_url')}: backend '{name}' has both credentials in "
+                          "'base_url' (user:password@) and an API key; the server gets one Authorization "
+                          "header, so keep one of them.")
+    stripped = [u for u, _ in split]
+    return BackendConfig(name=name, model_mapping=dict(mapping), base_url=stripped[0] if stripped else None,
+                         base_urls=stripped, url_auths=auths, url_auth=auths[0] if auths else None, **fields)
+
+
+def _base_urls(name: str, kind: str, value: Any, loc: _Locator) -> list[str]:
+    """base_url as a list of replica URLs (one string is a pool of one), each validated."""
+    where = loc.where(("backends", name), "base_url")
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise ConfigError(f"{where}: 'backends.{name}.base_url' is an empty list; give one URL or several, e.g. "
+                          "base_url = [\"http://10.0.0.5:8000\", \"http://10.0.0.6:8000\"].")
+    seen: set[str] = set()
+    out = []
+    for url in values:
+        if not isinstance(url, str):
+            raise ConfigError(f"{where}: 'backends.{name}.base_url' entries must be strings, got {url!r}.")
+        if kind in _REMOTE_TYPES:
+            parts = urlsplit(url.strip())
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"{where}: 'backends.{name}.base_url' must be an http:// or https:// URL with a "
+                                  f"host, e.g. \"http://127.0.0.1:8000\"; got {_without_userinfo(url)!r}.")
+        key = _split_credentials(url.strip())[0].rstrip("/").removesuffix("/v1")
+        if key in seen:
+            raise ConfigError(f"{where}: 'backends.{name}.base_url' lists {_without_userinfo(url)!r} twice.")
+        seen.add(key)
+        out.append(url.strip())
+    return out
 
 
 def _without_userinfo(url: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from http import HTTPStatus
+from ssl import SSLContext
 from typing import Any
 
 import orjson
@@ -116,25 +117,28 @@ class _Refused(asyncio.Protocol):
             self.timer.cancel()
 
 
-async def bind(host: str, port: int, cap: ConnectionCap, backlog: int = 128) -> asyncio.AbstractServer:
-    """Bind host:port now without accepting yet (OSError when taken); `ListenerSite` starts accepting."""
+async def bind(host: str, port: int, cap: ConnectionCap, backlog: int = 128,
+               ssl: SSLContext | None = None) -> asyncio.AbstractServer:
+    """Bind host:port now without accepting yet (OSError when taken); `ListenerSite` starts accepting.
+    With `ssl`, every connection is HTTPS (the handshake happens before aiohttp sees a byte)."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(cap, host or None, port, backlog=backlog, start_serving=False)
+    return await loop.create_server(cap, host or None, port, backlog=backlog, start_serving=False, ssl=ssl)
 
 
 class ListenerSite(web.BaseSite):
     """An aiohttp site over an already bound server, so AppRunner.cleanup stops it like any other."""
 
-    __slots__ = ("_bound", "_host", "_port")
+    __slots__ = ("_bound", "_host", "_port", "_scheme")
 
-    def __init__(self, runner: web.AppRunner, bound: asyncio.AbstractServer, host: str, port: int):
+    def __init__(self, runner: web.AppRunner, bound: asyncio.AbstractServer, host: str, port: int,
+                 scheme: str = "http"):
         super().__init__(runner)
         self._bound = bound
-        self._host, self._port = host, port
+        self._host, self._port, self._scheme = host, port, scheme
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        return f"{self._scheme}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()

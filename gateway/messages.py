@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import fnmatch
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -11,18 +14,18 @@ import orjson
 import structlog
 from aiohttp import web
 
-from backends.base import BackendRequest
+from backends.base import Backend, BackendRequest
 from gateway.anthropic import MessagesRequest, parse_messages_request
 from gateway.context_edits import apply_context_edits
 from gateway.errors import GatewayError
-from gateway.events import Event
+from gateway.events import Event, Started
 from gateway.json_body import decode_body
-from gateway.limits import fit_request
+from gateway.limits import Fit, fit_request
 from gateway.message_stream import MessageStream
 from gateway.normalize import normalize, session_id
 from gateway.reqlog import RequestRecord
 from gateway.sse import PING, encode_all
-from gateway.state import GATEWAY, RECORD
+from gateway.state import GATEWAY, RECORD, Gateway
 from gateway.tool_search import apply_tool_search
 
 log = structlog.get_logger("gateway.messages")
@@ -167,8 +170,7 @@ class AnthropicWire:
 
 async def _generate(request: web.Request) -> web.StreamResponse:
     req, breq, backend = await _prepare(request, count_only=False)
-    fit = await fit_request(backend, breq)
-    breq.max_tokens = fit.max_tokens
+    backend, breq, fit = await fit_with_fallback(request.app[GATEWAY], backend, breq, request[RECORD])
     # message_start must never report more input than the final usage: only an estimate is halved.
     ms = MessageStream(model=req.model, input_tokens=fit.prompt_tokens if fit.exact else fit.prompt_tokens // 2,
                        show_thinking=req.thinking_enabled,
@@ -176,7 +178,8 @@ async def _generate(request: web.Request) -> web.StreamResponse:
                        context_management=None if req.context_edits is None
                        else {"applied_edits": request[APPLIED_EDITS]},
                        context_clamped=fit.context_clamped)
-    return await answer(request, ms, backend.stream(breq), AnthropicWire(ms), req.stream)
+    events = events_with_fallback(request.app[GATEWAY], backend, breq, request[RECORD])
+    return await answer(request, ms, events, AnthropicWire(ms), req.stream)
 
 
 async def answer(request: web.Request, ms: MessageStream, events: AsyncIterator[Event], wire: Wire,
@@ -203,6 +206,115 @@ async def answer(request: web.Request, ms: MessageStream, events: AsyncIterator[
             stats = ms.engine_stats
             record.prefill_tps, record.decode_tps = stats.prefill_tps, stats.decode_tps
             record.peak_memory_mb = stats.peak_memory_mb
+
+
+# Claude Code appends context-size hints such as "[1m]" to model names (the router's rule).
+_SUFFIX = re.compile(r"\[[^\]]*\]$")
+
+
+def fallback_reason(err: GatewayError) -> str | None:
+    """Why `err`, raised before any content, sends the request to the backend's fallback (or None)."""
+    if err.status in (429, 529):
+        return "overloaded"  # every replica said so, after the pool tried each
+    if err.status >= 500 and err.headers.get("x-should-retry") != "false":
+        return "unavailable"  # every replica down (connect errors, timeouts, 5xx)
+    return None
+
+
+async def use_fallback(gw: Gateway, backend: Backend, breq: BackendRequest, record: RequestRecord,
+                       reason: str, error: str) -> tuple[Backend, BackendRequest, Fit] | None:
+    """The request moved to `backend`'s fallback: that backend, the request bound to its model and fitted
+    to its context, with the log line saying what and why; None when `backend` has no fallback.
+
+    Reusable for any reason a backend cannot take a request it was routed to (overload, outage, a
+    prompt that does not fit)."""
+    name = backend.config.fallback
+    if name is None:
+        return None
+    target = gw.backends[name]
+    model = await _model_on(target, breq.request.model)
+    # The same request bound afresh (max_tokens is fitted below). An OpenAI client's own body is not
+    # passed on: its output limit was fitted to the first backend; `request` carries the same content.
+    moved = dataclasses.replace(breq, model=model, max_tokens=breq.request.max_tokens or 1, replica=None,
+                                openai_body=None)
+    first = record.fallback["from"] if record.fallback else backend.name
+    record.fallback = {"from": first, "to": target.name, "reason": reason, "error": error[:500]}
+    record.backend, record.backend_model = target.name, model
+    log.warning("backend_fallback", request_id=record.request_id, backend=backend.name, fallback=target.name,
+                reason=reason, error=error[:300])
+    try:
+        fit = await fit_request(target, moved)
+    except GatewayError as err:  # the fallback cannot fit it either: on down its chain (config forbids loops)
+        again = fallback_reason(err)
+        switched = await use_fallback(gw, target, moved, record, again, err.message) if again else None
+        if switched is None:
+            raise
+        return switched
+    moved.max_tokens = fit.max_tokens
+    return target, moved, fit
+
+
+async def _model_on(backend: Backend, requested: str) -> str:
+    """The model `backend` serves a requested name with: its mapping for the name, else its default
+    (the router's rules, limited to one backend)."""
+    mapping = backend.config.model_mapping
+    for name in dict.fromkeys((requested, _SUFFIX.sub("", requested))):
+        if name in mapping:
+            return mapping[name]
+        for pattern, model in mapping.items():
+            if any(ch in pattern for ch in "*?[") and fnmatch.fnmatchcase(name, pattern):
+                return model
+    if backend.config.model:
+        return backend.config.model
+    models = await backend.models()
+    if not models:
+        raise GatewayError(500, f"fallback backend '{backend.name}' has no 'model' configured and lists no models")
+    return models[0].id
+
+
+async def fit_with_fallback(gw: Gateway, backend: Backend, breq: BackendRequest,
+                            record: RequestRecord) -> tuple[Backend, BackendRequest, Fit]:
+    """fit_request, moving to the fallback when the backend cannot even fit the prompt for a reason
+    its fallback covers (e.g. no replica left to count the prompt's tokens)."""
+    try:
+        fit = await fit_request(backend, breq)
+    except GatewayError as err:
+        reason = fallback_reason(err)
+        switched = await use_fallback(gw, backend, breq, record, reason, err.message) if reason else None
+        if switched is None:
+            raise
+        return switched
+    breq.max_tokens = fit.max_tokens
+    return backend, breq, fit
+
+
+async def events_with_fallback(gw: Gateway, backend: Backend, breq: BackendRequest,
+                               record: RequestRecord) -> AsyncIterator[Event | list[Event]]:
+    """The backend's events; when it fails before any content (Started carries none), its fallback's,
+    down the chain. Started goes out once, so a client never sees the switch."""
+    started = False
+    while True:
+        events = backend.stream(breq)
+        delivered = False
+        try:
+            async for item in events:
+                if type(item) is Started:
+                    if started:
+                        continue
+                    started = True
+                else:
+                    delivered = True
+                yield item
+            return
+        except GatewayError as err:
+            reason = None if delivered else fallback_reason(err)
+            switched = await use_fallback(gw, backend, breq, record, reason, err.message) if reason else None
+            if switched is None:
+                raise
+            backend, breq, _ = switched
+        finally:
+            record.replica = breq.replica
+            await events.aclose()
 
 
 async def _respond_json(ms: MessageStream, events: AsyncIterator[Event], record: RequestRecord,

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gateway.config import Config
 from gateway.errors import STATUS_TYPES
@@ -68,9 +69,13 @@ class ModelLabels:
 class Metrics:
     """The collectors of one gateway, fed one finished RequestRecord at a time."""
 
-    def __init__(self, backends: tuple[str, ...], labels: ModelLabels) -> None:
+    def __init__(self, backends: tuple[str, ...], labels: ModelLabels,
+                 replicas: dict[str, Callable[[], list[dict] | None]] | None = None) -> None:
         self.backends = backends  # the in-flight gauges report 0 for these rather than nothing
         self.labels = labels
+        # backend → its replicas' live state (Backend.replicas); the `replica` label takes only these URLs.
+        self.replicas = replicas or {}
+        self.replica_urls = {name: {r["url"] for r in (state() or [])} for name, state in self.replicas.items()}
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("gateway_requests", "API requests by route, status, backend and requested model",
@@ -88,6 +93,14 @@ class Metrics:
         self.upstream_errors = Counter("gateway_upstream_errors", "Requests that reached a backend and failed "
                                        "there (5xx, 429, 529, or an error mid-stream)", ["backend", "type"],
                                        registry=r)
+        self.replica_requests = Counter("gateway_replica_requests", "Generations by the replica of a backend's "
+                                        "pool that answered (or was tried last), and status",
+                                        ["backend", "replica", "status"], registry=r)
+        self.replica_ttft = Histogram("gateway_replica_time_to_first_token_seconds", "Time from request to the "
+                                      "first content token, by replica", ["backend", "replica"],
+                                      buckets=TTFT_BUCKETS, registry=r)
+        self.fallbacks = Counter("gateway_fallbacks", "Requests another backend answered because theirs could "
+                                 "not (fallback = \"...\")", ["backend", "fallback", "reason"], registry=r)
         self.unknown_routes = Counter("gateway_unknown_routes", "Requests to paths the gateway does not serve",
                                       ["method"], registry=r)
         self.in_flight: set[RequestRecord] = set()
@@ -120,6 +133,15 @@ class Metrics:
             self.upstream_errors.labels(backend, etype if etype in _ERROR_TYPES else OTHER).inc()
         if record.backend and route.endswith("/messages") and record.status < 400:
             self._count_tokens(record, backend, model)
+        if record.replica and record.replica in self.replica_urls.get(backend, ()):
+            self.replica_requests.labels(backend, record.replica, str(record.status)).inc()
+            if record.ttft_ms is not None:
+                self.replica_ttft.labels(backend, record.replica).observe(record.ttft_ms / 1000)
+        if record.fallback:
+            fb = record.fallback
+            known = set(self.backends)
+            self.fallbacks.labels(fb["from"] if fb["from"] in known else OTHER, fb["to"] if fb["to"] in known else OTHER,
+                                  fb["reason"]).inc()
 
     def _count_tokens(self, record: RequestRecord, backend: str, model: str) -> None:
         if record.input_tokens:
@@ -165,6 +187,20 @@ class _InFlightCollector:
             streams.add_metric([backend], n)
         yield requests
         yield streams
+        up = GaugeMetricFamily("gateway_replica_up", "1 while a replica of a backend's pool is admitted, 0 while "
+                               "ejected", labels=["backend", "replica"])
+        busy = GaugeMetricFamily("gateway_replica_in_flight", "Requests this gateway has at a replica now",
+                                 labels=["backend", "replica"])
+        ejections = CounterMetricFamily("gateway_replica_ejections", "Times a replica was ejected after failing",
+                                        labels=["backend", "replica"])
+        for backend, state in self.metrics.replicas.items():
+            for r in state() or []:
+                up.add_metric([backend, r["url"]], 1 if r["ok"] else 0)
+                busy.add_metric([backend, r["url"]], r["in_flight"])
+                ejections.add_metric([backend, r["url"]], r["ejections"])
+        yield up
+        yield busy
+        yield ejections
 
 
 def loopback(remote: str | None) -> bool:

@@ -12,9 +12,14 @@ from aiohttp import web
 from backends.base import BackendRequest
 from gateway.anthropic import ImageBlock
 from gateway.errors import invalid
-from gateway.limits import fit_request
 from gateway.message_stream import MessageStream, new_id
-from gateway.messages import answer, guarded, read_body
+from gateway.messages import (
+    answer,
+    events_with_fallback,
+    fit_with_fallback,
+    guarded,
+    read_body,
+)
 from gateway.openai_chat import parse_chat_request, to_messages_request
 from gateway.openai_sse import ChatWire
 from gateway.state import GATEWAY, RECORD
@@ -57,10 +62,11 @@ async def _generate(request: web.Request) -> web.StreamResponse:
         raise invalid(f"model '{chat.model}' does not accept images on this backend; "
                       "set vision = true in its [backends.*] table if the model has vision")
     breq = BackendRequest(req, route.model, chat.max_tokens or DEFAULT_MAX_TOKENS, record.session_id)
-    fit = await fit_request(route.backend, breq)
-    breq.max_tokens = fit.max_tokens
-    breq.openai_body = upstream_body(body, fit.max_tokens)
+    backend, breq, fit = await fit_with_fallback(gw, route.backend, breq, record)
+    if backend is route.backend:
+        breq.openai_body = upstream_body(body, fit.max_tokens)
     ms = MessageStream(model=chat.model, input_tokens=fit.prompt_tokens if fit.exact else fit.prompt_tokens // 2,
                        show_thinking=True, message_id=new_id("chatcmpl-"), tool_id_prefix="call_",
                        context_clamped=fit.context_clamped)
-    return await answer(request, ms, route.backend.stream(breq), ChatWire(ms, chat.include_usage), chat.stream)
+    events = events_with_fallback(gw, backend, breq, record)
+    return await answer(request, ms, events, ChatWire(ms, chat.include_usage), chat.stream)

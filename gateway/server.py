@@ -204,6 +204,8 @@ async def handle_health(request: web.Request) -> web.Response:
         backends[name] = {"type": gw.backends[name].config.type, "ok": h.ok, "detail": h.detail, "models": h.models,
                           "context_window": h.context_window, "checked_s_ago": round(checked.age_s(), 1),
                           "cache": (cache or CacheUse()).to_dict()}
+        if (replicas := gw.backends[name].replicas()) is not None:
+            backends[name]["replicas"] = replicas  # live: what this process sees of each server now
     ok = all(b["ok"] for b in backends.values())
     return web.json_response({"status": "ok" if ok else "degraded", "backends": backends}, dumps=_dumps)
 

@@ -31,7 +31,8 @@ class Gateway:
         lc = config.log
         self.reqlog = RequestLog(lc.requests or None, lc.bodies, config.secrets(), rotate_bytes=int(lc.rotate_mb * 1024 * 1024),
                                  keep=lc.keep, compress=lc.gzip)
-        self.metrics = Metrics(tuple(self.backends), ModelLabels(config))
+        self.metrics = Metrics(tuple(self.backends), ModelLabels(config),
+                               {name: b.replicas for name, b in self.backends.items()})
         self.health = HealthMonitor(self.backends)
         self.browser_guard = BrowserGuard(config.server)
         self.connections = Connections()  # which connections are mid-request (the connection cap spares them)

@@ -66,3 +66,11 @@ def test_mlx_bench_smoke():
 def test_tool_load_cache_quick():
     text = _bench("tool_load_cache.py", "--quick", timeout=600)
     assert "baseline" in text and "embedded MLX" in text, text
+
+
+def test_replicas_quick(tmp_path):
+    out = tmp_path / "replicas.json"
+    text = _bench("replicas.py", "--quick", "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["quick"] is True and data["before_kill"]["requests"] and data["after_kill"]["requests"], text
+    assert "session affinity hit rate" in text and "p95" in text

@@ -347,3 +347,62 @@ async def wait_for(predicate, timeout: float = 2.0) -> bool:
             return False
         await asyncio.sleep(0.02)
     return True
+
+
+class UpstreamProcess:
+    """A scripted upstream in its own process (`python -m tests.upstream`), killable like a real server."""
+
+    def __init__(self, port: int, *args: str):
+        self.port = port
+        self.args = args
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout: float = 20) -> UpstreamProcess:
+        import sys
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parent.parent
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.upstream", "--port", str(self.port), *self.args, cwd=str(root),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        assert b"listening on" in line, line
+        return self
+
+    async def kill(self) -> None:
+        """SIGKILL: every connection to it breaks at once, mid-stream ones included."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m tests.upstream --port P --text T`: one scripted upstream as its own process, so a
+    test can kill it (SIGKILL, connections cut as in a crash) and start it again on the same port."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--flavor", default="openai")
+    parser.add_argument("--text", default="Hello there!")
+    parser.add_argument("--pieces", type=int, default=8)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds between chunks")
+    parser.add_argument("--first-delay", type=float, default=0.0, help="seconds before the first chunk")
+    args = parser.parse_args(argv)
+
+    async def serve() -> None:
+        up = Upstream(args.flavor)
+        script = TEXT(args.text, args.pieces)
+        script.delay_s, script.first_delay_s = args.delay, args.first_delay
+        up.default = script
+        await up.start(args.port)
+        print(f"upstream listening on {up.url}", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
