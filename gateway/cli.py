@@ -159,6 +159,7 @@ default = "demo"
 [backends.demo]
 type = "mlx"
 model = {json.dumps(path)}
+max_output_tokens = 2048  # backstop: a sampled demo answer that never ends stops here
 [backends.demo.model_mapping]
 "claude-*" = {json.dumps(path)}
 """)
