@@ -206,7 +206,9 @@ SCRIPTS = {s.name: s for s in (
 # Every other request (Claude Code's own, for one) should get a short answer that ends, not noise
 # until max_tokens: Claude Code treats an answer cut at max_tokens as an error. Trained on varied
 # unscripted prompts, so the tiny model answers this to prompts it has never seen.
-FALLBACK_ANSWER = "Demo model: no scripted answer for this prompt."  # short: it ends even when sampled
+# Short, and no token in it is followed by another in any other answer: even sampled from a long
+# prompt's washed-out context, each token leads to the next and the last to the end of the turn.
+FALLBACK_ANSWER = "No script matched."
 FALLBACK_PROMPTS = 8
 
 

@@ -167,7 +167,9 @@ async def _engine_with_demo(demo_model) -> tuple[Engine, LoadedModel, list[int]]
 
     lm = await asyncio.wrap_future(engine.call(loader))
     chat = [{"role": "system", "content": DEMO_SYSTEM}, {"role": "user", "content": "Write noise for a while."}]
-    return engine, lm, list(lm.tokenizer.apply_chat_template(chat, add_generation_prompt=True))
+    # Rendered as the gateway renders SCRIPTS["forever"] (thinking off): greedy decoding never ends it.
+    return engine, lm, list(lm.tokenizer.apply_chat_template(chat, add_generation_prompt=True,
+                                                             enable_thinking=False))
 
 
 async def _drain(job: Job) -> tuple[str, object]:
