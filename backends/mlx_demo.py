@@ -5,22 +5,29 @@ BPE tokenizer trained on the spot with `tokenizers`, and a Qwen3-style chat temp
 tools and honours `enable_thinking`. mlx-lm loads it like any Hugging Face checkpoint, so every
 real code path runs. The tiny model is then trained for a few seconds to memorise SCRIPTS: for
 those exact requests it answers with a known text, tool call or thinking block (so tests can check
-what a user would see); any other request gets noise.
+what a user would see); any other request gets a short fallback line (often garbled) or noise, and
+ends, so Claude Code's own requests finish.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from backends.mlx_demo_corpus import corpus, generated_lines, stdlib_text
 
 DEMO_DIR_ENV = "CLAUDE_GATEWAY_DEMO_DIR"
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>",
             "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
-FORMAT_VERSION = 3  # bump when the generated files change shape
+Progress = Callable[[str], None]
+FORMAT_VERSION = 4  # bump when the generated files change shape
 
 
 @dataclass(frozen=True)
@@ -28,18 +35,23 @@ class DemoSpec:
     """Shape of a generated model (the name is also its directory)."""
 
     name: str = "tiny"
-    vocab_size: int = 1024
+    vocab_size: int = 16384
     hidden_size: int = 64
-    num_hidden_layers: int = 2
+    num_hidden_layers: int = 1
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     head_dim: int = 16
     intermediate_size: int = 128
-    max_position_embeddings: int = 8192
+    max_position_embeddings: int = 65536
     seed: int = 0
     scripted: bool = True  # train the SCRIPTS answers in (the bench model stays purely random)
 
 
+# Claude Code's whole prompt fits (tools and all) and prefills in seconds on a CPU. One layer: a
+# prefill step only computes what the KV cache stores, and the last layer's keys and values never
+# depend on attention, so prefill costs no attention at all (each further layer would add work
+# quadratic in the prompt). A vocabulary large enough that English and code cost about a token
+# per word keeps the prompt short.
 TINY = DemoSpec()
 # Big enough that CPU timings mean something, small enough for a 20k-token prefill on 2 cores.
 BENCH = DemoSpec(name="bench", vocab_size=8192, hidden_size=512, num_hidden_layers=4, num_attention_heads=4,
@@ -83,40 +95,12 @@ CHAT_TEMPLATE = """\
 {%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}
 {%- endif %}"""
 
-_WORDS = """the a an of to in and or for with on at by from is are was be this that it as not you we they
-file files read write edit run test tests code function class def return import module package path line
-lines error errors fix bug change changes diff commit branch git python json tool tools call result
-user assistant system model token tokens cache prompt request response stream server client http api
-message messages content text name input output value values list dict string number true false null
-please can could would should will let me see check look find search grep bash command shell directory
-todo task plan step next first then done ok yes no here there what why how when where which who
-weather city paris london tokyo temperature today hello world thanks help need want use using add
-remove update create delete get set make new old small large data type types schema object array
-""".split()
-
-
-def _corpus(seed: int) -> list[str]:
-    """Training text: words, code-ish and JSON-ish lines, the template's own scaffolding."""
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(3000):
-        n = rng.randint(4, 14)
-        words = [rng.choice(_WORDS) for _ in range(n)]
-        kind = rng.random()
-        if kind < 0.2:
-            lines.append(json.dumps({rng.choice(_WORDS): " ".join(words[:3]), "n": rng.randint(0, 999)}))
-        elif kind < 0.3:
-            lines.append(f"def {words[0]}_{words[1]}({words[2]}):\n    return {words[3]}\n")
-        else:
-            lines.append(" ".join(words).capitalize() + rng.choice([".", "?", "!", ":", ",", "\n"]))
-    # The template's scaffolding and tool JSON, often enough for merges: prompts stay short, and
-    # short prompts keep the scripted training fast.
+def _scaffolding() -> list[str]:
+    """The template's own text and the scripts' tool JSON: merged into few tokens, so scripted prompts stay short."""
     scaffold = CHAT_TEMPLATE.replace("{{-", " ").replace("{%-", " ").replace("\\n", "\n")
     tool = json.dumps({"type": "function", "function": {"name": WEATHER_TOOL["name"],
                       "description": WEATHER_TOOL["description"], "parameters": WEATHER_TOOL["input_schema"]}})
-    lines.extend([scaffold, tool, DEMO_SYSTEM] * 40)
-    lines.extend(str(i) for i in range(200))
-    return lines
+    return [scaffold, tool, DEMO_SYSTEM]
 
 
 def _train_tokenizer(spec: DemoSpec, out: Path) -> None:
@@ -127,7 +111,7 @@ def _train_tokenizer(spec: DemoSpec, out: Path) -> None:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, special_tokens=SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_corpus(spec.seed), trainer=trainer)
+    tok.train_from_iterator(corpus(spec.seed, _scaffolding()), trainer=trainer)
     tok.save(str(out / "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -145,7 +129,7 @@ def _train_tokenizer(spec: DemoSpec, out: Path) -> None:
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
 
 
-def _write_weights(spec: DemoSpec, out: Path, vocab_size: int, eos_id: int) -> None:
+def _write_weights(spec: DemoSpec, out: Path, vocab_size: int, eos_id: int, progress: Progress) -> None:
     """Random weights (then, for a scripted spec, a few seconds of training on SCRIPTS)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
@@ -164,7 +148,7 @@ def _write_weights(spec: DemoSpec, out: Path, vocab_size: int, eos_id: int) -> N
                                            ("architectures", "eos_token_id", "torch_dtype")}))
     (out / "config.json").write_text(json.dumps(config, indent=1))
     if spec.scripted:
-        _train_scripts(model, _script_examples(out))
+        _train_scripts(model, _script_examples(out), progress)
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
 
@@ -205,7 +189,7 @@ class Script:
 SCRIPTS = {s.name: s for s in (
     Script("hello", "Say hello.", "Hello! I am the claude-gateway demo model, running on MLX."),
     Script("count", "Count to five.", "one, two, three, four, five."),
-    Script("forever", "Write noise for a while.", "la " * 48, ends=False),
+    Script("forever", "Write noise for a while.", "la " * 200, ends=False),
     # Damaged on purpose (a string where the schema wants an integer, a trailing comma): the
     # gateway must repair it into {"city": "Paris", "days": 3}.
     Script("weather", "What is the weather in Paris for 3 days?",
@@ -220,6 +204,50 @@ SCRIPTS = {s.name: s for s in (
 )}
 
 
+# Every other request (Claude Code's own, for one) should get a short answer that ends, not noise
+# until max_tokens: Claude Code treats an answer cut at max_tokens as an error. Trained on varied
+# unscripted prompts, so the tiny model answers this to prompts it has never seen.
+# Short, and no token in it is followed by another in any other answer: even sampled from a long
+# prompt's washed-out context, each token leads to the next and the last to the end of the turn.
+FALLBACK_ANSWER = "No script matched."
+FALLBACK_PROMPTS = 8
+
+
+@dataclass(frozen=True)
+class _FallbackScript(Script):
+    system: str = DEMO_SYSTEM
+    tool_list: tuple = ()
+
+    def request(self, **extra) -> dict:
+        body = super().request(**extra)
+        body["system"] = self.system
+        if self.tool_list:
+            body["tools"] = list(self.tool_list)
+        return body
+
+
+def _fallback_scripts(n: int, seed: int = 1) -> list[Script]:
+    """Unscripted requests of many shapes (short and long system prompts, tools, thinking) → FALLBACK_ANSWER."""
+    rng = random.Random(seed)
+    lines = generated_lines(seed, [])
+    prose = "".join(stdlib_text(100_000)) or "\n".join(lines)
+    out: list[Script] = []
+    for i in range(n):
+        user = " ".join(rng.sample(lines, rng.randint(1, 3)))
+        start = rng.randrange(max(1, len(prose) - 4000))
+        system = DEMO_SYSTEM if i % 3 == 0 else prose[start:start + rng.choice((300, 1500, 3000))]
+        tools: list[dict] = []
+        if i % 2:
+            tools = [{"name": "_".join(w for w in rng.choice(lines).lower().split()[:3] if w.isalpha()) + f"_{j}",
+                      "description": rng.choice(lines),
+                      "input_schema": {"type": "object", "properties": {w: {"type": "string"} for w in
+                                                                        rng.choice(lines).split()[:3]}}}
+                     for j in range(rng.randint(1, 6))]
+        out.append(_FallbackScript(f"fallback{i}", user, FALLBACK_ANSWER, thinking=i % 4 == 1, system=system,
+                                   tool_list=tuple(tools)))
+    return out
+
+
 def _script_examples(model_dir: Path) -> list[tuple[list[int], list[int]]]:
     """(prompt tokens, answer tokens + end of turn) per script, rendered exactly as the gateway renders."""
     from mlx_lm.tokenizer_utils import load as load_tokenizer
@@ -232,7 +260,7 @@ def _script_examples(model_dir: Path) -> list[tuple[list[int], list[int]]]:
     renderer = PromptRenderer(tok, "demo")
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     out = []
-    for script in SCRIPTS.values():
+    for script in (*SCRIPTS.values(), *_fallback_scripts(FALLBACK_PROMPTS)):
         prompt = renderer.render(normalize(parse_messages_request(script.request())))
         pieces = (script.answer,) if isinstance(script.answer, str) else script.answer
         answer = [t for piece in pieces for t in tok.encode(piece, add_special_tokens=False)]
@@ -240,11 +268,12 @@ def _script_examples(model_dir: Path) -> list[tuple[list[int], list[int]]]:
     return out
 
 
-def _train_scripts(model, examples: list[tuple[list[int], list[int]]], max_steps: int = 400) -> None:
+def _train_scripts(model, examples: list[tuple[list[int], list[int]]], progress: Progress,
+                   max_steps: int = 400) -> None:
     """Fit the answers (loss on answer tokens only) until greedy decoding reproduces every one."""
     import mlx.core as mx
-    import mlx.nn as nn
     import mlx.optimizers as optim
+    from mlx import nn
 
     # One unpadded row per script (padding would multiply the attention work), loss and output
     # projection only where an answer token is predicted.
@@ -263,9 +292,13 @@ def _train_scripts(model, examples: list[tuple[list[int], list[int]]], max_steps
         loss, grads = step(model)
         opt.update(model, grads)
         mx.eval(model.parameters(), opt.state)
-        if i % 5 == 4 and all(bool(mx.all(mx.argmax(answer_logits(model, x, s), axis=-1) == y).item())
-                              for x, s, y in items):
-            return
+        if i % 5 == 4:
+            learned = sum(bool(mx.all(mx.argmax(answer_logits(model, x, s), axis=-1) == y).item())
+                          for x, s, y in items)
+            progress(f"training the scripted answers: step {i + 1}, {learned}/{len(items)} learned, "
+                     f"loss {loss.item():.3f}")
+            if learned == len(items):
+                return
     raise RuntimeError(f"demo model did not learn its scripts in {max_steps} steps (loss {loss.item():.3f})")
 
 
@@ -278,25 +311,43 @@ def default_root() -> Path:
     return Path(base) / "claude-gateway"
 
 
-def ensure_demo_model(spec: DemoSpec = TINY, root: str | Path | None = None) -> Path:
-    """The directory of the generated model, generating it first when missing or stale."""
+def _generator_digest() -> str:
+    """A digest of the generator's own source: new scripts, corpus or training never reuse an old model."""
+    from backends import mlx_demo_corpus
+
+    h = hashlib.sha256()
+    for module_file in (__file__, mlx_demo_corpus.__file__):
+        h.update(Path(module_file).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def ensure_demo_model(spec: DemoSpec = TINY, root: str | Path | None = None,
+                      progress: Progress | None = None) -> Path:
+    """The directory of the generated model, generating it first when missing or stale.
+
+    `progress` receives a line per stage (and per few training steps) while it is generated."""
+    say = progress or (lambda _line: None)
     base = Path(root) if root is not None else default_root()
-    target = base / f"demo-model-{spec.name}"
-    stamp = json.dumps({"format": FORMAT_VERSION, **asdict(spec)}, sort_keys=True)
+    target = base / f"demo-model-{spec.name}-v{FORMAT_VERSION}"  # older checkouts keep their own copy
+    stamp = json.dumps({"format": FORMAT_VERSION, "generator": _generator_digest(), **asdict(spec)}, sort_keys=True)
     marker = target / "demo-spec.json"
     if marker.exists() and marker.read_text() == stamp:
         return target
     base.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".demo-{spec.name}-", dir=base))
+    started = time.monotonic()
     try:
+        say(f"training a {spec.vocab_size}-token BPE vocabulary on local English and code text")
         _train_tokenizer(spec, work)
         from tokenizers import Tokenizer
         tok = Tokenizer.from_file(str(work / "tokenizer.json"))
-        _write_weights(spec, work, tok.get_vocab_size(), tok.token_to_id("<|im_end|>"))
+        say(f"building the {spec.num_hidden_layers}-layer model ({spec.max_position_embeddings}-token context)")
+        _write_weights(spec, work, tok.get_vocab_size(), tok.token_to_id("<|im_end|>"), say)
         (work / "demo-spec.json").write_text(stamp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(work, target)  # atomic: a concurrent reader sees the old model or the whole new one
+        say(f"demo model ready in {time.monotonic() - started:.0f} s: {target}")
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         if marker.exists() and marker.read_text() == stamp:  # another process won the race

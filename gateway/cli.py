@@ -13,6 +13,7 @@ import sys
 from aiohttp import web
 
 from backends.base import BackendStartError
+from gateway.code_cmd import banner_env, shell_line
 from gateway.config import Config, ConfigError, load_config, parse_config, port_problem
 from gateway.errors import GatewayError
 from gateway.listener import ConnectionCap, ListenerSite, bind, raise_open_files_limit
@@ -109,8 +110,8 @@ async def _serve(cfg: Config) -> int:
     scheme = "https" if tls is not None else "http"
     await ListenerSite(runner, bound, cfg.server.host, cfg.server.port, scheme).start()
     url = f"{scheme}://{cfg.server.host}:{cfg.server.port}"
-    auth = "ANTHROPIC_AUTH_TOKEN=<server.auth_token>" if cfg.server.auth_token else "ANTHROPIC_AUTH_TOKEN=any"
-    print(f"claude-gateway listening on {url}\n  use it: ANTHROPIC_BASE_URL={url} {auth} claude",
+    env = await banner_env(cfg, gateway.router)
+    print(f"claude-gateway listening on {url}\n  use it: {shell_line(env)}\n  or run: claude-gateway code",
           file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -196,7 +197,7 @@ def _demo_config() -> Config:
 
     print(f"claude-gateway: preparing the demo model in {default_root()} (generated once; it answers "
           "a few scripted prompts and otherwise writes noise)", file=sys.stderr, flush=True)
-    path = str(ensure_demo_model())
+    path = str(ensure_demo_model(progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True)))
     return parse_config(f"""
 [log]
 requests = "logs/requests.jsonl"
@@ -205,6 +206,7 @@ default = "demo"
 [backends.demo]
 type = "mlx"
 model = {json.dumps(path)}
+max_output_tokens = 2048  # backstop: a sampled demo answer that never ends stops here
 [backends.demo.model_mapping]
 "claude-*" = {json.dumps(path)}
 """)
@@ -228,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--config", default="config.toml")
     models = sub.add_parser("models", help="list what /v1/models would list")
     models.add_argument("--config", default="config.toml")
+    sub.add_parser("code", help="run Claude Code against the gateway, starting one in the background if none "
+                   "listens: code [--config PATH] [claude args…]", add_help=False)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["code"]:  # everything after `code` belongs to claude, so argparse stays out of it
+        from gateway.code_cmd import main as code_main
+        return code_main(argv[1:])
     args = parser.parse_args(argv)
 
     try:

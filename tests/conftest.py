@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,12 +145,11 @@ async def stack(request, start_upstream, start_gateway):
 
 
 @pytest.fixture(scope="session")
-def demo_model(tmp_path_factory) -> Path:
-    """The tiny scripted MLX model, generated once per session (or reused from $CLAUDE_GATEWAY_DEMO_DIR)."""
+def demo_model() -> Path:
+    """The tiny scripted MLX model, from the cache `serve --demo` uses (generated there when missing or stale)."""
     # Imported here: only the MLX tests pay for importing mlx.
-    from backends.mlx_demo import ensure_demo_model
-    root = os.environ.get("CLAUDE_GATEWAY_DEMO_DIR") or tmp_path_factory.mktemp("demo")
-    return ensure_demo_model(root=root)
+    from backends.mlx_demo import default_root, ensure_demo_model
+    return ensure_demo_model(root=default_root())
 
 
 @pytest.fixture

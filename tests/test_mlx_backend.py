@@ -200,14 +200,14 @@ async def test_max_tokens_stops_and_is_clamped_to_the_context(mlx_gw):
     status, msg = await gw.messages(SCRIPTS["hello"].request(max_tokens=3))
     assert status == 200
     assert msg["stop_reason"] == "max_tokens" and msg["usage"]["output_tokens"] == 3
-    # Claude Code asks for 64000 tokens; the 8192-token demo model clamps instead of refusing.
-    status, msg = await gw.messages(SCRIPTS["hello"].request(max_tokens=64000))
+    # More than the demo model's whole context: clamped to what is left, not refused.
+    status, msg = await gw.messages(SCRIPTS["hello"].request(max_tokens=200_000))
     assert status == 200 and _text(msg) == SCRIPTS["hello"].answer
 
 
 async def test_prompt_longer_than_the_context_is_a_400(mlx_gw):
     gw = await mlx_gw()
-    body = SCRIPTS["hello"].request(messages=[{"role": "user", "content": "file " * 9000}])
+    body = SCRIPTS["hello"].request(messages=[{"role": "user", "content": "file " * 70_000}])
     status, msg = await gw.messages(body)
     assert status == 400
     assert msg["error"]["type"] == "invalid_request_error"

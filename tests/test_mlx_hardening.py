@@ -28,7 +28,7 @@ from backends.mlx_engine import (
 )
 from tests.conftest import gateway_config, parse_sse
 
-ATTACK = {"model": "claude-x", "max_tokens": 5, "top_k": 2000, "messages": [{"role": "user", "content": "hi"}]}
+ATTACK = {"model": "claude-x", "max_tokens": 5, "top_k": 100_000, "messages": [{"role": "user", "content": "hi"}]}
 # llguidance compiles this, then gives up after the first token ("Too many items"): a schema that
 # requires itself. Constrained decoding cannot go on, so the request must fail, alone.
 SELF_REQUIRING = {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}
@@ -167,7 +167,9 @@ async def _engine_with_demo(demo_model) -> tuple[Engine, LoadedModel, list[int]]
 
     lm = await asyncio.wrap_future(engine.call(loader))
     chat = [{"role": "system", "content": DEMO_SYSTEM}, {"role": "user", "content": "Write noise for a while."}]
-    return engine, lm, list(lm.tokenizer.apply_chat_template(chat, add_generation_prompt=True))
+    # Rendered as the gateway renders SCRIPTS["forever"] (thinking off): greedy decoding never ends it.
+    return engine, lm, list(lm.tokenizer.apply_chat_template(chat, add_generation_prompt=True,
+                                                             enable_thinking=False))
 
 
 async def _drain(job: Job) -> tuple[str, object]:
@@ -182,15 +184,17 @@ async def _drain(job: Job) -> tuple[str, object]:
 
 
 async def test_an_out_of_range_sampler_fails_alone_and_later_sampling_works(demo_model):
-    """The engine itself, handed the sampler mlx-lm builds for top_k=2000 (the backend clamps it first).
+    """The engine itself, handed the sampler mlx-lm builds for a top_k above the vocabulary (the backend
+    clamps it first).
 
     mlx-lm raises inside an mx.compile trace, which used to leave mlx's random key a placeholder:
     every sampled request after it failed. Now only that request fails, with mlx-lm's message.
     """
     loop = asyncio.get_running_loop()
-    engine, _, prompt = await _engine_with_demo(demo_model)
+    engine, lm, prompt = await _engine_with_demo(demo_model)
     try:
-        bad = Job("m", prompt, 20, make_sampler(temp=0.7, top_k=2000), "bad", 0, loop)
+        over = lm.model.args.vocab_size + 1000  # more than the vocabulary: mlx-lm refuses it
+        bad = Job("m", prompt, 20, make_sampler(temp=0.7, top_k=over), "bad", 0, loop)
         # top_k=1: sampled (mlx's random key is used) yet certain to run the full length.
         good = Job("m", prompt, 20, make_sampler(temp=0.7, top_k=1), "good", 0, loop)
         engine.submit(bad)
