@@ -24,6 +24,7 @@ from backends.openai import (
     template_error,
 )
 from backends.translate import (
+    LATE_SYSTEM_PROBE,
     Dialect,
     template_kwargs,
     to_openai_messages,
@@ -33,10 +34,6 @@ from backends.upstream_text import error_message
 from gateway.errors import GatewayError
 from gateway.redact import scrub
 from gateway.tokens import estimate_tokens
-
-# A conversation with a system message after the first turn, as Claude Code sends every request.
-_LATE_SYSTEM_PROBE = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
-                      {"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
 
 
 class LlamaCppBackend(OpenAIBackend):
@@ -68,7 +65,7 @@ class LlamaCppBackend(OpenAIBackend):
                 info.context_window = self.config.context_window or n_ctx
         if isinstance(props.get("chat_template"), str):
             try:
-                status, _ = await self._render({"messages": _LATE_SYSTEM_PROBE})
+                status, _ = await self._render({"messages": LATE_SYSTEM_PROBE})
             except GatewayError:
                 return  # gone again since /props: ask on the next discovery
             self.late_system_ok = status == 200
