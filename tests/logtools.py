@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -40,12 +39,6 @@ async def wait_records(path: Path, n: int, timeout: float = 5.0) -> list[dict]:
             return read_records(path)
         assert loop.time() < deadline, f"{path} holds {whole} records, expected {n}"
         await asyncio.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None) -> tuple[int, str, str]:

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import jsonschema
 import pytest
 
 from backends.mlx_demo import DEMO_SYSTEM, SCRIPTS
+from tests.gateway_process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -349,19 +349,13 @@ async def test_mapped_second_model_loads_on_first_use_and_lru_unloads(mlx_gw, de
     assert {str(demo_model), str(other)} <= {m["id"] for m in models}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_missing_model_offline_exits_with_one_clear_paragraph(tmp_path):
     cfg = tmp_path / "config.toml"
     cfg.write_text('[log]\nrequests = ""\n[routing]\ndefault = "local"\n[backends.local]\ntype = "mlx"\n'
                    'model = "no-such-org/no-such-model-4bit"\n')
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     proc = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg),
-                           "--port", str(_free_port())], check=False, cwd=ROOT, env=env, capture_output=True,
+                           "--port", str(free_port())], check=False, cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
     err = proc.stderr.strip().splitlines()[-1]
@@ -371,7 +365,7 @@ def test_missing_model_offline_exits_with_one_clear_paragraph(tmp_path):
 
 
 def test_serve_demo_answers_over_http(demo_model, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, CLAUDE_GATEWAY_DEMO_DIR=str(demo_model.parent),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     # Run from a scratch directory: the demo config logs to ./logs/requests.jsonl.

@@ -6,6 +6,7 @@ import json
 import os
 
 from tests.conftest import TOKEN, gateway_config
+from tests.gateway_process import free_port
 from tests.logtools import json_lines, read_records, run_cli, run_cli_tty, wait_records
 from tests.test_log_replay import OPUS, _answer, _answer_b, _backends, _msg, make_log
 from tests.upstream import TOOL
@@ -101,7 +102,6 @@ async def test_diff_two_logs_request_by_request(start_upstream, start_gateway, t
 async def test_replay_stops_at_a_connection_failure(start_upstream, start_gateway, tmp_path):
     log = tmp_path / "requests.jsonl"
     await make_log(start_upstream, start_gateway, log)
-    from tests.logtools import free_port
     code, out, err = await run_cli("--file", str(log), "replay", "--to", f"http://127.0.0.1:{free_port()}",
                                    "--json", "--concurrency", "3")
     assert code == 2 and len(json_lines(out)) == 1
