@@ -104,7 +104,8 @@ def _preview(response: object) -> str:
             if block.get("type") == "text":
                 parts.append(str(block.get("text") or ""))
             elif block.get("type") == "tool_use":
-                parts.append(f"[{block.get('name')}]")
+                # incomplete: held back from the client (cut stream, length stop), as the detail view says
+                parts.append(f"[{block.get('name')}, cut short]" if block.get("incomplete") else f"[{block.get('name')}]")
     return " ".join(parts)[:160]
 
 
