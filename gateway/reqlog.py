@@ -19,7 +19,7 @@ import orjson
 import structlog
 
 from gateway.logfile import LineWriter, RotatingFile
-from gateway.redact import REDACTED
+from gateway.redact import REDACTED, scrub
 
 log = structlog.get_logger("gateway.request")
 
@@ -146,10 +146,7 @@ class LineRenderer:
 
     def _scrub(self, value: Any) -> Any:
         if isinstance(value, str):
-            for s in self.secrets:
-                if s in value:
-                    value = value.replace(s, REDACTED)
-            return value
+            return scrub(value, self.secrets)
         if isinstance(value, dict):
             return {self._scrub(k): self._scrub(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -242,12 +239,10 @@ class RequestLog:
         """Record one finished request (returns at once; the line is written off the event loop)."""
         # Rendered even without a file: the inspector shows the same (scrubbed) lines.
         self._lines.info(**record.to_dict(self.bodies))
-        path, model = record.path, record.model
         message = (record.error or {}).get("message")  # says what to fix; the type alone rarely does
-        for secret in self.secrets:  # the path, model name and error echo the client's text: a pasted token shows here
-            if secret in path or (model and secret in model) or (message and secret in message):
-                path, model = path.replace(secret, REDACTED), model and model.replace(secret, REDACTED)
-                message = message and message.replace(secret, REDACTED)
+        # The path, model name and error echo the client's text: a pasted token shows here.
+        path, model = scrub(record.path, self.secrets), record.model and scrub(record.model, self.secrets)
+        message = message and scrub(message, self.secrets)
         log.info(record.event, request_id=record.request_id, method=record.method, path=path,
                  status=record.status, model=model, backend=record.backend,
                  duration_ms=record.duration_ms, ttft_ms=record.ttft_ms,
