@@ -2,7 +2,6 @@
 a token, and no secret in any log (stderr at debug level, the request log file)."""
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import os
@@ -16,24 +15,10 @@ from gateway.config import parse_config
 from tests.compat_helpers import backend_table, body, start_stack, with_server
 from tests.conftest import TOKEN, gateway_config
 from tests.gateway_process import free_port, run_cli, start_serve
+from tests.raw_http import post_request, raw_request
 from tests.upstream import TEXT
 
-
 # -- token comparison ----------------------------------------------------------------------------
-
-async def _raw_post(url: str, header_line: bytes) -> tuple[int, dict]:
-    """POST /v1/messages with one raw header line (bytes that no HTTP client library would send)."""
-    host, port = url.removeprefix("http://").split(":")
-    payload = json.dumps(body()).encode()
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + header_line +
-                 b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(payload) + payload)
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
-    head, _, rest = raw.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(rest)
-
 
 async def test_token_checked_with_compare_digest_for_every_candidate(start_upstream, start_gateway, monkeypatch):
     """Every presented credential goes through hmac.compare_digest (constant time), wrong or right;
@@ -64,7 +49,9 @@ async def test_token_checked_with_compare_digest_for_every_candidate(start_upstr
 async def test_non_utf8_credentials_are_401_not_500(start_upstream, start_gateway, header):
     """Credential headers with bytes that are not UTF-8 are compared as bytes: 401, never a crash."""
     _, gw = await start_stack(start_upstream, start_gateway)
-    status, err = await _raw_post(gw.url, header)
+    # Raw header bytes: no HTTP client library would send them.
+    status, _, rest = await raw_request(gw.url, post_request("/v1/messages", json.dumps(body()).encode(), header))
+    err = json.loads(rest)
     assert status == 401 and err["error"]["type"] == "authentication_error", err
 
 
