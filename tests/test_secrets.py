@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 
 import aiohttp
 import pytest
@@ -19,7 +18,7 @@ from tests.compat_helpers import (
     with_server,
 )
 from tests.conftest import gateway_config
-from tests.gateway_process import free_port, start_serve
+from tests.gateway_process import env_without_token, free_port, start_serve
 from tests.logtools import wait_records
 from tests.raw_http import post_request, raw_request
 from tests.sse_checks import open_stream
@@ -28,12 +27,6 @@ from tests.upstream import FAIL_MID, Script
 GW_TOKEN = "sk-gw-canary-5e8f1d2c9b7a4c36a1"
 BACKEND_KEY = "up-key-canary-93b1c0ffee42d17"
 PASSWORD = "pw-canary-Zq81xv0Lk3"
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env.pop("GATEWAY_AUTH_TOKEN", None)
-    return env
 
 
 def _assert_clean(text: str, *secrets: str) -> None:
@@ -100,7 +93,7 @@ async def test_base_url_credentials_become_basic_auth_and_are_never_shown(start_
     }, token=None, default="up").replace('level = "warning"', 'level = "debug"')
     path = tmp_path / "config.toml"
     path.write_text(with_server(toml, port=free_port()))
-    gp = await start_serve(path, env=_env())
+    gp = await start_serve(path, env=env_without_token())
     seen = ""
     try:
         async with aiohttp.ClientSession() as session:
@@ -141,7 +134,7 @@ async def test_console_lines_never_carry_a_secret(start_upstream, tmp_path):
     toml = gateway_config({"up": backend_table(up, api_key=BACKEND_KEY)}, token=GW_TOKEN, default="up")
     path = tmp_path / "config.toml"
     path.write_text(with_server(toml, port=free_port()))
-    gp = await start_serve(path, env=_env())
+    gp = await start_serve(path, env=env_without_token())
     # Malformed tool arguments are logged (tool_arguments_malformed) with their first 200 characters.
     up.push(Script(deltas=[{"tool_calls": [{"index": 0, "id": "c1", "type": "function",
                                             "function": {"name": "w", "arguments": f"{{oops {BACKEND_KEY}"}}]}],

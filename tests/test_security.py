@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 import signal
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from gateway.config import parse_config
 from tests.compat_helpers import backend_table, body, start_stack, with_server
 from tests.conftest import TOKEN, gateway_config
-from tests.gateway_process import free_port, run_cli, start_serve
+from tests.gateway_process import env_without_token, free_port, run_cli, start_serve
 from tests.raw_http import post_request, raw_request
 from tests.upstream import TEXT
 
@@ -101,18 +100,12 @@ async def test_serve_binds_loopback_by_default(start_upstream, tmp_path):
         await gp.stop()
 
 
-def _env_without_token() -> dict:
-    env = dict(os.environ)
-    env.pop("GATEWAY_AUTH_TOKEN", None)
-    return env
-
-
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.1"])
 async def test_public_address_without_token_is_refused(start_upstream, tmp_path, host):
     """A non-loopback host without auth_token → exit 2 with one paragraph saying how to fix it; nothing listens."""
     up = await start_upstream("openai")
     path, port = _write_config(tmp_path, up)
-    rc, _, err = await run_cli("serve", "--config", str(path), "--host", host, env=_env_without_token())
+    rc, _, err = await run_cli("serve", "--config", str(path), "--host", host, env=env_without_token())
     assert rc == 2, err
     assert "refusing to listen" in err and "auth_token" in err and "--allow-public" in err, err
     assert err.strip().count("\n") == 0  # one paragraph
@@ -125,7 +118,7 @@ async def test_public_address_allowed_when_told(start_upstream, tmp_path, how):
     """--allow-public, [server] allow_public = true, or a token (here from GATEWAY_AUTH_TOKEN) lifts the refusal. 192.0.2.1 (TEST-NET-1)
     is not on this machine, so binding then fails with its own message: nothing public is opened."""
     up = await start_upstream("openai")
-    env = _env_without_token()
+    env = env_without_token()
     extra: list[str] = []
     if how == "flag":
         path, _ = _write_config(tmp_path, up)
@@ -144,7 +137,7 @@ async def test_localhost_without_token_is_fine(start_upstream, tmp_path):
     """A loopback name needs no token."""
     up = await start_upstream("openai")
     path, port = _write_config(tmp_path, up)
-    gp = await start_serve(path, "--host", "localhost", env=_env_without_token())
+    gp = await start_serve(path, "--host", "localhost", env=env_without_token())
     try:
         assert _listening_on(port) and _listening_on(port) <= {"0100007F", "00000000000000000000000001000000"}
     finally:
@@ -170,7 +163,7 @@ async def test_token_never_appears_in_any_log(start_upstream, tmp_path):
     toml = toml.replace('level = "warning"', 'level = "debug"')
     path = tmp_path / "config.toml"
     path.write_text(with_server(toml, port=free_port()))
-    gp = await start_serve(path, env=_env_without_token())
+    gp = await start_serve(path, env=env_without_token())
     good = {"x-api-key": SECRET, "anthropic-version": "2023-06-01"}
     try:
         async with aiohttp.ClientSession() as session:
