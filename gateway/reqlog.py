@@ -210,7 +210,8 @@ class _Enqueue:
         if len(self.recent) > RECENT_LINES:
             self._bytes -= len(self.recent.popleft()[1])
             self._trimmed = max(0, self._trimmed - 1)
-        # Claude Code lines are ~100 KB: without a budget 200 of them would add 20 MB to the process.
+        # A Claude Code line holds the whole conversation: without a budget, RECENT_LINES of them
+        # would keep many megabytes in the process.
         while self._bytes > RECENT_BYTES and self._trimmed < len(self.recent) - 1:
             entry = self.recent[self._trimmed]
             head = _without_body(entry[1])

@@ -34,7 +34,7 @@ class CliVersion:
 
 # Every version the end-to-end tests run against; the next release is one line here.
 CLAUDE_CODE_VERSIONS = (
-    CliVersion("2.1.197", tool_search=False, model_discovery=False),  # claude-code-traffic.md's recording
+    CliVersion("2.1.197", tool_search=False, model_discovery=False),  # the version the recorded traffic came from
     CliVersion("2.1.328", tool_search=True, model_discovery=True),
 )
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""What real servers showed (issue 17), against scripted upstreams that speak each wire format:
+"""What real servers showed, against scripted upstreams that speak each wire format:
 the vLLM-specific parts (its /tokenize renders the chat template, it reports the stop string) and
 the gateway-side rules every backend type shares. tests/test_real_llamacpp.py runs the same items
 against a real llama-server."""
