@@ -1,4 +1,4 @@
-"""The request log: one JSON object per request (fields fixed by design.md), as JSONL.
+"""The request log: one JSON object per request (its fields are a contract readers rely on), as JSONL.
 
 `RequestRecord` is the contract; `RequestLog` is the sink. A record goes through a structlog
 logger whose processor renders the line (secrets scrubbed, `body` last so readers can skip
