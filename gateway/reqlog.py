@@ -65,7 +65,7 @@ class RequestRecord:
     output_tokens: int | None = None
     cache_read_tokens: int | None = None
     stop_reason: str | None = None
-    tool_names: list[str] | None = None  # tools the answer called, in order (for replay diffs)
+    tool_names: list[str] | None = None  # tools the answer called or began to call, in order (for replay diffs)
     error: dict | None = None
     session_id: str | None = None
     user_agent: str | None = None
