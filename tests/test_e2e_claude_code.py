@@ -130,6 +130,21 @@ def _claude_env(home: Path, base_url: str, extra: dict | None = None) -> dict:
     }
 
 
+def _dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """The CLI's working directory and its own HOME (nothing of this machine's user reaches it)."""
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    home.mkdir()
+    return work, home
+
+
+async def _gateway_to(start_gateway, up, log: Path | None = None):
+    """A gateway that sends every claude-* model to the scripted OpenAI upstream `up`."""
+    return await start_gateway(gateway_config(
+        {"up": {"type": "openai", "base_url": up.url, "model": "test-model",
+                "model_mapping": {"claude-*": "test-model"}}}, default="up", log_path=str(log) if log else ""))
+
+
 async def _start_claude(claude, prompt: str, cwd: Path, home: Path, base_url: str, env: dict | None = None):
     return await asyncio.create_subprocess_exec(
         *claude, "-p", prompt, "--output-format", "json", "--dangerously-skip-permissions",
@@ -194,16 +209,12 @@ async def test_claude_code_tool_loop(claude_bin, start_upstream, start_gateway, 
     """`claude -p` runs Write → Bash → Read → answer through the gateway: the files exist with the
     right content, every tool result reached the model, the final answer is printed, and every
     request the CLI sent was answered 200 with no error."""
-    work, home = tmp_path / "work", tmp_path / "home"
-    work.mkdir()
-    home.mkdir()
+    work, home = _dirs(tmp_path)
     up = await start_upstream("openai")
     loop = ToolLoop(work)
     up.default = loop
     log = tmp_path / "requests.jsonl"
-    gw = await start_gateway(gateway_config(
-        {"up": {"type": "openai", "base_url": up.url, "model": "test-model",
-                "model_mapping": {"claude-*": "test-model"}}}, default="up", log_path=str(log)))
+    gw = await _gateway_to(start_gateway, up, log)
 
     s = await _run_claude(claude_bin, "Write notes.txt, uppercase it with a shell command, then read it back.",
                           work, home, gw.url)
@@ -266,18 +277,14 @@ async def test_claude_code_loads_a_deferred_tool(claude_bin, start_upstream, sta
     request in the log got a 4xx (no fallback to resending every tool)."""
     if not claude_bin.cli.tool_search:
         pytest.skip(f"Claude Code {claude_bin.cli.version} sends every tool in full (no ToolSearch)")
-    work, home = tmp_path / "work", tmp_path / "home"
-    work.mkdir()
-    home.mkdir()
+    work, home = _dirs(tmp_path)
     notebook = work / "nb.ipynb"
     notebook.write_text(json.dumps(NOTEBOOK))
     up = await start_upstream("openai")
     loop = ToolSearchLoop(notebook)
     up.default = loop
     log = tmp_path / "requests.jsonl"
-    gw = await start_gateway(gateway_config(
-        {"up": {"type": "openai", "base_url": up.url, "model": "test-model",
-                "model_mapping": {"claude-*": "test-model"}}}, default="up", log_path=str(log)))
+    gw = await _gateway_to(start_gateway, up, log)
 
     s = await _run_claude(claude_bin, "Add a cell to nb.ipynb.", work, home, gw.url)
 
@@ -311,14 +318,10 @@ async def test_claude_code_model_discovery_caches_gateway_models(claude_bin, sta
     the display names the gateway gave them."""
     if not claude_bin.cli.model_discovery:
         pytest.skip(f"Claude Code {claude_bin.cli.version} does not discover gateway models")
-    work, home = tmp_path / "work", tmp_path / "home"
-    work.mkdir()
-    home.mkdir()
+    work, home = _dirs(tmp_path)
     up = await start_upstream("openai")
     up.default = TEXT("ok")
-    gw = await start_gateway(gateway_config(
-        {"up": {"type": "openai", "base_url": up.url, "model": "test-model",
-                "model_mapping": {"claude-*": "test-model"}}}, default="up"))
+    gw = await _gateway_to(start_gateway, up)
     s = await _run_claude(claude_bin, "Say ok.", work, home, gw.url,
                           env={"CLAUDE_CODE_ENABLE_GATEWAY_MODEL_DISCOVERY": "1"})
     assert s.returncode == 0, (s.result, s.stderr[-2000:])
@@ -336,15 +339,11 @@ async def test_claude_code_model_discovery_caches_gateway_models(claude_bin, sta
 async def test_claude_code_start_up_probes_are_answered(claude_bin, start_upstream, start_gateway, tmp_path):
     """With non-essential traffic allowed, the CLI warms its connection (HEAD /api/hello on
     2.1.328): no request of the session hits an unknown route, and /api/hello answers 200."""
-    work, home = tmp_path / "work", tmp_path / "home"
-    work.mkdir()
-    home.mkdir()
+    work, home = _dirs(tmp_path)
     up = await start_upstream("openai")
     up.default = TEXT("ok")
     log = tmp_path / "requests.jsonl"
-    gw = await start_gateway(gateway_config(
-        {"up": {"type": "openai", "base_url": up.url, "model": "test-model",
-                "model_mapping": {"claude-*": "test-model"}}}, default="up", log_path=str(log)))
+    gw = await _gateway_to(start_gateway, up, log)
     s = await _run_claude(claude_bin, "Say ok.", work, home, gw.url,
                           env={"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": ""})
     assert s.returncode == 0, (s.result, s.stderr[-2000:])
@@ -368,9 +367,7 @@ async def _log_lines(log: Path, at_least: int, timeout: float = 5.0) -> list[dic
 async def test_killing_claude_mid_stream_cancels_upstream(claude_bin, start_upstream, start_gateway, tmp_path):
     """SIGKILL on the CLI while the answer streams: the gateway cancels the upstream request within a
     second (the backend stops generating) and keeps serving."""
-    work, home = tmp_path / "work", tmp_path / "home"
-    work.mkdir()
-    home.mkdir()
+    work, home = _dirs(tmp_path)
     up = await start_upstream("openai")
     streaming = asyncio.Event()
 
@@ -382,9 +379,7 @@ async def test_killing_claude_mid_stream_cancels_upstream(claude_bin, start_upst
         return Script(deltas=[{"content": f"word{i} "} for i in range(1000)], delay_s=0.02)  # 20 s
 
     up.default = slow
-    gw = await start_gateway(gateway_config(
-        {"up": {"type": "openai", "base_url": up.url, "model": "test-model",
-                "model_mapping": {"claude-*": "test-model"}}}, default="up"))
+    gw = await _gateway_to(start_gateway, up)
     proc = await _start_claude(claude_bin, "Tell me a long story.", work, home, gw.url)
     try:
         await asyncio.wait_for(streaming.wait(), RUN_TIMEOUT_S)
@@ -415,6 +410,17 @@ def demo_model_dir() -> Path:
     return ensure_demo_model(root=os.environ.get(DEMO_DIR_ENV) or default_root())
 
 
+# A short system prompt and no tools: a session the demo model's context (and CI's CPU) can take.
+BRIEF_NO_TOOLS = ("--system-prompt", "Be brief.", "--tools", "", "--max-turns", "2")
+
+
+def gave_up_on_length(s: Session, api: list[dict]) -> bool:
+    """Did the CLI (2.1.328) end the session on its own verdict that answers keep stopping at
+    max_tokens (it continues a cut answer up to three times), with no API error behind it?"""
+    return (s.result.get("terminal_reason") == "api_error" and s.result.get("api_error_status") is None
+            and "output token maximum" in s.result.get("result", "") and api[-1]["stop_reason"] == "max_tokens")
+
+
 async def _mlx_gateway(start_gateway, model: Path, log: Path, **backend):
     return await start_gateway(gateway_config(
         {"demo": {"type": "mlx", "model": str(model), "model_mapping": {"claude-*": str(model)}, **backend}},
@@ -426,38 +432,29 @@ async def test_claude_code_on_embedded_mlx_backend(claude_bin, demo_model_dir, s
     prompts are noise): every streamed answer was well-formed enough for the CLI, the gateway logged
     no error, and the session ends successfully, or (2.1.328), when the noise never reached an end
     of turn, with the CLI's own verdict on answers that keep stopping at max_tokens."""
-    work, home = tmp_path / "work", tmp_path / "home"
-    work.mkdir()
-    home.mkdir()
+    work, home = _dirs(tmp_path)
     log = tmp_path / "requests.jsonl"
     # 2.1.328 continues an answer cut by max_tokens (up to three times, then gives up): capped at
     # 256 tokens, the continuations of the seldom-ending noise stay inside the 8k context.
     gw = await _mlx_gateway(start_gateway, demo_model_dir, log, max_output_tokens=256)
     # A short system prompt and no tools: Claude Code's own ~40k-token prompt does not fit the demo
     # model's 8k context (that case is the next test).
-    s = await _run_claude([*claude_bin, "--system-prompt", "Be brief.", "--tools", "", "--max-turns", "2"],
-                          "Say hello.", work, home, gw.url)
+    s = await _run_claude([*claude_bin, *BRIEF_NO_TOOLS], "Say hello.", work, home, gw.url)
     lines = await _log_lines(log, at_least=1)
     api = [ln for ln in lines if ln["path"].endswith("/messages")]
     assert api and all(ln["status"] == 200 and ln["error"] is None and ln["backend"] == "demo" for ln in api), api
     assert all(ln["stream"] and ln["stop_reason"] for ln in api), api
     assert s.result["usage"]["output_tokens"] >= 1
-    gave_up_on_length = (s.result.get("terminal_reason") == "api_error" and s.result.get("api_error_status") is None
-                         and "output token maximum" in s.result.get("result", "")
-                         and api[-1]["stop_reason"] == "max_tokens")
-    if gave_up_on_length:
-        return
-    assert s.returncode == 0, (s.result, s.stderr[-2000:])
-    assert s.result.get("is_error") is False and s.result.get("subtype") == "success", s.result
+    if not gave_up_on_length(s, api):
+        assert s.returncode == 0, (s.result, s.stderr[-2000:])
+        assert s.result.get("is_error") is False and s.result.get("subtype") == "success", s.result
 
 
 async def test_claude_code_sees_prompt_too_long_from_mlx_backend(claude_bin, demo_model_dir, start_gateway,
                                                                   tmp_path):
     """Claude Code's full prompt (~40k demo-tokenizer tokens) against the 8k demo model: the gateway's
     400 is recognised by the CLI as "prompt is too long" (it would compact), not as a generic failure."""
-    work, home = tmp_path / "work", tmp_path / "home"
-    work.mkdir()
-    home.mkdir()
+    work, home = _dirs(tmp_path)
     log = tmp_path / "requests.jsonl"
     gw = await _mlx_gateway(start_gateway, demo_model_dir, log)
     s = await _run_claude(claude_bin, "Say hello.", work, home, gw.url)
