@@ -1,6 +1,7 @@
 """Fixtures: scripted upstreams and a real gateway, both listening on 127.0.0.1."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from dataclasses import dataclass
@@ -152,6 +153,18 @@ def demo_model(tmp_path_factory) -> Path:
     from backends.mlx_demo import ensure_demo_model
     root = os.environ.get("CLAUDE_GATEWAY_DEMO_DIR") or tmp_path_factory.mktemp("demo")
     return ensure_demo_model(root=root)
+
+
+async def engine_idle(gw: RunningGateway, backend: str = "m", timeout: float = 5.0) -> str:
+    """The MLX backend's /health detail once it says no request is active (a cancelled generation
+    has stopped), or the last one seen when `timeout` passed first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        detail = (await (await gw.get("/health")).json())["backends"][backend]["detail"]
+        if "active requests: 0" in detail or loop.time() > deadline:
+            return detail
+        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import jsonschema
 import pytest
 
 from backends.mlx_demo import DEMO_SYSTEM, SCRIPTS
+from tests.conftest import engine_idle
 from tests.gateway_process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -321,13 +322,7 @@ async def test_client_disconnect_cancels_generation(mlx_gw):
         if line.startswith(b"event: content_block_delta"):
             break
     resp.close()  # the client goes away mid-answer
-    detail = ""
-    for _ in range(100):
-        detail = (await (await gw.get("/health")).json())["backends"]["m"]["detail"]
-        if "active requests: 0" in detail:
-            break
-        await asyncio.sleep(0.05)
-    assert "active requests: 0" in detail
+    assert "active requests: 0" in await engine_idle(gw)
     status, msg = await gw.messages(SCRIPTS["hello"].request())
     assert status == 200 and _text(msg) == SCRIPTS["hello"].answer
 
