@@ -167,6 +167,14 @@ async def engine_idle(gw: RunningGateway, backend: str = "m", timeout: float = 5
         await asyncio.sleep(0.05)
 
 
+@pytest.fixture(scope="session")
+def demo_model_dir() -> Path:
+    """The tiny scripted MLX model where `serve --demo` keeps it ($CLAUDE_GATEWAY_DEMO_DIR, else the
+    user's cache), generated there when missing or stale."""
+    from backends.mlx_demo import ensure_demo_model
+    return ensure_demo_model()
+
+
 @pytest.fixture
 async def mlx_gw(start_gateway, demo_model, tmp_path):
     """Factory: a gateway whose default (and claude-*) backend is the demo model."""

@@ -402,14 +402,6 @@ async def test_killing_claude_mid_stream_cancels_upstream(claude_bin, start_upst
     assert status == 200 and msg["content"][0]["text"] == "still serving"
 
 
-@pytest.fixture(scope="session")
-def demo_model_dir() -> Path:
-    """The generated tiny MLX demo model (cached like `serve --demo` does, or in $CLAUDE_GATEWAY_DEMO_DIR)."""
-    from backends.mlx_demo import DEMO_DIR_ENV, default_root, ensure_demo_model
-
-    return ensure_demo_model(root=os.environ.get(DEMO_DIR_ENV) or default_root())
-
-
 # A short system prompt and no tools: a session the demo model's context (and CI's CPU) can take.
 BRIEF_NO_TOOLS = ("--system-prompt", "Be brief.", "--tools", "", "--max-turns", "2")
 

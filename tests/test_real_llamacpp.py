@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import zlib
 from pathlib import Path
 
 import pytest
 
 from backends.mlx_demo import (
-    DEMO_DIR_ENV,
     DEMO_SYSTEM,
     SCRIPTS,
     WEATHER_TOOL,
-    default_root,
-    ensure_demo_model,
 )
 from tests import test_e2e_claude_code as e2e
 from tests.conftest import gateway_config
@@ -55,8 +51,8 @@ def llama_cpp() -> LlamaCpp:
 
 
 @pytest.fixture(scope="session")
-def demo_gguf(llama_cpp) -> Path:
-    model = ensure_demo_model(root=os.environ.get(DEMO_DIR_ENV) or default_root())
+def demo_gguf(llama_cpp, demo_model_dir) -> Path:
+    model = demo_model_dir
     out = cache_root() / "models"
     out.mkdir(parents=True, exist_ok=True)
     return export_gguf(model, out / f"{model.name}.v{EXPORT_VERSION}.gguf", llama_cpp.source)
