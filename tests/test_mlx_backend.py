@@ -22,27 +22,13 @@ import pytest
 from backends.mlx_demo import DEMO_SYSTEM, SCRIPTS
 from tests.conftest import engine_idle
 from tests.gateway_process import free_port
+from tests.logtools import wait_records
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _text(message: dict) -> str:
     return "".join(b["text"] for b in message["content"] if b["type"] == "text")
-
-
-def _log_records(gw) -> list[dict]:
-    return [json.loads(line) for line in gw.log_path.read_text().splitlines() if line.strip()]
-
-
-async def _wait_log(gw, n: int) -> list[dict]:
-    """The request log once it holds `n` lines (lines are written by a background writer)."""
-    for _ in range(100):
-        if gw.log_path.exists():
-            records = _log_records(gw)
-            if len(records) >= n:
-                return records
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"request log never reached {n} lines")
 
 
 async def test_scripted_answer_json_and_sse_agree(mlx_gw):
@@ -97,7 +83,7 @@ async def test_second_turn_of_a_session_reads_the_cache(mlx_gw):
     # (the empty think block), which the template renders differently for a past answer.
     assert cached >= prompt1 - 8, (cached, prompt1)
 
-    records = await _wait_log(gw, 2)
+    records = await wait_records(gw.log_path, 2)
     last = records[-1]
     assert last["cache_read_tokens"] == cached
     assert last["prefill_tps"] > 0 and last["decode_tps"] > 0 and last["peak_memory_mb"] > 0
@@ -164,7 +150,7 @@ async def test_session_id_from_metadata_user_id(mlx_gw):
     status, second = await gw.messages(body)
     assert status == 200
     assert second["usage"]["cache_read_input_tokens"] > first["usage"]["input_tokens"] // 2
-    records = await _wait_log(gw, 2)
+    records = await wait_records(gw.log_path, 2)
     assert records[-1]["session_id"] == "meta-session"
 
 
