@@ -4,7 +4,8 @@ answer, and a session's context growth.
 
 The page and its script hold no data and open without a token; the data routes under
 /inspect/api/ follow the /v1/* rule: with server.auth_token set they need it (the page asks for
-it and sends it as x-api-key), without one they are open — the gateway then listens on loopback.
+it and sends it as x-api-key), without one they are open — as /v1/* is: `serve` then listens on
+loopback only, unless server.allow_public says otherwise.
 """
 from __future__ import annotations
 
