@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from tests.upstream import wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -86,11 +88,7 @@ class OwnGateway:
 
 async def wait_until(predicate, timeout: float = 5.0) -> None:
     """Poll `predicate` until it holds (the request log is written by a thread, just after the response)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
+    assert await wait_for(predicate, timeout), "condition not reached in time"
 
 
 async def run_cli_tty(*args: str, cwd: Path = ROOT, columns: int = 200) -> tuple[int, str]:
