@@ -25,6 +25,7 @@ from backends.openai import (
 )
 from backends.replicas import Replica
 from backends.translate import (
+    LATE_SYSTEM_PROBE,
     Dialect,
     template_kwargs,
     to_openai_messages,
@@ -34,10 +35,6 @@ from backends.upstream_text import error_message
 from gateway.errors import GatewayError
 from gateway.redact import scrub
 from gateway.tokens import estimate_tokens
-
-# A conversation with a system message after the first turn, as Claude Code sends every request.
-_LATE_SYSTEM_PROBE = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
-                      {"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
 
 
 class LlamaCppBackend(OpenAIBackend):
@@ -62,7 +59,7 @@ class LlamaCppBackend(OpenAIBackend):
                 info.context_window = self.config.context_window or self.n_ctx
         if replica.facts.get("chat_template"):
             try:
-                status, _ = await self._render({"messages": _LATE_SYSTEM_PROBE})
+                status, _ = await self._render({"messages": LATE_SYSTEM_PROBE})
             except GatewayError:
                 return  # gone again since /props: ask on the next discovery
             self.late_system_ok = status == 200

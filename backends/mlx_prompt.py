@@ -19,6 +19,7 @@ from jinja2 import TemplateError
 from backends.mlx_cache import common_prefix
 from backends.translate import (
     Dialect,
+    place_system_messages,
     template_kwargs,
     to_openai_messages,
     to_openai_tools,
@@ -49,22 +50,6 @@ def chat_messages(req: MessagesRequest, model: str, system_messages: str = "auto
     return msgs
 
 
-def _fold_late_system(msgs: list[dict]) -> list[dict]:
-    """For templates that reject system messages after the first: they become user text, in place.
-
-    In place (not hoisted into the system prompt) so the prefix already sent stays byte-identical.
-    """
-    out: list[dict] = []
-    for i, m in enumerate(msgs):
-        if m["role"] == "system" and i > 0:
-            m = {"role": "user", "content": m["content"]}
-        if out and m["role"] == "user" and out[-1]["role"] == "user" and isinstance(out[-1]["content"], str):
-            out[-1] = {"role": "user", "content": out[-1]["content"] + "\n\n" + m["content"]}
-            continue
-        out.append(m)
-    return out
-
-
 def inline_loaded(req: MessagesRequest) -> set[str]:
     """Tools a tool_reference loaded: chat_messages writes their definitions where the reference
     is, so the template's tool list (at the top of the prompt) never changes on a load."""
@@ -91,7 +76,8 @@ class PromptRenderer:
         try:
             return self.tokenizer.apply_chat_template(msgs, **kwargs)
         except TemplateError:
-            folded = _fold_late_system(msgs)
+            # Folded in place (not hoisted into the system prompt): the prefix already sent stays byte-identical.
+            folded = place_system_messages(msgs, "as_user")
             if folded == msgs or self.system_messages != "auto":
                 raise
             return self.tokenizer.apply_chat_template(folded, **kwargs)

@@ -49,6 +49,10 @@ class Dialect:
 
 
 SYSTEM_MESSAGE_MODES = ("auto", "keep", "merge", "as_user")
+# A conversation with a system message after the first turn, as Claude Code sends every request:
+# rendered once per server (or model) to learn whether its chat template accepts one (`auto`).
+LATE_SYSTEM_PROBE = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                     {"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
 
 
 def _image_part(block: ImageBlock) -> dict:

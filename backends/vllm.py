@@ -5,16 +5,13 @@ from __future__ import annotations
 from backends.base import BackendRequest, BackendUnavailable, TokenCount
 from backends.openai import OpenAIBackend, template_error
 from backends.translate import (
+    LATE_SYSTEM_PROBE,
     Dialect,
     template_kwargs,
     to_openai_messages,
     to_openai_tools,
 )
 from gateway.errors import GatewayError
-
-# A conversation with a system message after the first turn, as Claude Code sends every request.
-_LATE_SYSTEM_PROBE = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
-                      {"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
 
 
 class VLLMBackend(OpenAIBackend):
@@ -32,7 +29,7 @@ class VLLMBackend(OpenAIBackend):
             # vLLM renders the model's chat template for /tokenize: a template that refuses a late
             # system message refuses it there too (400), without generating anything.
             try:
-                await self.get_json(self.root + "/tokenize", body={"model": model, "messages": _LATE_SYSTEM_PROBE},
+                await self.get_json(self.root + "/tokenize", body={"model": model, "messages": LATE_SYSTEM_PROBE},
                                     timeout=self.config.timeout_s)
                 self._late_system_ok[model] = True
             except BackendUnavailable as exc:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 from gateway.errors import invalid
+from gateway.validate import expect, is_int, number
 
 Role = Literal["user", "assistant", "system"]
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "model_context_window_exceeded"]
@@ -187,30 +188,17 @@ _TEXT_LIKE = ("connector_text", "mid_conv_system")
 _SERVER_BLOCK_SUFFIXES = ("_tool_result", "server_tool_use", "mcp_tool_use")
 
 
-def _expect(cond: bool, message: str) -> None:
-    if not cond:
-        raise invalid(message)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _text_blocks(value: Any, where: str) -> list[TextBlock]:
     """A string or a list of text blocks (system prompt, tool_result content)."""
     if isinstance(value, str):
         return [TextBlock(value)]
-    _expect(isinstance(value, list), f"{where}: expected a string or a list of text blocks")
+    expect(isinstance(value, list), f"{where}: expected a string or a list of text blocks")
     out = []
     for i, block in enumerate(value):
-        _expect(isinstance(block, dict), f"{where}.{i}: expected an object")
-        _expect(block.get("type") == "text", f"{where}.{i}.type: expected 'text'")
+        expect(isinstance(block, dict), f"{where}.{i}: expected an object")
+        expect(block.get("type") == "text", f"{where}.{i}.type: expected 'text'")
         text = block.get("text")
-        _expect(isinstance(text, str), f"{where}.{i}.text: expected a string")
+        expect(isinstance(text, str), f"{where}.{i}.text: expected a string")
         out.append(TextBlock(text))
     return out
 
@@ -221,29 +209,29 @@ def _system(value: Any, seen: dict[str, None]) -> list[TextBlock]:
         return _text_blocks(value, "system")
     out: list[TextBlock] = []
     for i, block in enumerate(value):
-        _expect(isinstance(block, dict), f"system.{i}: expected an object")
+        expect(isinstance(block, dict), f"system.{i}: expected an object")
         if block.get("type") != "text":
             out.extend(_tolerated(block, "system", seen))
             continue
         text = block.get("text")
-        _expect(isinstance(text, str), f"system.{i}.text: expected a string")
+        expect(isinstance(text, str), f"system.{i}.text: expected a string")
         out.append(TextBlock(text))
     return out
 
 
 def _image(block: dict, where: str) -> ImageBlock:
     source = block.get("source")
-    _expect(isinstance(source, dict), f"{where}.source: expected an object")
+    expect(isinstance(source, dict), f"{where}.source: expected an object")
     kind = source.get("type")
     if kind == "base64":
         data = source.get("data")
-        _expect(isinstance(data, str), f"{where}.source.data: expected a base64 string")
+        expect(isinstance(data, str), f"{where}.source.data: expected a base64 string")
         media = source.get("media_type")
-        _expect(isinstance(media, str), f"{where}.source.media_type: expected a string")
+        expect(isinstance(media, str), f"{where}.source.media_type: expected a string")
         return ImageBlock(media_type=media, data=data)
     if kind == "url":
         url = source.get("url")
-        _expect(isinstance(url, str), f"{where}.source.url: expected a string")
+        expect(isinstance(url, str), f"{where}.source.url: expected a string")
         return ImageBlock(media_type=None, url=url)
     raise invalid(f"{where}.source.type: expected 'base64' or 'url'")
 
@@ -253,14 +241,14 @@ def _tool_result_content(value: Any, where: str, seen: dict[str, None]) -> list[
         return []
     if isinstance(value, str):
         return [TextBlock(value)]
-    _expect(isinstance(value, list), f"{where}: expected a string or a list of blocks")
+    expect(isinstance(value, list), f"{where}: expected a string or a list of blocks")
     out: list[TextBlock | ImageBlock | ToolReferenceBlock] = []
     for i, block in enumerate(value):
-        _expect(isinstance(block, dict), f"{where}.{i}: expected an object")
+        expect(isinstance(block, dict), f"{where}.{i}: expected an object")
         kind = block.get("type")
         if kind == "text":
             text = block.get("text")
-            _expect(isinstance(text, str), f"{where}.{i}.text: expected a string")
+            expect(isinstance(text, str), f"{where}.{i}.text: expected a string")
             out.append(TextBlock(text))
         elif kind == "image":
             out.append(_image(block, f"{where}.{i}"))
@@ -275,7 +263,7 @@ def _tool_result_content(value: Any, where: str, seen: dict[str, None]) -> list[
 
 def _tool_reference(block: dict, where: str) -> ToolReferenceBlock:
     name = block.get("tool_name")
-    _expect(isinstance(name, str) and name != "", f"{where}.tool_name: expected a non-empty string")
+    expect(isinstance(name, str) and name != "", f"{where}.tool_name: expected a non-empty string")
     return ToolReferenceBlock(name)
 
 
@@ -283,15 +271,15 @@ def _tool_change(block: dict, where: str) -> ToolChangeBlock:
     """tool_addition {tool: tool_reference | tool_definition} or tool_removal {tool: tool_reference}."""
     change = "addition" if block.get("type") == "tool_addition" else "removal"
     tool = block.get("tool")
-    _expect(isinstance(tool, dict), f"{where}.tool: expected an object")
+    expect(isinstance(tool, dict), f"{where}.tool: expected an object")
     if tool.get("type") == "tool_definition" and change == "addition":
         [definition] = _tools([tool.get("definition")], f"{where}.tool.definition") or [None]
-        _expect(definition is not None, f"{where}.tool.definition: expected a tool with an input_schema")
+        expect(definition is not None, f"{where}.tool.definition: expected a tool with an input_schema")
         return ToolChangeBlock(change, definition.name, definition)
-    _expect(tool.get("type") == "tool_reference", f"{where}.tool.type: expected 'tool_reference'"
+    expect(tool.get("type") == "tool_reference", f"{where}.tool.type: expected 'tool_reference'"
             + (" or 'tool_definition'" if change == "addition" else ""))
     name = tool.get("name", tool.get("tool_name"))
-    _expect(isinstance(name, str) and name != "", f"{where}.tool.name: expected a non-empty string")
+    expect(isinstance(name, str) and name != "", f"{where}.tool.name: expected a non-empty string")
     return ToolChangeBlock(change, name)
 
 
@@ -347,40 +335,40 @@ def _document(block: dict, where: str) -> list[TextBlock]:
 def _content(value: Any, where: str, role: str, seen: dict[str, None]) -> list[ContentBlock]:
     if isinstance(value, str):
         return [TextBlock(value)]
-    _expect(isinstance(value, list), f"{where}: expected a string or a list of content blocks")
+    expect(isinstance(value, list), f"{where}: expected a string or a list of content blocks")
     out: list[ContentBlock] = []
     for i, block in enumerate(value):
         at = f"{where}.{i}"
-        _expect(isinstance(block, dict), f"{at}: expected an object")
+        expect(isinstance(block, dict), f"{at}: expected an object")
         kind = block.get("type")
         if kind == "text":
             text = block.get("text")
-            _expect(isinstance(text, str), f"{at}.text: expected a string")
+            expect(isinstance(text, str), f"{at}.text: expected a string")
             out.append(TextBlock(text))
         elif kind == "image":
             out.append(_image(block, at))
         elif kind == "tool_use":
             tid, name = block.get("id"), block.get("name")
-            _expect(isinstance(tid, str) and tid != "", f"{at}.id: tool_use requires a non-empty string id")
-            _expect(isinstance(name, str) and name != "", f"{at}.name: tool_use requires a non-empty string name")
-            _expect("input" in block, f"{at}.input: field required")
-            _expect(isinstance(block["input"], dict), f"{at}.input: expected an object")
+            expect(isinstance(tid, str) and tid != "", f"{at}.id: tool_use requires a non-empty string id")
+            expect(isinstance(name, str) and name != "", f"{at}.name: tool_use requires a non-empty string name")
+            expect("input" in block, f"{at}.input: field required")
+            expect(isinstance(block["input"], dict), f"{at}.input: expected an object")
             out.append(ToolUseBlock(tid, name, block["input"]))
         elif kind == "tool_result":
             tid = block.get("tool_use_id")
-            _expect(isinstance(tid, str) and tid != "",
+            expect(isinstance(tid, str) and tid != "",
                     f"{at}.tool_use_id: tool_result requires a non-empty string tool_use_id")
             out.append(ToolResultBlock(tid, _tool_result_content(block.get("content"), f"{at}.content", seen),
                                        bool(block.get("is_error", False))))
         elif kind == "thinking":
-            _expect("thinking" in block, f"{at}.thinking: field required")
+            expect("thinking" in block, f"{at}.thinking: field required")
             thinking = block["thinking"]
-            _expect(isinstance(thinking, str), f"{at}.thinking: expected a string")
+            expect(isinstance(thinking, str), f"{at}.thinking: expected a string")
             signature = block.get("signature", "")
             out.append(ThinkingBlock(thinking, signature if isinstance(signature, str) else ""))
         elif kind == "redacted_thinking":
-            _expect("data" in block, f"{at}.data: field required")
-            _expect(isinstance(block["data"], str), f"{at}.data: expected a string")
+            expect("data" in block, f"{at}.data: field required")
+            expect(isinstance(block["data"], str), f"{at}.data: expected a string")
             out.append(ThinkingBlock("", block["data"], redacted=True))
         elif kind == "document":
             out.extend(_document(block, at))
@@ -396,16 +384,16 @@ def _content(value: Any, where: str, role: str, seen: dict[str, None]) -> list[C
 
 
 def _messages(value: Any, seen: dict[str, None]) -> list[Message]:
-    _expect(value is not None, "messages: field required")
-    _expect(isinstance(value, list), "messages: expected a list")
-    _expect(len(value) > 0, "messages: at least one message is required")
+    expect(value is not None, "messages: field required")
+    expect(isinstance(value, list), "messages: expected a list")
+    expect(len(value) > 0, "messages: at least one message is required")
     out = []
     for i, msg in enumerate(value):
-        _expect(isinstance(msg, dict), f"messages.{i}: expected an object")
+        expect(isinstance(msg, dict), f"messages.{i}: expected an object")
         role = msg.get("role")
-        _expect(role in ("user", "assistant", "system"),
+        expect(role in ("user", "assistant", "system"),
                 f"messages.{i}.role: expected 'user', 'assistant' or 'system', got {role!r}")
-        _expect("content" in msg, f"messages.{i}.content: field required")
+        expect("content" in msg, f"messages.{i}.content: field required")
         out.append(Message(role, _content(msg["content"], f"messages.{i}.content", role, seen)))
     return out
 
@@ -413,21 +401,21 @@ def _messages(value: Any, seen: dict[str, None]) -> list[Message]:
 def _tools(value: Any, where: str = "tools") -> list[Tool]:
     if value is None:
         return []
-    _expect(isinstance(value, list), f"{where}: expected a list")
+    expect(isinstance(value, list), f"{where}: expected a list")
     out = []
     for i, tool in enumerate(value):
         at = f"{where}.{i}" if where == "tools" else where
-        _expect(isinstance(tool, dict), f"{at}: expected an object")
+        expect(isinstance(tool, dict), f"{at}: expected an object")
         name = tool.get("name")
-        _expect(isinstance(name, str) and name != "", f"{at}.name: expected a non-empty string")
+        expect(isinstance(name, str) and name != "", f"{at}.name: expected a non-empty string")
         schema = tool.get("input_schema")
         if schema is None and tool.get("type") not in (None, "custom"):
             # Anthropic-hosted server tools (web_search_2025…) have no schema; a local model
             # cannot run them, so they are left out rather than failing the request.
             continue
-        _expect(isinstance(schema, dict), f"{at}.input_schema: expected an object")
+        expect(isinstance(schema, dict), f"{at}.input_schema: expected an object")
         description = tool.get("description") or ""
-        _expect(isinstance(description, str), f"{at}.description: expected a string")
+        expect(isinstance(description, str), f"{at}.description: expected a string")
         out.append(Tool(name, description, schema, tool.get("defer_loading") is True))
     return out
 
@@ -435,45 +423,45 @@ def _tools(value: Any, where: str = "tools") -> list[Tool]:
 def _tool_choice(value: Any) -> ToolChoice | None:
     if value is None:
         return None
-    _expect(isinstance(value, dict), "tool_choice: expected an object")
+    expect(isinstance(value, dict), "tool_choice: expected an object")
     kind = value.get("type")
-    _expect(kind in ("auto", "any", "none", "tool"), "tool_choice.type: expected auto, any, none or tool")
+    expect(kind in ("auto", "any", "none", "tool"), "tool_choice.type: expected auto, any, none or tool")
     name = value.get("name")
     if kind == "tool":
-        _expect(isinstance(name, str) and name != "", "tool_choice.name: required when type is 'tool'")
+        expect(isinstance(name, str) and name != "", "tool_choice.name: required when type is 'tool'")
     return ToolChoice(kind, name, bool(value.get("disable_parallel_tool_use", False)))
 
 
 def _thinking(value: Any, max_tokens: int | None) -> Thinking | None:
     if value is None:
         return None
-    _expect(isinstance(value, dict), "thinking: expected an object")
+    expect(isinstance(value, dict), "thinking: expected an object")
     kind = value.get("type")
-    _expect(kind in ("enabled", "disabled", "adaptive"), "thinking.type: expected enabled, disabled or adaptive")
+    expect(kind in ("enabled", "disabled", "adaptive"), "thinking.type: expected enabled, disabled or adaptive")
     budget = value.get("budget_tokens")
     if kind == "enabled":
-        _expect(_is_int(budget), "thinking.budget_tokens: required (an integer) when thinking is enabled")
-        _expect(budget >= 1024, "thinking.budget_tokens: must be ≥ 1024")
+        expect(is_int(budget), "thinking.budget_tokens: required (an integer) when thinking is enabled")
+        expect(budget >= 1024, "thinking.budget_tokens: must be ≥ 1024")
         if max_tokens is not None:
-            _expect(budget < max_tokens, "thinking.budget_tokens: must be less than max_tokens")
+            expect(budget < max_tokens, "thinking.budget_tokens: must be less than max_tokens")
     display = value.get("display")
-    _expect(display is None or isinstance(display, str), "thinking.display: expected a string")
-    return Thinking(kind, budget if _is_int(budget) else None, display)
+    expect(display is None or isinstance(display, str), "thinking.display: expected a string")
+    return Thinking(kind, budget if is_int(budget) else None, display)
 
 
 def _output_schema(body: dict) -> tuple[dict | None, str | None]:
     cfg = body.get("output_config")
     if cfg is None:
         return None, None
-    _expect(isinstance(cfg, dict), "output_config: expected an object")
+    expect(isinstance(cfg, dict), "output_config: expected an object")
     effort = cfg.get("effort") if isinstance(cfg.get("effort"), str) else None
     fmt = cfg.get("format")
     if fmt is None:
         return None, effort
-    _expect(isinstance(fmt, dict), "output_config.format: expected an object")
-    _expect(fmt.get("type") == "json_schema", "output_config.format.type: expected 'json_schema'")
+    expect(isinstance(fmt, dict), "output_config.format: expected an object")
+    expect(fmt.get("type") == "json_schema", "output_config.format.type: expected 'json_schema'")
     schema = fmt.get("schema")
-    _expect(isinstance(schema, dict), "output_config.format.schema: expected an object")
+    expect(isinstance(schema, dict), "output_config.format.schema: expected an object")
     return schema, effort
 
 
@@ -481,13 +469,13 @@ def _context_management(value: Any, seen: dict[str, None]) -> list[ContextEdit] 
     """context_management.edits: the two strategies the API has; other edit types are tolerated."""
     if value is None:
         return None
-    _expect(isinstance(value, dict), "context_management: expected an object")
+    expect(isinstance(value, dict), "context_management: expected an object")
     edits = value.get("edits", [])
-    _expect(isinstance(edits, list), "context_management.edits: expected a list")
+    expect(isinstance(edits, list), "context_management.edits: expected a list")
     out: list[ContextEdit] = []
     for i, edit in enumerate(edits):
         at = f"context_management.edits.{i}"
-        _expect(isinstance(edit, dict), f"{at}: expected an object")
+        expect(isinstance(edit, dict), f"{at}: expected an object")
         kind = edit.get("type")
         if kind == "clear_thinking_20251015":
             out.append(_clear_thinking(edit, at))
@@ -500,9 +488,9 @@ def _context_management(value: Any, seen: dict[str, None]) -> list[ContextEdit] 
 
 def _count(value: Any, at: str, unit: str) -> int:
     """{type: unit, value: n} → n."""
-    _expect(isinstance(value, dict) and value.get("type") == unit, f"{at}: expected {{type: '{unit}', value: n}}")
+    expect(isinstance(value, dict) and value.get("type") == unit, f"{at}: expected {{type: '{unit}', value: n}}")
     n = value.get("value")
-    _expect(_is_int(n) and n >= 0, f"{at}.value: expected a non-negative integer")
+    expect(is_int(n) and n >= 0, f"{at}.value: expected a non-negative integer")
     return n
 
 
@@ -519,7 +507,7 @@ def _clear_tool_uses(edit: dict, at: str) -> ClearToolUsesEdit:
     out = ClearToolUsesEdit()
     trigger = edit.get("trigger")
     if trigger is not None:
-        _expect(isinstance(trigger, dict) and trigger.get("type") in ("input_tokens", "tool_uses"),
+        expect(isinstance(trigger, dict) and trigger.get("type") in ("input_tokens", "tool_uses"),
                 f"{at}.trigger.type: expected 'input_tokens' or 'tool_uses'")
         out.trigger_type, out.trigger_value = trigger["type"], _count(trigger, f"{at}.trigger", trigger["type"])
     if edit.get("keep") is not None:
@@ -528,12 +516,12 @@ def _clear_tool_uses(edit: dict, at: str) -> ClearToolUsesEdit:
         out.clear_at_least = _count(edit["clear_at_least"], f"{at}.clear_at_least", "input_tokens")
     exclude = edit.get("exclude_tools")
     if exclude is not None:
-        _expect(isinstance(exclude, list) and all(isinstance(n, str) for n in exclude),
+        expect(isinstance(exclude, list) and all(isinstance(n, str) for n in exclude),
                 f"{at}.exclude_tools: expected a list of tool names")
         out.exclude_tools = tuple(exclude)
     inputs = edit.get("clear_tool_inputs")
     if inputs is not None:
-        _expect(isinstance(inputs, bool) or (isinstance(inputs, list) and all(isinstance(n, str) for n in inputs)),
+        expect(isinstance(inputs, bool) or (isinstance(inputs, list) and all(isinstance(n, str) for n in inputs)),
                 f"{at}.clear_tool_inputs: expected a boolean or a list of tool names")
         out.clear_tool_inputs = inputs if isinstance(inputs, bool) else tuple(inputs)
     return out
@@ -542,42 +530,33 @@ def _clear_tool_uses(edit: dict, at: str) -> ClearToolUsesEdit:
 def _stop_sequences(value: Any) -> list[str]:
     if value is None:
         return []
-    _expect(isinstance(value, list) and all(isinstance(s, str) for s in value),
+    expect(isinstance(value, list) and all(isinstance(s, str) for s in value),
             "stop_sequences: expected a list of strings")
     return [s for s in value if s]
 
 
-def _number(body: dict, key: str, lo: float, hi: float) -> float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    _expect(_is_number(value), f"{key}: expected a number")
-    _expect(lo <= value <= hi, f"{key}: must be between {lo:g} and {hi:g}")
-    return value
-
-
 def parse_messages_request(body: Any, *, count_only: bool = False) -> MessagesRequest:
     """Validate a /v1/messages body (or a count_tokens body when `count_only`)."""
-    _expect(isinstance(body, dict), "request body: expected a JSON object")
+    expect(isinstance(body, dict), "request body: expected a JSON object")
     model = body.get("model")
-    _expect(model is not None, "model: field required")
-    _expect(isinstance(model, str) and model != "", "model: expected a non-empty string")
+    expect(model is not None, "model: field required")
+    expect(isinstance(model, str) and model != "", "model: expected a non-empty string")
 
     max_tokens = body.get("max_tokens")
     if count_only:
-        max_tokens = max_tokens if _is_int(max_tokens) and max_tokens > 0 else None
+        max_tokens = max_tokens if is_int(max_tokens) and max_tokens > 0 else None
     else:
-        _expect(max_tokens is not None, "max_tokens: field required")
-        _expect(_is_int(max_tokens), "max_tokens: expected an integer")
-        _expect(max_tokens >= 1, "max_tokens: must be at least 1")
+        expect(max_tokens is not None, "max_tokens: field required")
+        expect(is_int(max_tokens), "max_tokens: expected an integer")
+        expect(max_tokens >= 1, "max_tokens: must be at least 1")
 
     seen: dict[str, None] = {}  # an ordered set
     messages = _messages(body.get("messages"), seen)
     system = _system(body["system"], seen) if body.get("system") is not None else []
     top_k = body.get("top_k")
-    _expect(top_k is None or (_is_int(top_k) and top_k >= 0), "top_k: expected a non-negative integer")
+    expect(top_k is None or (is_int(top_k) and top_k >= 0), "top_k: expected a non-negative integer")
     stream = body.get("stream", False)
-    _expect(isinstance(stream, bool), "stream: expected a boolean")
+    expect(isinstance(stream, bool), "stream: expected a boolean")
     schema, effort = _output_schema(body)
     metadata = body.get("metadata")
     user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
@@ -590,8 +569,8 @@ def parse_messages_request(body: Any, *, count_only: bool = False) -> MessagesRe
         tools=_tools(body.get("tools")),
         tool_choice=_tool_choice(body.get("tool_choice")),
         stop_sequences=_stop_sequences(body.get("stop_sequences")),
-        temperature=_number(body, "temperature", 0.0, 2.0),
-        top_p=_number(body, "top_p", 0.0, 1.0),
+        temperature=number(body, "temperature", 0.0, 2.0),
+        top_p=number(body, "top_p", 0.0, 1.0),
         top_k=top_k,
         stream=stream and not count_only,
         thinking=_thinking(body.get("thinking"), max_tokens if not count_only else None),

@@ -4,7 +4,8 @@ answer, and a session's context growth.
 
 The page and its script hold no data and open without a token; the data routes under
 /inspect/api/ follow the /v1/* rule: with server.auth_token set they need it (the page asks for
-it and sends it as x-api-key), without one they are open — the gateway then listens on loopback.
+it and sends it as x-api-key), without one they are open — as /v1/* is: `serve` then listens on
+loopback only, unless server.allow_public says otherwise.
 """
 from __future__ import annotations
 
@@ -104,7 +105,8 @@ def _preview(response: object) -> str:
             if block.get("type") == "text":
                 parts.append(str(block.get("text") or ""))
             elif block.get("type") == "tool_use":
-                parts.append(f"[{block.get('name')}]")
+                # incomplete: held back from the client (cut stream, length stop), as the detail view says
+                parts.append(f"[{block.get('name')}, cut short]" if block.get("incomplete") else f"[{block.get('name')}]")
     return " ".join(parts)[:160]
 
 

@@ -25,6 +25,8 @@ TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 OTHER = "other"
 _ERROR_TYPES = frozenset(STATUS_TYPES.values())
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"))
+# Routes whose answers spend tokens (Anthropic and OpenAI clients alike), as route labels name them.
+_GENERATING_ROUTES = frozenset(("/v1/messages", "/v1/chat/completions"))
 # Errors the client caused by leaving, not failures of the backend.
 _CLIENT_GONE = ("client_disconnected", "client_closed")
 
@@ -131,7 +133,7 @@ class Metrics:
                 record.status >= 429 or record.status < 400):  # < 400: the stream had begun
             etype = err.get("type") or "api_error"
             self.upstream_errors.labels(backend, etype if etype in _ERROR_TYPES else OTHER).inc()
-        if record.backend and route.endswith("/messages") and record.status < 400:
+        if record.backend and route in _GENERATING_ROUTES and record.status < 400:
             self._count_tokens(record, backend, model)
         if record.replica and record.replica in self.replica_urls.get(backend, ()):
             self.replica_requests.labels(backend, record.replica, str(record.status)).inc()

@@ -20,6 +20,7 @@ from gateway.messages import (
     guarded,
     read_body,
 )
+from gateway.normalize import session_id
 from gateway.openai_chat import parse_chat_request, to_messages_request
 from gateway.openai_sse import ChatWire
 from gateway.state import GATEWAY, RECORD
@@ -54,7 +55,7 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     chat = parse_chat_request(body)
     req = to_messages_request(chat)
     record.model, record.stream = chat.model, chat.stream
-    record.session_id = request.headers.get("X-Claude-Code-Session-Id") or None
+    record.session_id = session_id(request.headers.get("X-Claude-Code-Session-Id"), req)
     route = await gw.router.resolve(chat.model)
     record.backend, record.backend_model = route.backend.name, route.model
     if not route.backend.config.vision and any(type(b) is ImageBlock for m in req.messages for b in m.content):

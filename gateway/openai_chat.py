@@ -27,6 +27,7 @@ from gateway.anthropic import (
     ToolUseBlock,
 )
 from gateway.errors import invalid
+from gateway.validate import expect, is_int, number
 
 ChatRole = Literal["system", "developer", "user", "assistant", "tool"]
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
@@ -70,31 +71,13 @@ class ChatRequest:
     reasoning_effort: str | None = None
 
 
-def _expect(cond: bool, message: str) -> None:
-    if not cond:
-        raise invalid(message)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _number(body: dict, key: str, lo: float, hi: float) -> float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    _expect(isinstance(value, (int, float)) and not isinstance(value, bool), f"{key}: expected a number")
-    _expect(lo <= value <= hi, f"{key}: must be between {lo:g} and {hi:g}")
-    return value
-
-
 def _image(part: dict, at: str) -> ImageBlock:
     image = part.get("image_url")
     url = image.get("url") if isinstance(image, dict) else image
-    _expect(isinstance(url, str) and url != "", f"{at}.image_url.url: expected a URL string")
+    expect(isinstance(url, str) and url != "", f"{at}.image_url.url: expected a URL string")
     if url.startswith("data:"):
         header, sep, data = url[5:].partition(",")
-        _expect(sep == "," and header.endswith(";base64"), f"{at}.image_url.url: expected a base64 data URL")
+        expect(sep == "," and header.endswith(";base64"), f"{at}.image_url.url: expected a base64 data URL")
         return ImageBlock(media_type=header[:-7] or None, data=data)
     return ImageBlock(media_type=None, url=url)
 
@@ -105,14 +88,14 @@ def _content(value: Any, at: str, images: bool) -> list[TextBlock | ImageBlock]:
         return []
     if isinstance(value, str):
         return [TextBlock(value)]
-    _expect(isinstance(value, list), f"{at}: expected a string or a list of content parts")
+    expect(isinstance(value, list), f"{at}: expected a string or a list of content parts")
     out: list[TextBlock | ImageBlock] = []
     for i, part in enumerate(value):
-        _expect(isinstance(part, dict), f"{at}.{i}: expected an object")
+        expect(isinstance(part, dict), f"{at}.{i}: expected an object")
         kind = part.get("type")
         if kind == "text" or (kind == "refusal" and not images):
             text = part.get(kind)
-            _expect(isinstance(text, str), f"{at}.{i}.{kind}: expected a string")
+            expect(isinstance(text, str), f"{at}.{i}.{kind}: expected a string")
             out.append(TextBlock(text))
         elif kind == "image_url" and images:
             out.append(_image(part, f"{at}.{i}"))
@@ -124,19 +107,19 @@ def _content(value: Any, at: str, images: bool) -> list[TextBlock | ImageBlock]:
 def _tool_calls(value: Any, at: str) -> list[ChatToolCall]:
     if value is None:
         return []
-    _expect(isinstance(value, list), f"{at}: expected a list")
+    expect(isinstance(value, list), f"{at}: expected a list")
     out = []
     for i, call in enumerate(value):
         where = f"{at}.{i}"
-        _expect(isinstance(call, dict), f"{where}: expected an object")
+        expect(isinstance(call, dict), f"{where}: expected an object")
         cid = call.get("id")
-        _expect(isinstance(cid, str) and cid != "", f"{where}.id: expected a non-empty string")
+        expect(isinstance(cid, str) and cid != "", f"{where}.id: expected a non-empty string")
         fn = call.get("function")
-        _expect(isinstance(fn, dict), f"{where}.function: expected an object")
+        expect(isinstance(fn, dict), f"{where}.function: expected an object")
         name = fn.get("name")
-        _expect(isinstance(name, str) and name != "", f"{where}.function.name: expected a non-empty string")
+        expect(isinstance(name, str) and name != "", f"{where}.function.name: expected a non-empty string")
         raw = fn.get("arguments", "")
-        _expect(isinstance(raw, str), f"{where}.function.arguments: expected a JSON string")
+        expect(isinstance(raw, str), f"{where}.function.arguments: expected a JSON string")
         try:
             arguments = orjson.loads(raw) if raw.strip() else {}
         except orjson.JSONDecodeError:
@@ -146,22 +129,22 @@ def _tool_calls(value: Any, at: str) -> list[ChatToolCall]:
 
 
 def _message(msg: Any, at: str) -> ChatMessage:
-    _expect(isinstance(msg, dict), f"{at}: expected an object")
+    expect(isinstance(msg, dict), f"{at}: expected an object")
     role = msg.get("role")
-    _expect(role in ("system", "developer", "user", "assistant", "tool"),
+    expect(role in ("system", "developer", "user", "assistant", "tool"),
             f"{at}.role: expected 'system', 'developer', 'user', 'assistant' or 'tool', got {role!r}")
     content = msg.get("content")
     if role == "assistant":
         out = ChatMessage(role, _content(content, f"{at}.content", images=False),
                           tool_calls=_tool_calls(msg.get("tool_calls"), f"{at}.tool_calls"))
         reasoning = msg.get("reasoning_content")
-        _expect(reasoning is None or isinstance(reasoning, str), f"{at}.reasoning_content: expected a string")
+        expect(reasoning is None or isinstance(reasoning, str), f"{at}.reasoning_content: expected a string")
         out.reasoning_content = reasoning or None
         return out
-    _expect(content is not None, f"{at}.content: field required")
+    expect(content is not None, f"{at}.content: field required")
     if role == "tool":
         tid = msg.get("tool_call_id")
-        _expect(isinstance(tid, str) and tid != "", f"{at}.tool_call_id: expected a non-empty string")
+        expect(isinstance(tid, str) and tid != "", f"{at}.tool_call_id: expected a non-empty string")
         return ChatMessage(role, _content(content, f"{at}.content", images=False), tool_call_id=tid)
     return ChatMessage(role, _content(content, f"{at}.content", images=role == "user"))
 
@@ -169,22 +152,22 @@ def _message(msg: Any, at: str) -> ChatMessage:
 def _tools(value: Any) -> list[Tool]:
     if value is None:
         return []
-    _expect(isinstance(value, list), "tools: expected a list")
+    expect(isinstance(value, list), "tools: expected a list")
     out = []
     for i, tool in enumerate(value):
         at = f"tools.{i}"
-        _expect(isinstance(tool, dict), f"{at}: expected an object")
-        _expect(tool.get("type", "function") == "function", f"{at}.type: only 'function' tools are supported")
+        expect(isinstance(tool, dict), f"{at}: expected an object")
+        expect(tool.get("type", "function") == "function", f"{at}.type: only 'function' tools are supported")
         fn = tool.get("function")
-        _expect(isinstance(fn, dict), f"{at}.function: expected an object")
+        expect(isinstance(fn, dict), f"{at}.function: expected an object")
         name = fn.get("name")
-        _expect(isinstance(name, str) and name != "", f"{at}.function.name: expected a non-empty string")
+        expect(isinstance(name, str) and name != "", f"{at}.function.name: expected a non-empty string")
         description = fn.get("description") or ""
-        _expect(isinstance(description, str), f"{at}.function.description: expected a string")
+        expect(isinstance(description, str), f"{at}.function.description: expected a string")
         params = fn.get("parameters")
         if params is None:  # OpenAI: omitted parameters mean a function without arguments
             params = {"type": "object", "properties": {}}
-        _expect(isinstance(params, dict), f"{at}.function.parameters: expected a JSON schema object")
+        expect(isinstance(params, dict), f"{at}.function.parameters: expected a JSON schema object")
         out.append(Tool(name, description, params))
     return out
 
@@ -193,33 +176,33 @@ def _tool_choice(value: Any, names: list[str]) -> ToolChoice | None:
     if value is None:
         return None
     if isinstance(value, str):
-        _expect(value != "required" or bool(names), "tool_choice: 'required' needs at least one of `tools`")
-        _expect(value in ("none", "auto", "required"), "tool_choice: expected 'none', 'auto', 'required' or "
+        expect(value != "required" or bool(names), "tool_choice: 'required' needs at least one of `tools`")
+        expect(value in ("none", "auto", "required"), "tool_choice: expected 'none', 'auto', 'required' or "
                                                       "{type: 'function', function: {name}}")
         return ToolChoice({"none": "none", "auto": "auto", "required": "any"}[value])
-    _expect(isinstance(value, dict) and value.get("type") == "function",
+    expect(isinstance(value, dict) and value.get("type") == "function",
             "tool_choice: expected 'none', 'auto', 'required' or {type: 'function', function: {name}}")
     fn = value.get("function")
     name = fn.get("name") if isinstance(fn, dict) else None
-    _expect(isinstance(name, str) and name != "", "tool_choice.function.name: expected a non-empty string")
-    _expect(name in names, f"tool_choice.function.name: '{name}' is not one of `tools`")
+    expect(isinstance(name, str) and name != "", "tool_choice.function.name: expected a non-empty string")
+    expect(name in names, f"tool_choice.function.name: '{name}' is not one of `tools`")
     return ToolChoice("tool", name)
 
 
 def _response_schema(value: Any) -> dict | None:
     if value is None:
         return None
-    _expect(isinstance(value, dict), "response_format: expected an object")
+    expect(isinstance(value, dict), "response_format: expected an object")
     kind = value.get("type")
     if kind == "text":
         return None
     if kind == "json_object":
         return JSON_OBJECT_SCHEMA
-    _expect(kind == "json_schema", "response_format.type: expected 'text', 'json_object' or 'json_schema'")
+    expect(kind == "json_schema", "response_format.type: expected 'text', 'json_object' or 'json_schema'")
     spec = value.get("json_schema")
-    _expect(isinstance(spec, dict), "response_format.json_schema: expected an object")
+    expect(isinstance(spec, dict), "response_format.json_schema: expected an object")
     schema = spec.get("schema", {})
-    _expect(isinstance(schema, dict), "response_format.json_schema.schema: expected a JSON schema object")
+    expect(isinstance(schema, dict), "response_format.json_schema.schema: expected a JSON schema object")
     return schema
 
 
@@ -228,7 +211,7 @@ def _stop(value: Any) -> list[str]:
         return []
     if isinstance(value, str):
         return [value] if value else []
-    _expect(isinstance(value, list) and all(isinstance(s, str) for s in value),
+    expect(isinstance(value, list) and all(isinstance(s, str) for s in value),
             "stop: expected a string or a list of strings")
     return [s for s in value if s]
 
@@ -238,33 +221,33 @@ def _max_tokens(body: dict) -> int | None:
     value = body.get(key)
     if value is None:
         return None
-    _expect(_is_int(value) and value >= 1, f"{key}: expected an integer ≥ 1")
+    expect(is_int(value) and value >= 1, f"{key}: expected an integer ≥ 1")
     return value
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
     """Validate a /v1/chat/completions body."""
-    _expect(isinstance(body, dict), "request body: expected a JSON object")
+    expect(isinstance(body, dict), "request body: expected a JSON object")
     model = body.get("model")
-    _expect(isinstance(model, str) and model != "", "model: expected a non-empty string")
+    expect(isinstance(model, str) and model != "", "model: expected a non-empty string")
     messages = body.get("messages")
-    _expect(isinstance(messages, list) and len(messages) > 0, "messages: expected a non-empty list")
-    _expect(body.get("functions") is None and body.get("function_call") is None,
+    expect(isinstance(messages, list) and len(messages) > 0, "messages: expected a non-empty list")
+    expect(body.get("functions") is None and body.get("function_call") is None,
             "functions: the legacy functions / function_call are not supported; send tools / tool_choice")
     n = body.get("n")
-    _expect(n is None or n == 1, "n: only 1 choice per request is supported")
-    _expect(not body.get("logprobs") and body.get("top_logprobs") is None,
+    expect(n is None or n == 1, "n: only 1 choice per request is supported")
+    expect(not body.get("logprobs") and body.get("top_logprobs") is None,
             "logprobs: not supported by this gateway")
     stream = body.get("stream", False)
-    _expect(isinstance(stream, bool), "stream: expected a boolean")
+    expect(isinstance(stream, bool), "stream: expected a boolean")
     options = body.get("stream_options")
-    _expect(options is None or isinstance(options, dict), "stream_options: expected an object")
+    expect(options is None or isinstance(options, dict), "stream_options: expected an object")
     seed = body.get("seed")
-    _expect(seed is None or _is_int(seed), "seed: expected an integer")
+    expect(seed is None or is_int(seed), "seed: expected an integer")
     parallel = body.get("parallel_tool_calls")
-    _expect(parallel is None or isinstance(parallel, bool), "parallel_tool_calls: expected a boolean")
+    expect(parallel is None or isinstance(parallel, bool), "parallel_tool_calls: expected a boolean")
     effort = body.get("reasoning_effort")
-    _expect(effort is None or effort in REASONING_EFFORTS,
+    expect(effort is None or effort in REASONING_EFFORTS,
             f"reasoning_effort: expected one of {', '.join(REASONING_EFFORTS)}")
     tools = _tools(body.get("tools"))
     return ChatRequest(
@@ -274,8 +257,8 @@ def parse_chat_request(body: Any) -> ChatRequest:
         include_usage=bool((options or {}).get("include_usage")),
         max_tokens=_max_tokens(body),
         stop=_stop(body.get("stop")),
-        temperature=_number(body, "temperature", 0.0, 2.0),
-        top_p=_number(body, "top_p", 0.0, 1.0),
+        temperature=number(body, "temperature", 0.0, 2.0),
+        top_p=number(body, "top_p", 0.0, 1.0),
         seed=seed,
         tools=tools,
         tool_choice=_tool_choice(body.get("tool_choice"), [t.name for t in tools]),

@@ -1,4 +1,4 @@
-"""The request log: one JSON object per request (fields fixed by design.md), as JSONL.
+"""The request log: one JSON object per request (its fields are a contract readers rely on), as JSONL.
 
 `RequestRecord` is the contract; `RequestLog` is the sink. A record goes through a structlog
 logger whose processor renders the line (secrets scrubbed, `body` last so readers can skip
@@ -19,7 +19,7 @@ import orjson
 import structlog
 
 from gateway.logfile import LineWriter, RotatingFile
-from gateway.redact import REDACTED
+from gateway.redact import REDACTED, scrub
 
 log = structlog.get_logger("gateway.request")
 
@@ -65,7 +65,7 @@ class RequestRecord:
     output_tokens: int | None = None
     cache_read_tokens: int | None = None
     stop_reason: str | None = None
-    tool_names: list[str] | None = None  # tools the answer called, in order (for replay diffs)
+    tool_names: list[str] | None = None  # tools the answer called or began to call, in order (for replay diffs)
     error: dict | None = None
     session_id: str | None = None
     user_agent: str | None = None
@@ -148,10 +148,7 @@ class LineRenderer:
 
     def _scrub(self, value: Any) -> Any:
         if isinstance(value, str):
-            for s in self.secrets:
-                if s in value:
-                    value = value.replace(s, REDACTED)
-            return value
+            return scrub(value, self.secrets)
         if isinstance(value, dict):
             return {self._scrub(k): self._scrub(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -215,7 +212,8 @@ class _Enqueue:
         if len(self.recent) > RECENT_LINES:
             self._bytes -= len(self.recent.popleft()[1])
             self._trimmed = max(0, self._trimmed - 1)
-        # Claude Code lines are ~100 KB: without a budget 200 of them would add 20 MB to the process.
+        # A Claude Code line holds the whole conversation: without a budget, RECENT_LINES of them
+        # would keep many megabytes in the process.
         while self._bytes > RECENT_BYTES and self._trimmed < len(self.recent) - 1:
             entry = self.recent[self._trimmed]
             head = _without_body(entry[1])
@@ -244,12 +242,10 @@ class RequestLog:
         """Record one finished request (returns at once; the line is written off the event loop)."""
         # Rendered even without a file: the inspector shows the same (scrubbed) lines.
         self._lines.info(**record.to_dict(self.bodies))
-        path, model = record.path, record.model
         message = (record.error or {}).get("message")  # says what to fix; the type alone rarely does
-        for secret in self.secrets:  # the path, model name and error echo the client's text: a pasted token shows here
-            if secret in path or (model and secret in model) or (message and secret in message):
-                path, model = path.replace(secret, REDACTED), model and model.replace(secret, REDACTED)
-                message = message and message.replace(secret, REDACTED)
+        # The path, model name and error echo the client's text: a pasted token shows here.
+        path, model = scrub(record.path, self.secrets), record.model and scrub(record.model, self.secrets)
+        message = message and scrub(message, self.secrets)
         log.info(record.event, request_id=record.request_id, method=record.method, path=path,
                  status=record.status, model=model, backend=record.backend,
                  duration_ms=record.duration_ms, ttft_ms=record.ttft_ms,

@@ -1,4 +1,5 @@
-"""Model name → (backend, backend model), by the rules in design.md."""
+"""Model name → (backend, backend model): an exact model_mapping name, then a glob, then a model a
+backend serves under that name, then [routing] default."""
 from __future__ import annotations
 
 import fnmatch

@@ -1,6 +1,7 @@
 """Fixtures: scripted upstreams and a real gateway, both listening on 127.0.0.1."""
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +151,26 @@ def demo_model() -> Path:
     # Imported here: only the MLX tests pay for importing mlx.
     from backends.mlx_demo import default_root, ensure_demo_model
     return ensure_demo_model(root=default_root())
+
+
+async def engine_idle(gw: RunningGateway, backend: str = "m", timeout: float = 5.0) -> str:
+    """The MLX backend's /health detail once it says no request is active (a cancelled generation
+    has stopped), or the last one seen when `timeout` passed first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        detail = (await (await gw.get("/health")).json())["backends"][backend]["detail"]
+        if "active requests: 0" in detail or loop.time() > deadline:
+            return detail
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir() -> Path:
+    """The tiny scripted MLX model where `serve --demo` keeps it ($CLAUDE_GATEWAY_DEMO_DIR, else the
+    user's cache), generated there when missing or stale."""
+    from backends.mlx_demo import ensure_demo_model
+    return ensure_demo_model()
 
 
 @pytest.fixture

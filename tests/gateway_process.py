@@ -57,6 +57,13 @@ async def _collect(stream: asyncio.StreamReader, into: list[str]) -> None:
         into.append(line.decode("utf-8", "replace"))
 
 
+def env_without_token() -> dict:
+    """This process's environment minus GATEWAY_AUTH_TOKEN, so only the config decides the token."""
+    env = dict(os.environ)
+    env.pop("GATEWAY_AUTH_TOKEN", None)
+    return env
+
+
 async def run_cli(*args: str, env: dict | None = None, timeout: float = 30) -> tuple[int, str, str]:
     """Run `claude-gateway ARGS` to completion: (exit code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway.cli", *args, cwd=str(ROOT),

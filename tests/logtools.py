@@ -4,9 +4,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import socket
 import sys
 from pathlib import Path
+
+from tests.upstream import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,12 +41,6 @@ async def wait_records(path: Path, n: int, timeout: float = 5.0) -> list[dict]:
             return read_records(path)
         assert loop.time() < deadline, f"{path} holds {whole} records, expected {n}"
         await asyncio.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None) -> tuple[int, str, str]:
@@ -93,11 +88,7 @@ class OwnGateway:
 
 async def wait_until(predicate, timeout: float = 5.0) -> None:
     """Poll `predicate` until it holds (the request log is written by a thread, just after the response)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
+    assert await wait_for(predicate, timeout), "condition not reached in time"
 
 
 async def run_cli_tty(*args: str, cwd: Path = ROOT, columns: int = 200) -> tuple[int, str]:

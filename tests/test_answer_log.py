@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 from tests.conftest import gateway_config
 from tests.logtools import read_records, wait_records
+from tests.sse_checks import check_stream
 from tests.upstream import FAIL_MID, THINK, TOOL, Script, wait_for
 
 CONTENT_ONLY = ("type", "text", "thinking", "id", "name", "input")
@@ -19,29 +19,6 @@ def _gateway_toml(up, log, bodies: bool = True) -> str:
 
 def _msg(text: str, **kw) -> dict:
     return {"model": "claude-opus-4-8", "max_tokens": 200, "messages": [{"role": "user", "content": text}], **kw}
-
-
-def _from_sse(frames: list[tuple[str, dict]]) -> list[dict]:
-    """The content blocks a client assembles from the stream it read."""
-    blocks: list[dict] = []
-    raw: dict[int, str] = {}
-    for name, data in frames:
-        if name == "content_block_start":
-            blocks.append(dict(data["content_block"]))
-            raw[data["index"]] = ""
-        elif name == "content_block_delta":
-            d, b = data["delta"], blocks[data["index"]]
-            if d["type"] == "text_delta":
-                b["text"] += d["text"]
-            elif d["type"] == "thinking_delta":
-                b["thinking"] += d["thinking"]
-            elif d["type"] == "input_json_delta":
-                raw[data["index"]] += d["partial_json"]
-            elif d["type"] == "signature_delta":
-                b["signature"] = d["signature"]
-        elif name == "content_block_stop" and blocks[data["index"]]["type"] == "tool_use":
-            blocks[data["index"]]["input"] = json.loads(raw[data["index"]])
-    return blocks
 
 
 def _comparable(blocks: list[dict]) -> list[dict]:
@@ -65,13 +42,13 @@ async def test_streamed_and_whole_answers_are_logged_alike_and_as_sent(start_ups
     recs = await wait_records(log, 3)
 
     assert recs[0]["response"] == whole["content"]  # exactly the JSON body's content
-    assert _comparable(recs[1]["response"]) == _comparable(_from_sse(frames))
+    assert _comparable(recs[1]["response"]) == _comparable(check_stream(frames).content)
     assert _comparable(recs[0]["response"]) == _comparable(recs[1]["response"]) == [
         {"type": "text", "text": "Let me check that."},
         {"type": "tool_use", "name": "get_weather", "input": {"location": "Paris", "units": ["C", "F"]}}]
-    assert recs[1]["response"][1]["id"] == _from_sse(frames)[1]["id"]
+    assert recs[1]["response"][1]["id"] == check_stream(frames).content[1]["id"]
     assert [b["type"] for b in recs[2]["response"]] == ["thinking", "text"]
-    assert recs[2]["response"] == _from_sse(thought)  # signature included: the very blocks sent
+    assert recs[2]["response"] == check_stream(thought).content  # signature included: the very blocks sent
     assert recs[2]["response"][0]["thinking"] == "The user greets me; answer briefly."
     # `body` stays the first of the large fields; readers skip both by stopping at it.
     line = log.read_bytes().splitlines()[0]

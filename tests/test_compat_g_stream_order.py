@@ -3,12 +3,12 @@ faults seen before the first byte (C9, C10, C12) and keep-alive pings during a s
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import anthropic
 import pytest
 
 from tests.conftest import gateway_config
+from tests.gateway_process import free_port
 from tests.sse_checks import check_stream, open_stream, parse_frames, read_stream
 from tests.upstream import EMPTY, FAIL, LEN, STOPSEQ, TEXT, THINK, TOOL, TOOLS2, Script
 
@@ -349,18 +349,10 @@ async def test_f4_pings_during_slow_prefill(stack):
     assert s.text == "late"
 
 
-def _closed_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
 @pytest.mark.parametrize("flavor", ["openai", "vllm", "llamacpp"])
 async def test_c9_unreachable_upstream_stream_is_json_error(start_gateway, flavor):
     """C9: "Failures known before the first byte on a stream:true request (… backend down) come as a non-200 JSON error"."""
-    port = _closed_port()
+    port = free_port()  # nothing listens there
     gw = await start_gateway(gateway_config({"down": {"type": flavor, "base_url": f"http://127.0.0.1:{port}",
                                                       "model": "test-model"}}, default="down"))
     async with await gw.post("/v1/messages", body(stream=True)) as resp:

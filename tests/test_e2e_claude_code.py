@@ -16,7 +16,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TOKEN, gateway_config
+from tests.gateway_process import free_port
 from tests.upstream import TEXT, TOOL, Script
 
 
@@ -39,7 +39,7 @@ class CliVersion:
 
 # Every version the end-to-end tests run against; the next release is one line here.
 CLAUDE_CODE_VERSIONS = (
-    CliVersion("2.1.197", tool_search=False, model_discovery=False),  # claude-code-traffic.md's recording
+    CliVersion("2.1.197", tool_search=False, model_discovery=False),  # the version the recorded traffic came from
     CliVersion("2.1.328", tool_search=True, model_discovery=True),
 )
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,6 +136,21 @@ def _claude_env(home: Path, base_url: str, extra: dict | None = None) -> dict:
     }
 
 
+def _dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """The CLI's working directory and its own HOME (nothing of this machine's user reaches it)."""
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    home.mkdir()
+    return work, home
+
+
+async def _gateway_to(start_gateway, up, log: Path | None = None):
+    """A gateway that sends every claude-* model to the scripted OpenAI upstream `up`."""
+    return await start_gateway(gateway_config(
+        {"up": {"type": "openai", "base_url": up.url, "model": "test-model",
+                "model_mapping": {"claude-*": "test-model"}}}, default="up", log_path=str(log) if log else ""))
+
+
 async def _start_claude(claude, prompt: str, cwd: Path, home: Path, base_url: str, env: dict | None = None):
     return await asyncio.create_subprocess_exec(
         *claude, "-p", prompt, "--output-format", "json", "--dangerously-skip-permissions",
@@ -200,16 +215,12 @@ async def test_claude_code_tool_loop(claude_bin, start_upstream, start_gateway, 
     """`claude -p` runs Write → Bash → Read → answer through the gateway: the files exist with the
     right content, every tool result reached the model, the final answer is printed, and every
     request the CLI sent was answered 200 with no error."""
-    work, home = tmp_path / "work", tmp_path / "home"
-    work.mkdir()
-    home.mkdir()
+    work, home = _dirs(tmp_path)
     up = await start_upstream("openai")
     loop = ToolLoop(work)
     up.default = loop
     log = tmp_path / "requests.jsonl"
-    gw = await start_gateway(gateway_config(
-        {"up": {"type": "openai", "base_url": up.url, "model": "test-model",
-                "model_mapping": {"claude-*": "test-model"}}}, default="up", log_path=str(log)))
+    gw = await _gateway_to(start_gateway, up, log)
 
     s = await _run_claude(claude_bin, "Write notes.txt, uppercase it with a shell command, then read it back.",
                           work, home, gw.url)
@@ -272,18 +283,14 @@ async def test_claude_code_loads_a_deferred_tool(claude_bin, start_upstream, sta
     request in the log got a 4xx (no fallback to resending every tool)."""
     if not claude_bin.cli.tool_search:
         pytest.skip(f"Claude Code {claude_bin.cli.version} sends every tool in full (no ToolSearch)")
-    work, home = tmp_path / "work", tmp_path / "home"
-    work.mkdir()
-    home.mkdir()
+    work, home = _dirs(tmp_path)
     notebook = work / "nb.ipynb"
     notebook.write_text(json.dumps(NOTEBOOK))
     up = await start_upstream("openai")
     loop = ToolSearchLoop(notebook)
     up.default = loop
     log = tmp_path / "requests.jsonl"
-    gw = await start_gateway(gateway_config(
-        {"up": {"type": "openai", "base_url": up.url, "model": "test-model",
-                "model_mapping": {"claude-*": "test-model"}}}, default="up", log_path=str(log)))
+    gw = await _gateway_to(start_gateway, up, log)
 
     s = await _run_claude(claude_bin, "Add a cell to nb.ipynb.", work, home, gw.url)
 
@@ -317,14 +324,10 @@ async def test_claude_code_model_discovery_caches_gateway_models(claude_bin, sta
     the display names the gateway gave them."""
     if not claude_bin.cli.model_discovery:
         pytest.skip(f"Claude Code {claude_bin.cli.version} does not discover gateway models")
-    work, home = tmp_path / "work", tmp_path / "home"
-    work.mkdir()
-    home.mkdir()
+    work, home = _dirs(tmp_path)
     up = await start_upstream("openai")
     up.default = TEXT("ok")
-    gw = await start_gateway(gateway_config(
-        {"up": {"type": "openai", "base_url": up.url, "model": "test-model",
-                "model_mapping": {"claude-*": "test-model"}}}, default="up"))
+    gw = await _gateway_to(start_gateway, up)
     s = await _run_claude(claude_bin, "Say ok.", work, home, gw.url,
                           env={"CLAUDE_CODE_ENABLE_GATEWAY_MODEL_DISCOVERY": "1"})
     assert s.returncode == 0, (s.result, s.stderr[-2000:])
@@ -342,15 +345,11 @@ async def test_claude_code_model_discovery_caches_gateway_models(claude_bin, sta
 async def test_claude_code_start_up_probes_are_answered(claude_bin, start_upstream, start_gateway, tmp_path):
     """With non-essential traffic allowed, the CLI warms its connection (HEAD /api/hello on
     2.1.328): no request of the session hits an unknown route, and /api/hello answers 200."""
-    work, home = tmp_path / "work", tmp_path / "home"
-    work.mkdir()
-    home.mkdir()
+    work, home = _dirs(tmp_path)
     up = await start_upstream("openai")
     up.default = TEXT("ok")
     log = tmp_path / "requests.jsonl"
-    gw = await start_gateway(gateway_config(
-        {"up": {"type": "openai", "base_url": up.url, "model": "test-model",
-                "model_mapping": {"claude-*": "test-model"}}}, default="up", log_path=str(log)))
+    gw = await _gateway_to(start_gateway, up, log)
     s = await _run_claude(claude_bin, "Say ok.", work, home, gw.url,
                           env={"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": ""})
     assert s.returncode == 0, (s.result, s.stderr[-2000:])
@@ -374,9 +373,7 @@ async def _log_lines(log: Path, at_least: int, timeout: float = 5.0) -> list[dic
 async def test_killing_claude_mid_stream_cancels_upstream(claude_bin, start_upstream, start_gateway, tmp_path):
     """SIGKILL on the CLI while the answer streams: the gateway cancels the upstream request within a
     second (the backend stops generating) and keeps serving."""
-    work, home = tmp_path / "work", tmp_path / "home"
-    work.mkdir()
-    home.mkdir()
+    work, home = _dirs(tmp_path)
     up = await start_upstream("openai")
     streaming = asyncio.Event()
 
@@ -388,9 +385,7 @@ async def test_killing_claude_mid_stream_cancels_upstream(claude_bin, start_upst
         return Script(deltas=[{"content": f"word{i} "} for i in range(1000)], delay_s=0.02)  # 20 s
 
     up.default = slow
-    gw = await start_gateway(gateway_config(
-        {"up": {"type": "openai", "base_url": up.url, "model": "test-model",
-                "model_mapping": {"claude-*": "test-model"}}}, default="up"))
+    gw = await _gateway_to(start_gateway, up)
     proc = await _start_claude(claude_bin, "Tell me a long story.", work, home, gw.url)
     try:
         await asyncio.wait_for(streaming.wait(), RUN_TIMEOUT_S)
@@ -413,12 +408,15 @@ async def test_killing_claude_mid_stream_cancels_upstream(claude_bin, start_upst
     assert status == 200 and msg["content"][0]["text"] == "still serving"
 
 
-@pytest.fixture(scope="session")
-def demo_model_dir() -> Path:
-    """The generated tiny MLX demo model (cached like `serve --demo` does, or in $CLAUDE_GATEWAY_DEMO_DIR)."""
-    from backends.mlx_demo import DEMO_DIR_ENV, default_root, ensure_demo_model
+# A short system prompt and no tools: a session the demo model's context (and CI's CPU) can take.
+BRIEF_NO_TOOLS = ("--system-prompt", "Be brief.", "--tools", "", "--max-turns", "2")
 
-    return ensure_demo_model(root=os.environ.get(DEMO_DIR_ENV) or default_root())
+
+def gave_up_on_length(s: Session, api: list[dict]) -> bool:
+    """Did the CLI (2.1.328) end the session on its own verdict that answers keep stopping at
+    max_tokens (it continues a cut answer up to three times), with no API error behind it?"""
+    return (s.result.get("terminal_reason") == "api_error" and s.result.get("api_error_status") is None
+            and "output token maximum" in s.result.get("result", "") and api[-1]["stop_reason"] == "max_tokens")
 
 
 async def _mlx_gateway(start_gateway, model: Path, log: Path, **backend):
@@ -442,10 +440,9 @@ async def test_plain_claude_code_on_serve_demo(claude_bin, tmp_path):
     from backends.mlx_demo import DEMO_DIR_ENV
 
     first_start = claude_bin.cli == CLAUDE_CODE_VERSIONS[-1]
-    work, home, models = tmp_path / "work", tmp_path / "home", tmp_path / "models"
-    work.mkdir()
-    home.mkdir()
-    port = _free_port()
+    work, home = _dirs(tmp_path)
+    models = tmp_path / "models"
+    port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if first_start:
         env[DEMO_DIR_ENV] = str(models)
@@ -475,28 +472,24 @@ async def test_plain_claude_code_on_serve_demo(claude_bin, tmp_path):
         api = [ln for ln in lines if ln["path"].endswith("/messages")]
         assert api and all(ln["status"] == 200 and ln["error"] is None for ln in api), api
         main = max(api, key=lambda ln: ln["input_tokens"])
-        # Claude Code's own system prompt and tool definitions, whole, in a small share of the window.
-        assert 15_000 < main["input_tokens"] < 40_000, main
-        assert main["stop_reason"] == "end_turn" and main["ttft_ms"] < 30_000, main
+        # Claude Code's own system prompt and tool definitions, whole (2.1.328 defers most tools, so its
+        # prompt is the smaller one), in a small share of the window.
+        assert 10_000 < main["input_tokens"] < 40_000, main
+        # The answer itself is the demo model's sampled noise: it may end (end_turn) or run into the
+        # demo's output cap (max_tokens); either way the CLI got a whole, well-formed answer.
+        assert main["stop_reason"] in ("end_turn", "max_tokens") and main["ttft_ms"] < 30_000, main
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(proc.wait(), 30)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 async def test_claude_code_sees_prompt_too_long_from_mlx_backend(claude_bin, demo_model_dir, start_gateway,
                                                                   tmp_path):
     """Claude Code's full prompt against the demo model cut to an 8k window: the gateway's 400 is
     recognised by the CLI as "prompt is too long" (it would compact), not as a generic failure."""
-    work, home = tmp_path / "work", tmp_path / "home"
-    work.mkdir()
-    home.mkdir()
+    work, home = _dirs(tmp_path)
     log = tmp_path / "requests.jsonl"
     gw = await _mlx_gateway(start_gateway, demo_model_dir, log, context_window=8192)
     s = await _run_claude(claude_bin, "Say hello.", work, home, gw.url)

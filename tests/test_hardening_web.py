@@ -25,27 +25,8 @@ from tests.compat_helpers import (
 )
 from tests.conftest import TOKEN, gateway_config
 from tests.gateway_process import free_port, run_cli, start_serve
+from tests.raw_http import hostport, raw_request
 from tests.upstream import TEXT, Script, Upstream
-
-
-def _hostport(url: str) -> tuple[str, int]:
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    return host, int(port)
-
-
-async def raw_request(url: str, data: bytes, timeout: float = 10) -> tuple[int, dict, bytes]:
-    """Send raw bytes, read until the server closes: (status, lowercased headers, body)."""
-    reader, writer = await asyncio.open_connection(*_hostport(url))
-    try:
-        writer.write(data)
-        await writer.drain()
-        raw = await asyncio.wait_for(reader.read(), timeout)
-    finally:
-        writer.close()
-    head, _, rest = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
-    return int(lines[0].split()[1]), headers, rest
 
 
 def _error_type(raw_body: bytes) -> str:
@@ -80,7 +61,7 @@ async def test_dns_rebinding_host_is_refused_everywhere(start_upstream, start_ga
 async def test_loopback_and_configured_hosts_are_served(start_upstream, start_gateway, host):
     """What real clients send (Claude Code: Host 127.0.0.1:port) and names in server.allowed_hosts work."""
     _, gw = await start_stack(start_upstream, start_gateway, token=None, server={"allowed_hosts": ["gateway.lan"]})
-    host = host.format(port=_hostport(gw.url)[1])
+    host = host.format(port=hostport(gw.url)[1])
     payload = json.dumps(body()).encode()
     status, _, rest = await raw_request(gw.url, (
         f"POST /v1/messages HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
@@ -300,7 +281,7 @@ async def test_idle_half_sent_and_slowloris_connections_are_closed(start_upstrea
     passed since it opened, GET / stays fast throughout, and its open file count returns to where it was."""
     timeout_s = 3.0
     _, gp = await _serve(start_upstream, tmp_path, header_timeout_s=timeout_s, max_connections=1000)
-    host, port = _hostport(gp.url)
+    host, port = hostport(gp.url)
     pid = gp.proc.pid
     try:
         baseline = _open_fds(pid)
@@ -371,7 +352,7 @@ async def test_slow_body_gets_408_and_the_connection_closes(start_upstream, tmp_
     up, gp = await _serve(start_upstream, tmp_path, body_timeout_s=1.0)
     try:
         payload = json.dumps(body()).encode()
-        reader, writer = await asyncio.open_connection(*_hostport(gp.url))
+        reader, writer = await asyncio.open_connection(*hostport(gp.url))
         writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"anthropic-version: 2023-06-01\r\nx-api-key: " + TOKEN.encode() +
                      b"\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload[:10])
@@ -395,7 +376,7 @@ async def test_connection_cap_closes_idle_connections_first(start_upstream, tmp_
     pid = gp.proc.pid
     try:
         baseline = _open_fds(pid)
-        conns = [await asyncio.open_connection(*_hostport(gp.url)) for _ in range(60)]
+        conns = [await asyncio.open_connection(*hostport(gp.url)) for _ in range(60)]
         await asyncio.sleep(0.3)
         assert _open_fds(pid) <= baseline + 20
         assert await _get_root_latency(gp.url) < 1.0
@@ -452,7 +433,7 @@ async def test_refused_requests_never_read_their_body(start_upstream, tmp_path, 
         before = _vm_hwm_mb(pid)
 
         async def attack() -> bytes:
-            reader, writer = await asyncio.open_connection(*_hostport(gp.url))
+            reader, writer = await asyncio.open_connection(*hostport(gp.url))
             writer.write(head + b"x" * (1024 * 1024))
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
@@ -479,7 +460,7 @@ async def test_expect_100_continue_is_not_sent_to_a_refused_request(start_upstre
     to send the body; a good one is invited."""
     _, gw = await start_stack(start_upstream, start_gateway)
     for key, first in [("wrong", b"HTTP/1.1 401"), (TOKEN, b"HTTP/1.1 100 Continue")]:
-        reader, writer = await asyncio.open_connection(*_hostport(gw.url))
+        reader, writer = await asyncio.open_connection(*hostport(gw.url))
         writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"x-api-key: " + key.encode() + b"\r\nExpect: 100-continue\r\nContent-Length: 100000\r\n\r\n")
         got = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
@@ -512,7 +493,7 @@ async def test_malformed_requests_and_vanishing_clients_print_one_json_line_each
         answers = []
         for raw in MALFORMED:
             with contextlib.suppress(ConnectionError):
-                reader, writer = await asyncio.open_connection(*_hostport(gp.url))
+                reader, writer = await asyncio.open_connection(*hostport(gp.url))
                 writer.write(raw)
                 answers.append(await asyncio.wait_for(reader.read(), 5))
                 writer.close()
@@ -524,7 +505,7 @@ async def test_malformed_requests_and_vanishing_clients_print_one_json_line_each
             assert b"application/json" in head.lower() and _error_type(rest) == "invalid_request_error", part[:300]
             assert TOKEN.encode() not in part
         # mid-body: headers announce 1000 bytes, 10 arrive, the client is gone
-        reader, writer = await asyncio.open_connection(*_hostport(gp.url))
+        reader, writer = await asyncio.open_connection(*hostport(gp.url))
         writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"x-api-key: " + TOKEN.encode() + b"\r\nContent-Length: 1000\r\n\r\n{\"model\":")
         await writer.drain()
@@ -532,7 +513,7 @@ async def test_malformed_requests_and_vanishing_clients_print_one_json_line_each
         # mid-stream: read the first SSE bytes, then vanish
         for _ in range(3):
             payload = json.dumps(body(stream=True)).encode()
-            reader, writer = await asyncio.open_connection(*_hostport(gp.url))
+            reader, writer = await asyncio.open_connection(*hostport(gp.url))
             writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                          b"x-api-key: " + TOKEN.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
             await reader.readuntil(b"content_block_delta")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import zlib
 from contextlib import asynccontextmanager
@@ -30,7 +29,12 @@ from tests.compat_helpers import (
     with_server,
 )
 from tests.conftest import gateway_config, parse_sse
-from tests.gateway_process import GatewayProcess, free_port, start_serve
+from tests.gateway_process import (
+    GatewayProcess,
+    env_without_token,
+    free_port,
+    start_serve,
+)
 from tests.sse_checks import open_stream
 from tests.upstream import Script
 
@@ -122,9 +126,7 @@ async def served(tmp_path: Path, up, **backend):
     toml = gateway_config({"up": backend_table(up, **backend)}, token=None, default="up")
     path = tmp_path / "config.toml"
     path.write_text(with_server(toml, port=free_port()))
-    env = dict(os.environ)
-    env.pop("GATEWAY_AUTH_TOKEN", None)
-    gp = await start_serve(path, env=env)
+    gp = await start_serve(path, env=env_without_token())
     try:
         yield gp
     finally:

@@ -5,7 +5,7 @@ import json
 
 from tests.conftest import TOKEN, gateway_config
 from tests.logtools import read_records, wait_records
-from tests.upstream import TOOL
+from tests.upstream import TOOL, Script
 
 
 async def test_recent_lines_keep_whole_records_within_a_memory_budget(start_upstream, start_gateway, tmp_path):
@@ -75,3 +75,22 @@ async def test_hostile_lines_do_not_break_the_inspector(start_upstream, start_ga
     assert data["records"][0]["request_id"] == deep_id and len(data["records"]) == 3
     one = await gw.get(f"/inspect/api/records/{deep_id}")
     assert one.status == 200 and one.content_type == "application/json"
+
+
+async def test_the_list_does_not_show_a_call_the_client_never_got_as_made(start_upstream, start_gateway):
+    """A tool call a length stop cut is held back from the client (the answer says max_tokens);
+    the list's answer preview must not present it as a call the model made."""
+    up = await start_upstream()
+    gw = await start_gateway(gateway_config({"up": {"type": "openai", "base_url": up.url, "model": "m"}},
+                                            default="up"))
+    up.push(Script(deltas=[{"content": "Checking."},
+                           {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                            "function": {"name": "get_weather", "arguments": ""}}]},
+                           {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": "Pa'}}]}],
+                   finish_reason="length"))
+    status, msg = await gw.messages({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+                                     "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]})
+    assert status == 200 and msg["content"] == [{"type": "text", "text": "Checking."}]
+    [head] = (await (await gw.get("/inspect/api/records")).json())["records"]
+    assert head["stop_reason"] == "max_tokens"
+    assert head["answer_preview"] == "Checking. [get_weather, cut short]"

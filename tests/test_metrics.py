@@ -129,3 +129,29 @@ async def test_health_says_degraded_when_a_backend_is_down(start_upstream, start
     await up.stop()
     health = await (await gw.session.get(gw.url + "/health")).json()
     assert health["status"] == "degraded" and health["backends"]["up"]["ok"] is False
+
+
+async def test_openai_clients_tokens_and_cache_hits_are_counted(start_upstream, start_gateway):
+    """/v1/chat/completions answers from the same backends: their tokens and cache reads reach the
+    token counters and /health's cache figures like those of /v1/messages."""
+    up = await start_upstream()
+    gw = await start_gateway(_cfg(up))
+    usage = {"prompt_tokens": 100, "completion_tokens": 3, "total_tokens": 103,
+             "prompt_tokens_details": {"cached_tokens": 60}}
+    up.push(Script(deltas=[{"content": "cached answer"}], usage=usage),
+            Script(deltas=[{"content": "cached answer"}], usage=usage))
+    chat = {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "hello there"}]}
+    resp = await gw.post("/v1/chat/completions", chat)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["usage"]["prompt_tokens_details"]["cached_tokens"] == 60
+    resp = await gw.post("/v1/chat/completions", {**chat, "stream": True})
+    assert resp.status == 200 and (await resp.text()).endswith("data: [DONE]\n\n")
+    m = await scrape(gw)
+    assert _get(m, "gateway_requests_total", route="/v1/chat/completions", status="200", backend="up",
+                model=MODEL) == 2
+    assert _get(m, "gateway_tokens_total", direction="output", backend="up", model=MODEL) == 6
+    assert _get(m, "gateway_tokens_total", direction="input", backend="up", model=MODEL) == 80
+    assert _get(m, "gateway_cache_hits_total", backend="up") == 2
+    assert _get(m, "gateway_cache_read_tokens_total", backend="up") == 120
+    health = await (await gw.session.get(gw.url + "/health")).json()
+    assert health["backends"]["up"]["cache"] == {"requests": 2, "hits": 2, "read_tokens": 120, "hit_ratio": 0.6}

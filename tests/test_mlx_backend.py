@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,27 +20,15 @@ import jsonschema
 import pytest
 
 from backends.mlx_demo import DEMO_SYSTEM, SCRIPTS
+from tests.conftest import engine_idle
+from tests.gateway_process import free_port
+from tests.logtools import wait_records
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _text(message: dict) -> str:
     return "".join(b["text"] for b in message["content"] if b["type"] == "text")
-
-
-def _log_records(gw) -> list[dict]:
-    return [json.loads(line) for line in gw.log_path.read_text().splitlines() if line.strip()]
-
-
-async def _wait_log(gw, n: int) -> list[dict]:
-    """The request log once it holds `n` lines (lines are written by a background writer)."""
-    for _ in range(100):
-        if gw.log_path.exists():
-            records = _log_records(gw)
-            if len(records) >= n:
-                return records
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"request log never reached {n} lines")
 
 
 async def test_scripted_answer_json_and_sse_agree(mlx_gw):
@@ -96,7 +83,7 @@ async def test_second_turn_of_a_session_reads_the_cache(mlx_gw):
     # (the empty think block), which the template renders differently for a past answer.
     assert cached >= prompt1 - 8, (cached, prompt1)
 
-    records = await _wait_log(gw, 2)
+    records = await wait_records(gw.log_path, 2)
     last = records[-1]
     assert last["cache_read_tokens"] == cached
     assert last["prefill_tps"] > 0 and last["decode_tps"] > 0 and last["peak_memory_mb"] > 0
@@ -163,7 +150,7 @@ async def test_session_id_from_metadata_user_id(mlx_gw):
     status, second = await gw.messages(body)
     assert status == 200
     assert second["usage"]["cache_read_input_tokens"] > first["usage"]["input_tokens"] // 2
-    records = await _wait_log(gw, 2)
+    records = await wait_records(gw.log_path, 2)
     assert records[-1]["session_id"] == "meta-session"
 
 
@@ -321,13 +308,7 @@ async def test_client_disconnect_cancels_generation(mlx_gw):
         if line.startswith(b"event: content_block_delta"):
             break
     resp.close()  # the client goes away mid-answer
-    detail = ""
-    for _ in range(100):
-        detail = (await (await gw.get("/health")).json())["backends"]["m"]["detail"]
-        if "active requests: 0" in detail:
-            break
-        await asyncio.sleep(0.05)
-    assert "active requests: 0" in detail
+    assert "active requests: 0" in await engine_idle(gw)
     status, msg = await gw.messages(SCRIPTS["hello"].request())
     assert status == 200 and _text(msg) == SCRIPTS["hello"].answer
 
@@ -349,19 +330,13 @@ async def test_mapped_second_model_loads_on_first_use_and_lru_unloads(mlx_gw, de
     assert {str(demo_model), str(other)} <= {m["id"] for m in models}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_missing_model_offline_exits_with_one_clear_paragraph(tmp_path):
     cfg = tmp_path / "config.toml"
     cfg.write_text('[log]\nrequests = ""\n[routing]\ndefault = "local"\n[backends.local]\ntype = "mlx"\n'
                    'model = "no-such-org/no-such-model-4bit"\n')
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     proc = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg),
-                           "--port", str(_free_port())], check=False, cwd=ROOT, env=env, capture_output=True,
+                           "--port", str(free_port())], check=False, cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
     err = proc.stderr.strip().splitlines()[-1]
@@ -371,7 +346,7 @@ def test_missing_model_offline_exits_with_one_clear_paragraph(tmp_path):
 
 
 def test_serve_demo_answers_over_http(demo_model, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, CLAUDE_GATEWAY_DEMO_DIR=str(demo_model.parent),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     # Run from a scratch directory: the demo config logs to ./logs/requests.jsonl.

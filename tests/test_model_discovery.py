@@ -3,7 +3,6 @@ GET /v1/models lists the Claude ids each glob serves, named after what serves th
 /v1/models/{id} answers every name /v1/messages serves by name; listing never loads an MLX model."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
 
@@ -96,12 +95,10 @@ def test_family_names():
     assert family_name("my-model") == "my-model"
 
 
-async def test_listing_never_loads_an_mlx_model(start_gateway, tmp_path):
+async def test_listing_never_loads_an_mlx_model(start_gateway, demo_model_dir, tmp_path):
     """An MLX backend whose haiku mapping points at a model not loaded yet: listing answers from what
     is known (the local config.json's context) and the resident model stays the only one."""
-    from backends.mlx_demo import DEMO_DIR_ENV, default_root, ensure_demo_model
-
-    demo = ensure_demo_model(root=os.environ.get(DEMO_DIR_ENV) or default_root())
+    demo = demo_model_dir
     other = tmp_path / "haiku-model"
     shutil.copytree(demo, other)
     gw = await start_gateway(gateway_config({"m": {

@@ -282,11 +282,13 @@ async def test_request_log_and_metrics_know_the_api(start_upstream, start_gatewa
     up.push(TOOL("get_weather", {"city": "Oslo"}, lead="Checking."))
     async with client(gw) as c:
         await c.chat.completions.create(model=MODEL, messages=USER, tools=[
-            {"type": "function", "function": {"name": "get_weather"}}])
+            {"type": "function", "function": {"name": "get_weather"}}],
+            extra_headers={"X-Claude-Code-Session-Id": "sess-oai"})
     resp = await gw.post("/v1/messages", {"model": MODEL, "max_tokens": 20, "messages": USER})
     assert resp.status == 200
     oai, anth = await wait_records(gw.log_path, 2)
     assert (oai["api"], anth["api"]) == ("openai", "anthropic")
+    assert (oai["session_id"], anth["session_id"]) == ("sess-oai", None)
     assert oai["path"] == "/v1/chat/completions" and oai["model"] == MODEL and oai["backend"] == "up"
     assert oai["stop_reason"] == "tool_use" and oai["tool_names"] == ["get_weather"]
     assert oai["response"][1]["input"] == {"city": "Oslo"} and oai["body"]["messages"] == USER

@@ -2,14 +2,13 @@
 with the official openai SDK as client: the same scripted answers an Anthropic client gets."""
 from __future__ import annotations
 
-import asyncio
 import json
 
 import jsonschema
 import openai
 
 from backends.mlx_demo import DEMO_SYSTEM, SCRIPTS, WEATHER_TOOL
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, engine_idle
 from tests.logtools import wait_records
 
 TOOL = {"type": "function", "function": {"name": WEATHER_TOOL["name"], "description": WEATHER_TOOL["description"],
@@ -109,10 +108,4 @@ async def test_stop_and_length_and_disconnect(mlx_gw):
         if line.startswith(b"data: ") and b'"content":"l' in line:
             break
     resp.close()  # the client goes away mid-answer: generation stops
-    detail = ""
-    for _ in range(100):
-        detail = (await (await gw.get("/health")).json())["backends"]["m"]["detail"]
-        if "active requests: 0" in detail:
-            break
-        await asyncio.sleep(0.05)
-    assert "active requests: 0" in detail
+    assert "active requests: 0" in await engine_idle(gw)

@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import zlib
 from pathlib import Path
 
 import pytest
 
 from backends.mlx_demo import (
-    DEMO_DIR_ENV,
     DEMO_SYSTEM,
     SCRIPTS,
     WEATHER_TOOL,
-    default_root,
-    ensure_demo_model,
 )
 from tests import test_e2e_claude_code as e2e
 from tests.conftest import gateway_config
@@ -55,8 +51,8 @@ def llama_cpp() -> LlamaCpp:
 
 
 @pytest.fixture(scope="session")
-def demo_gguf(llama_cpp) -> Path:
-    model = ensure_demo_model(root=os.environ.get(DEMO_DIR_ENV) or default_root())
+def demo_gguf(llama_cpp, demo_model_dir) -> Path:
+    model = demo_model_dir
     out = cache_root() / "models"
     out.mkdir(parents=True, exist_ok=True)
     return export_gguf(model, out / f"{model.name}.v{EXPORT_VERSION}.gguf", llama_cpp.source)
@@ -320,23 +316,17 @@ async def test_claude_code_through_the_gateway_to_a_system_first_llama_server(cl
     """`claude -p` → gateway → llama-server with the system-first template: every request the CLI
     sends is answered 200, and the session succeeds or (2.1.328), when the noise never reached an
     end of turn, ends with the CLI's own verdict on answers that keep stopping at max_tokens."""
-    work, home = tmp_path / "work", tmp_path / "home"
-    work.mkdir()
-    home.mkdir()
+    work, home = e2e._dirs(tmp_path)
     log = tmp_path / "requests.jsonl"
     # Under this template the demo model's noise seldom ends; 2.1.328 continues an answer cut by
     # max_tokens up to three times, which stays inside the window at 256 tokens each.
     gw = await _gateway(start_gateway, strict_llama, log, max_output_tokens=256)
-    # A short system prompt and no tools: Claude Code's whole prompt (~40k demo-tokenizer tokens)
-    # would take minutes to prefill on CI's CPU.
-    s = await _run_claude([*claude_bin, "--system-prompt", "Be brief.", "--tools", "", "--max-turns", "2"],
-                          "Say hello.", work, home, gw.url)
+    # A short system prompt and no tools: Claude Code's whole prompt would take minutes to prefill on CI's CPU.
+    s = await _run_claude([*claude_bin, *e2e.BRIEF_NO_TOOLS], "Say hello.", work, home, gw.url)
     lines = await _log_lines(log, at_least=1)
     api = [ln for ln in lines if ln["path"].endswith("/messages")]
     assert api and all(ln["status"] == 200 and ln["error"] is None for ln in api), api
-    gave_up_on_length = (s.result.get("terminal_reason") == "api_error" and api[-1]["stop_reason"] == "max_tokens"
-                         and "output token maximum" in s.result.get("result", ""))
-    if not gave_up_on_length:
+    if not e2e.gave_up_on_length(s, api):
         assert s.returncode == 0, (s.result, s.stderr[-2000:])
         assert s.result.get("is_error") is False and s.result.get("subtype") == "success", s.result
     # The billing block Claude Code puts first in `system` never reached the template.
@@ -349,17 +339,15 @@ async def test_claude_code_sees_a_full_context_window_as_one(claude_bin, llama_c
     """An answer that fills what the window had left (the model never stops: ignore_eos) ends with
     model_context_window_exceeded, as the Anthropic API ends one: not "max_tokens", which the CLI
     reports as an answer that "exceeded the 64000 output token maximum"."""
-    work, home = tmp_path / "work", tmp_path / "home"
-    work.mkdir()
-    home.mkdir()
+    work, home = e2e._dirs(tmp_path)
     server = start_llama_server(llama_cpp.server, demo_gguf, tmp_path / "small.log", ctx=1024,
                                 extra=("--alias", "demo"))
     try:
         log = tmp_path / "requests.jsonl"
         gw = await _gateway(start_gateway, server, log, extra_body="{ ignore_eos = true }")
         proc = await asyncio.create_subprocess_exec(
-            *claude_bin, "-p", "Say hello.", "--output-format", "stream-json", "--verbose", "--system-prompt",
-            "Be brief.", "--tools", "", "--max-turns", "2", cwd=str(work), env=_claude_env(home, gw.url),
+            *claude_bin, "-p", "Say hello.", "--output-format", "stream-json", "--verbose", *e2e.BRIEF_NO_TOOLS,
+            cwd=str(work), env=_claude_env(home, gw.url),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, _ = await asyncio.wait_for(proc.communicate(), 120)
         lines = await _log_lines(log, at_least=2)

@@ -6,9 +6,10 @@ import json
 import os
 
 from tests.conftest import TOKEN, gateway_config
+from tests.gateway_process import free_port
 from tests.logtools import json_lines, read_records, run_cli, run_cli_tty, wait_records
 from tests.test_log_replay import OPUS, _answer, _answer_b, _backends, _msg, make_log
-from tests.upstream import TOOL
+from tests.upstream import TOOL, Script
 
 
 async def _gateway_b(start_upstream, start_gateway, answer, log_path: str = ""):
@@ -101,7 +102,6 @@ async def test_diff_two_logs_request_by_request(start_upstream, start_gateway, t
 async def test_replay_stops_at_a_connection_failure(start_upstream, start_gateway, tmp_path):
     log = tmp_path / "requests.jsonl"
     await make_log(start_upstream, start_gateway, log)
-    from tests.logtools import free_port
     code, out, err = await run_cli("--file", str(log), "replay", "--to", f"http://127.0.0.1:{free_port()}",
                                    "--json", "--concurrency", "3")
     assert code == 2 and len(json_lines(out)) == 1
@@ -168,3 +168,34 @@ async def test_curl_for_a_stream_prints_events_as_they_come(start_upstream, star
                                                 env={**os.environ, "ANTHROPIC_API_KEY": TOKEN})
     out, _ = await proc.communicate()
     assert b"event: message_stop" in out and b"get_weather" in out
+
+
+async def test_a_held_back_tool_call_is_no_regression_when_the_answer_repeats(start_upstream, start_gateway,
+                                                                               tmp_path):
+    """A length stop inside a tool call: the client gets no call (the log keeps it, marked
+    incomplete). Replayed against a backend that answers the same, nothing was lost or changed."""
+    def cut_call(_body: dict) -> Script:
+        return Script(deltas=[{"content": "Checking."},
+                              {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                               "function": {"name": "get_weather", "arguments": ""}}]},
+                              {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": "Pa'}}]}],
+                      finish_reason="length")
+    log = tmp_path / "requests.jsonl"
+    up = await start_upstream()
+    up.default = cut_call
+    gw = await start_gateway(gateway_config({"up": {"type": "openai", "base_url": up.url, "model": "m"}},
+                                            default="up", log_path=str(log)))
+    for stream in (False, True):
+        resp = await gw.post("/v1/messages", _msg("what is the weather", stream=stream))
+        assert resp.status == 200
+        await resp.read()
+    recs = await wait_records(log, 2)
+    assert [r["response"][-1]["incomplete"] for r in recs] == [True, True]  # the log keeps what was cut
+    other = await start_gateway(gateway_config({"up": {"type": "openai", "base_url": up.url, "model": "m"}},
+                                               default="up"))
+    code, out, err = await run_cli("--file", str(log), "replay", "--to", other.url, "--json", "--strict",
+                                   env={**os.environ, "ANTHROPIC_API_KEY": TOKEN})
+    results = json_lines(out)
+    assert [r["regressions"] for r in results] == [[], []], out
+    assert [r["answer"]["changed"] for r in results] == [False, False], out
+    assert code == 0, out + err

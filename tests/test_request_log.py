@@ -10,10 +10,10 @@ import sys
 import aiohttp
 
 from tests.conftest import TOKEN, gateway_config
+from tests.gateway_process import free_port
 from tests.logtools import (
     ROOT,
     OwnGateway,
-    free_port,
     log_has,
     read_lines,
     read_records,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 
 import aiohttp
 import pytest
@@ -19,20 +18,15 @@ from tests.compat_helpers import (
     with_server,
 )
 from tests.conftest import gateway_config
-from tests.gateway_process import free_port, start_serve
+from tests.gateway_process import env_without_token, free_port, start_serve
 from tests.logtools import wait_records
+from tests.raw_http import post_request, raw_request
 from tests.sse_checks import open_stream
 from tests.upstream import FAIL_MID, Script
 
 GW_TOKEN = "sk-gw-canary-5e8f1d2c9b7a4c36a1"
 BACKEND_KEY = "up-key-canary-93b1c0ffee42d17"
 PASSWORD = "pw-canary-Zq81xv0Lk3"
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env.pop("GATEWAY_AUTH_TOKEN", None)
-    return env
 
 
 def _assert_clean(text: str, *secrets: str) -> None:
@@ -99,7 +93,7 @@ async def test_base_url_credentials_become_basic_auth_and_are_never_shown(start_
     }, token=None, default="up").replace('level = "warning"', 'level = "debug"')
     path = tmp_path / "config.toml"
     path.write_text(with_server(toml, port=free_port()))
-    gp = await start_serve(path, env=_env())
+    gp = await start_serve(path, env=env_without_token())
     seen = ""
     try:
         async with aiohttp.ClientSession() as session:
@@ -132,18 +126,6 @@ def test_base_url_credentials_and_an_api_key_are_refused():
 
 # -- the console -----------------------------------------------------------------------------------
 
-async def _raw_request(url: str, header: bytes) -> bytes:
-    host, port = url.removeprefix("http://").split(":")
-    payload = json.dumps(body()).encode()
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + header +
-                 b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(payload) + payload)
-    await writer.drain()
-    out = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    return out
-
-
 async def test_console_lines_never_carry_a_secret(start_upstream, tmp_path):
     """aiohttp's parser errors quote the header they choked on (a token followed by NUL, an
     Authorization over 8 KB, one cut in the middle of the token) and a warning of ours quotes
@@ -152,7 +134,7 @@ async def test_console_lines_never_carry_a_secret(start_upstream, tmp_path):
     toml = gateway_config({"up": backend_table(up, api_key=BACKEND_KEY)}, token=GW_TOKEN, default="up")
     path = tmp_path / "config.toml"
     path.write_text(with_server(toml, port=free_port()))
-    gp = await start_serve(path, env=_env())
+    gp = await start_serve(path, env=env_without_token())
     # Malformed tool arguments are logged (tool_arguments_malformed) with their first 200 characters.
     up.push(Script(deltas=[{"tool_calls": [{"index": 0, "id": "c1", "type": "function",
                                             "function": {"name": "w", "arguments": f"{{oops {BACKEND_KEY}"}}]}],
@@ -163,8 +145,8 @@ async def test_console_lines_never_carry_a_secret(start_upstream, tmp_path):
                        b"Authorization: Bearer " + GW_TOKEN.encode() + b" " * 9000,
                        # aiohttp quotes the first 100 bytes of an over-long value: the token is cut there
                        b"Authorization: " + b"a" * 85 + GW_TOKEN.encode() + b" " * 9000):
-            out = await _raw_request(gp.url, header)
-            assert out.startswith(b"HTTP/1.") and b" 400 " in out.split(b"\r\n")[0], out[:200]
+            status, _, rest = await raw_request(gp.url, post_request("/v1/messages", json.dumps(body()).encode(), header))
+            assert status == 400, rest[:200]
         async with aiohttp.ClientSession() as session, session.post(
                 gp.url + "/v1/messages", json=body(), headers={"x-api-key": GW_TOKEN}) as resp:
             assert resp.status == 200, await resp.text()

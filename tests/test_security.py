@@ -2,10 +2,8 @@
 a token, and no secret in any log (stderr at debug level, the request log file)."""
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
-import os
 import signal
 from pathlib import Path
 
@@ -15,25 +13,11 @@ import pytest
 from gateway.config import parse_config
 from tests.compat_helpers import backend_table, body, start_stack, with_server
 from tests.conftest import TOKEN, gateway_config
-from tests.gateway_process import free_port, run_cli, start_serve
+from tests.gateway_process import env_without_token, free_port, run_cli, start_serve
+from tests.raw_http import post_request, raw_request
 from tests.upstream import TEXT
 
-
 # -- token comparison ----------------------------------------------------------------------------
-
-async def _raw_post(url: str, header_line: bytes) -> tuple[int, dict]:
-    """POST /v1/messages with one raw header line (bytes that no HTTP client library would send)."""
-    host, port = url.removeprefix("http://").split(":")
-    payload = json.dumps(body()).encode()
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + header_line +
-                 b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(payload) + payload)
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
-    head, _, rest = raw.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(rest)
-
 
 async def test_token_checked_with_compare_digest_for_every_candidate(start_upstream, start_gateway, monkeypatch):
     """Every presented credential goes through hmac.compare_digest (constant time), wrong or right;
@@ -64,7 +48,9 @@ async def test_token_checked_with_compare_digest_for_every_candidate(start_upstr
 async def test_non_utf8_credentials_are_401_not_500(start_upstream, start_gateway, header):
     """Credential headers with bytes that are not UTF-8 are compared as bytes: 401, never a crash."""
     _, gw = await start_stack(start_upstream, start_gateway)
-    status, err = await _raw_post(gw.url, header)
+    # Raw header bytes: no HTTP client library would send them.
+    status, _, rest = await raw_request(gw.url, post_request("/v1/messages", json.dumps(body()).encode(), header))
+    err = json.loads(rest)
     assert status == 401 and err["error"]["type"] == "authentication_error", err
 
 
@@ -114,18 +100,12 @@ async def test_serve_binds_loopback_by_default(start_upstream, tmp_path):
         await gp.stop()
 
 
-def _env_without_token() -> dict:
-    env = dict(os.environ)
-    env.pop("GATEWAY_AUTH_TOKEN", None)
-    return env
-
-
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.1"])
 async def test_public_address_without_token_is_refused(start_upstream, tmp_path, host):
     """A non-loopback host without auth_token → exit 2 with one paragraph saying how to fix it; nothing listens."""
     up = await start_upstream("openai")
     path, port = _write_config(tmp_path, up)
-    rc, _, err = await run_cli("serve", "--config", str(path), "--host", host, env=_env_without_token())
+    rc, _, err = await run_cli("serve", "--config", str(path), "--host", host, env=env_without_token())
     assert rc == 2, err
     assert "refusing to listen" in err and "auth_token" in err and "--allow-public" in err, err
     assert err.strip().count("\n") == 0  # one paragraph
@@ -138,7 +118,7 @@ async def test_public_address_allowed_when_told(start_upstream, tmp_path, how):
     """--allow-public, [server] allow_public = true, or a token (here from GATEWAY_AUTH_TOKEN) lifts the refusal. 192.0.2.1 (TEST-NET-1)
     is not on this machine, so binding then fails with its own message: nothing public is opened."""
     up = await start_upstream("openai")
-    env = _env_without_token()
+    env = env_without_token()
     extra: list[str] = []
     if how == "flag":
         path, _ = _write_config(tmp_path, up)
@@ -157,7 +137,7 @@ async def test_localhost_without_token_is_fine(start_upstream, tmp_path):
     """A loopback name needs no token."""
     up = await start_upstream("openai")
     path, port = _write_config(tmp_path, up)
-    gp = await start_serve(path, "--host", "localhost", env=_env_without_token())
+    gp = await start_serve(path, "--host", "localhost", env=env_without_token())
     try:
         assert _listening_on(port) and _listening_on(port) <= {"0100007F", "00000000000000000000000001000000"}
     finally:
@@ -183,7 +163,7 @@ async def test_token_never_appears_in_any_log(start_upstream, tmp_path):
     toml = toml.replace('level = "warning"', 'level = "debug"')
     path = tmp_path / "config.toml"
     path.write_text(with_server(toml, port=free_port()))
-    gp = await start_serve(path, env=_env_without_token())
+    gp = await start_serve(path, env=env_without_token())
     good = {"x-api-key": SECRET, "anthropic-version": "2023-06-01"}
     try:
         async with aiohttp.ClientSession() as session:

@@ -1,11 +1,10 @@
-"""What real servers showed (issue 17), against scripted upstreams that speak each wire format:
+"""What real servers showed, against scripted upstreams that speak each wire format:
 the vLLM-specific parts (its /tokenize renders the chat template, it reports the stop string) and
 the gateway-side rules every backend type shares. tests/test_real_llamacpp.py runs the same items
 against a real llama-server."""
 from __future__ import annotations
 
 import json
-import os
 
 from tests.compat_helpers import MODEL, assert_error, body, sent, start_stack
 from tests.sse_checks import open_stream
@@ -168,16 +167,16 @@ async def test_validation_follows_the_anthropic_api(start_upstream, start_gatewa
     assert len(up.received) == 2  # nothing refused reached the backend
 
 
-async def test_mlx_system_messages_modes(start_gateway, tmp_path):
+async def test_mlx_system_messages_modes(start_gateway, demo_model_dir, tmp_path):
     """The embedded backend takes the same modes: keep sends the late system message as it is (a
     system-first template refuses: 400 with its message), as_user and merge place it so it renders."""
     import shutil
 
-    from backends.mlx_demo import DEMO_DIR_ENV, SCRIPTS, default_root, ensure_demo_model
+    from backends.mlx_demo import SCRIPTS
     from tests.conftest import gateway_config
 
     strict = tmp_path / "strict-model"
-    shutil.copytree(ensure_demo_model(root=os.environ.get(DEMO_DIR_ENV) or default_root()), strict)
+    shutil.copytree(demo_model_dir, strict)
     cfg_path = strict / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["chat_template"] = ("{%- for m in messages %}{%- if m.role == 'system' and not loop.first %}"
@@ -196,11 +195,11 @@ async def test_mlx_system_messages_modes(start_gateway, tmp_path):
             assert "System message must be at the beginning." in data["error"]["message"]
 
 
-async def test_mlx_tool_call_cut_by_max_tokens(start_gateway):
-    from backends.mlx_demo import DEMO_DIR_ENV, SCRIPTS, default_root, ensure_demo_model
+async def test_mlx_tool_call_cut_by_max_tokens(start_gateway, demo_model_dir):
+    from backends.mlx_demo import SCRIPTS
     from tests.conftest import gateway_config
 
-    model = ensure_demo_model(root=os.environ.get(DEMO_DIR_ENV) or default_root())
+    model = demo_model_dir
     gw = await start_gateway(gateway_config({"m": {"type": "mlx", "model": str(model),
                                                   "model_mapping": {"claude-*": str(model)}}}, default="m"))
     for n in (6, 12, 20):

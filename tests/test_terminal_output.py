@@ -7,7 +7,6 @@ import json
 import os
 import pty
 import re
-import socket
 import stat
 import sys
 
@@ -21,21 +20,11 @@ from tests.logtools import (
     wait_records,
     wait_until,
 )
+from tests.raw_http import get_request, post_request, raw_request
 
 # Retitles the window, rings the bell, clears the screen; then a forged line; then C1 CSI and a bidi override.
 HOSTILE_PATH = "/v1/x%1b%5d0;PWNED%07%1b[2J%0aFORGED%20status=200%c2%9b31m%e2%80%aeevil"
 HOSTILE_MODEL = "claude-\x1b]0;OWNED\x07\x1b[2J\nFORGED-MODEL\u202e"
-
-
-def _raw_get(url: str, target: str) -> bytes:
-    """One GET with the request target sent byte for byte (no client re-quoting)."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as s:
-        s.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
-        chunks = []
-        while data := s.recv(65536):
-            chunks.append(data)
-    return b"".join(chunks)
 
 
 def _assert_inert(text: str, forged: str) -> None:
@@ -71,10 +60,10 @@ async def test_console_log_on_a_terminal_escapes_paths_and_model_names(start_ups
     try:
         await read_until(b"listening on")
         url = f"http://127.0.0.1:{port}"
-        reply = await asyncio.to_thread(_raw_get, url, HOSTILE_PATH)
-        assert b" 404 " in reply.split(b"\r\n")[0]
+        status, _, _ = await raw_request(url, get_request(HOSTILE_PATH))
+        assert status == 404
         body = json.dumps({"model": HOSTILE_MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
-        reply = await asyncio.to_thread(_raw_post, url, body)
+        await raw_request(url, post_request("/v1/messages", body.encode()))
         await read_until(b"PWNED")
         await read_until(b"OWNED")
     finally:
@@ -88,25 +77,12 @@ async def test_console_log_on_a_terminal_escapes_paths_and_model_names(start_ups
     os.close(master)
 
 
-def _raw_post(url: str, body: str) -> bytes:
-    host, port = url.removeprefix("http://").split(":")
-    data = body.encode()
-    with socket.create_connection((host, int(port)), timeout=5) as s:
-        s.sendall(f"POST /v1/messages HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                  f"anthropic-version: 2023-06-01\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
-                  .encode() + data)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def _hostile_log(start_upstream, start_gateway, log):
     up = await start_upstream()
     gw = await start_gateway(gateway_config({"up": {"type": "openai", "base_url": up.url, "model": "m",
                                                     "model_mapping": {"claude-*": "m"}}},
                                             log_path=str(log)))
-    await asyncio.to_thread(_raw_get, gw.url, HOSTILE_PATH)
+    await raw_request(gw.url, get_request(HOSTILE_PATH))
     resp = await gw.post("/v1/messages", {"model": HOSTILE_MODEL, "max_tokens": 5,
                                           "messages": [{"role": "user", "content": "hi \x1b[2J\u0085"}]})
     assert resp.status == 200, await resp.text()
@@ -152,7 +128,7 @@ async def test_curl_command_sends_exactly_the_recorded_target_once(start_upstrea
                "/v1/models/a%2Fb%5B1-3%5D%0a%20c?q=%26x%20y&r=[1-2]",  # encoded: must arrive encoded the same way
                "/v1/models/{a,b}"]
     for i, target in enumerate(targets):
-        await asyncio.to_thread(_raw_get, gw.url, target)
+        await raw_request(gw.url, get_request(target))
         recs = await wait_records(log, i + 1)
         original = recs[-1]
         code, cmd, err = await run_cli("--file", str(log), "curl", original["request_id"], "--url", gw.url)

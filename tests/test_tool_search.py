@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
-
-import pytest
 
 from tests.compat_helpers import MODEL, start_stack
 from tests.upstream import TEXT
 
 SCHEMA = {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}
-
-
-@pytest.fixture(scope="session")
-def demo_model_dir() -> Path:
-    """The generated tiny MLX demo model (cached like `serve --demo` does, or in $CLAUDE_GATEWAY_DEMO_DIR)."""
-    from backends.mlx_demo import DEMO_DIR_ENV, default_root, ensure_demo_model
-
-    return ensure_demo_model(root=os.environ.get(DEMO_DIR_ENV) or default_root())
 
 
 def tool(name: str, deferred: bool = False) -> dict:

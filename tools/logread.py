@@ -299,12 +299,6 @@ def records(files: list[Path], flt: Filter, with_body: bool = False,
             yield line, rec
 
 
-def find_record(files: list[Path], request_id: str, warn: Warn = _stderr_warn) -> tuple[bytes, dict] | None:
-    """The record with this request_id (the first one, with its body)."""
-    found = find_records(files, request_id, warn)
-    return found[0] if found and found[0][1].get("request_id") == request_id else None
-
-
 def find_records(files: list[Path], prefix: str, warn: Warn = _stderr_warn, limit: int = 5) -> list[tuple[bytes, dict]]:
     """Records whose request_id is `prefix` or starts with it ("req_" may be left out): the exact
     match alone when there is one, else up to `limit` distinct ids that start with it."""

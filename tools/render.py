@@ -1,14 +1,13 @@
 """Terminal tables for log_replay (JSON output needs none of this)."""
 from __future__ import annotations
 
-import re
 import shlex
 import uuid
 from urllib.parse import quote
 
 import orjson
 
-from gateway.terminal import escape_controls
+from gateway.terminal import escape_controls, escape_controls_in_json
 
 
 def table(rows: list[list[object]], header: list[str], width: int | None = None,
@@ -43,14 +42,9 @@ def _cell(value: object) -> str:
     return text if len(text) <= 80 else text[:79] + "…"
 
 
-# What orjson leaves raw that a terminal acts on (it escapes C0 itself): C1, DEL, separators, bidi.
-_JSON_CONTROL = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
 def terminal_json(value: object) -> str:
     """Indented JSON that is still valid JSON and safe to print on a terminal."""
-    text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
-    return _JSON_CONTROL.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
+    return escape_controls_in_json(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
 def ms(value: float | None) -> str:

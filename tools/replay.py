@@ -34,13 +34,24 @@ class Outcome:
 
     @classmethod
     def recorded(cls, rec: dict) -> Outcome:
+        """What the client of a logged request got, comparable with what a replay gets."""
         err = rec.get("error") if isinstance(rec.get("error"), dict) else {}
         response = rec.get("response")
+        content = response if isinstance(response, list) else None
+        tool_names = list(rec.get("tool_names") or [])
+        if content is not None:
+            # The gateway sends a tool call whole or not at all: one the log marks incomplete (cut by
+            # a length stop or a dropped stream) never reached the client, so a replay cannot get it.
+            held = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_use" and b.get("incomplete")]
+            content = [b for b in content if not any(b is h for h in held)]
+            for block in held:
+                if block.get("name") in tool_names:
+                    del tool_names[len(tool_names) - 1 - tool_names[::-1].index(block["name"])]
         return cls(status=rec.get("status"), stop_reason=rec.get("stop_reason"),
-                   tool_names=list(rec.get("tool_names") or []), input_tokens=rec.get("input_tokens"),
+                   tool_names=tool_names, input_tokens=rec.get("input_tokens"),
                    output_tokens=rec.get("output_tokens"), duration_ms=rec.get("duration_ms"),
                    ttft_ms=rec.get("ttft_ms"), error=err.get("type"), error_message=err.get("message"),
-                   content=response if isinstance(response, list) else None)
+                   content=content)
 
 
 @dataclass
