@@ -599,7 +599,7 @@ def select_parser(model_type: str | None, chat_template: str | None, override: s
     Call the result with the request's tools (name → input_schema) for one response's parser.
     Raises ValueError for an unknown override name.
     """
-    if override:
+    if override and override.strip().lower() != "auto":  # auto: detected as when absent
         key = override.strip().lower().replace("-", "_")
         if key not in PARSERS:
             raise ValueError(f"unknown tool parser {override!r}; expected one of: {', '.join(PARSERS)}")

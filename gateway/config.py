@@ -65,8 +65,9 @@ class BackendConfig:
     vision: bool = False
     extra_body: dict = field(default_factory=dict)
     model_mapping: dict[str, str] = field(default_factory=dict)
+    # hermes | qwen3_coder | llama3_json | mistral | auto | none; absent: mlx from the template, remote "auto"
+    tool_parser: str | None = None
     # mlx only
-    tool_parser: str | None = None  # hermes | qwen3_coder | llama3_json | mistral | none; absent → from the template
     max_resident_models: int = 1  # models kept loaded; the least recently used idle one is unloaded
     cache_mb: float = 4096  # prompt-cache byte budget (MB)
     cache_ttl_s: float = 1800  # prompt-cache entries unused this long are dropped
@@ -114,12 +115,12 @@ _LOG_KEYS = {"requests": str, "bodies": bool, "level": str, "rotate_mb": (int, f
 _ROUTING_KEYS = {"default": str, "claude_models": list}
 _BACKEND_KEYS = {"type": str, "model": str, "base_url": str, "api_key": str, "api_key_env": str,
                  "timeout_s": (int, float), "context_window": int, "max_output_tokens": int, "vision": bool,
-                 "extra_body": dict, "model_mapping": dict}
-_MLX_KEYS = {"tool_parser": str, "max_resident_models": int, "cache_mb": (int, float), "cache_ttl_s": (int, float),
+                 "extra_body": dict, "model_mapping": dict, "tool_parser": str}
+_MLX_KEYS = {"max_resident_models": int, "cache_mb": (int, float), "cache_ttl_s": (int, float),
              "max_batch": int, "cache_across_sessions": bool}
 _BACKEND_KEYS.update(_MLX_KEYS)
 _REMOTE_TYPES = ("vllm", "llamacpp", "openai")
-_TOOL_PARSERS = ("hermes", "qwen3_coder", "llama3_json", "mistral", "none")  # backends.tool_parsers.PARSERS
+_TOOL_PARSERS = ("hermes", "qwen3_coder", "llama3_json", "mistral", "auto", "none")  # backends.tool_parsers.PARSERS
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
