@@ -27,10 +27,22 @@ import structlog
 from backends.text_filters import _partial_suffix
 from backends.tool_args import ArgumentChecker
 from backends.tool_parsers import (
-    PARSERS, Llama3JsonParser, MistralParser, PassthroughParser, Qwen3CoderParser, ToolCallParser,
+    PARSERS,
+    Llama3JsonParser,
+    MistralParser,
+    PassthroughParser,
+    Qwen3CoderParser,
+    ToolCallParser,
 )
 from gateway.anthropic import MessagesRequest
-from gateway.events import Event, Stop, TextDelta, ToolCallDelta, ToolCallEnd, ToolCallStart
+from gateway.events import (
+    Event,
+    Stop,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+)
 
 log = structlog.get_logger("backends.text_tool_calls")
 
