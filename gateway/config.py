@@ -67,6 +67,10 @@ class BackendConfig:
     model_mapping: dict[str, str] = field(default_factory=dict)
     # hermes | qwen3_coder | llama3_json | mistral | auto | none; absent: mlx from the template, remote "auto"
     tool_parser: str | None = None
+    # The context budget (gateway.context_budget): opt-in lossy edits, and where an oversized prompt goes.
+    context_edits: list[str] = field(default_factory=list)  # "clear_tool_results"
+    keep_tool_results: int = 3  # clear_tool_results keeps at least this many of the latest results
+    fallback_on_overflow: str | None = None  # a backend with a larger window
     # mlx only
     max_resident_models: int = 1  # models kept loaded; the least recently used idle one is unloaded
     cache_mb: float = 4096  # prompt-cache byte budget (MB)
@@ -115,12 +119,14 @@ _LOG_KEYS = {"requests": str, "bodies": bool, "level": str, "rotate_mb": (int, f
 _ROUTING_KEYS = {"default": str, "claude_models": list}
 _BACKEND_KEYS = {"type": str, "model": str, "base_url": str, "api_key": str, "api_key_env": str,
                  "timeout_s": (int, float), "context_window": int, "max_output_tokens": int, "vision": bool,
-                 "extra_body": dict, "model_mapping": dict, "tool_parser": str}
+                 "extra_body": dict, "model_mapping": dict, "tool_parser": str,
+                 "context_edits": list, "keep_tool_results": int, "fallback_on_overflow": str}
 _MLX_KEYS = {"max_resident_models": int, "cache_mb": (int, float), "cache_ttl_s": (int, float),
              "max_batch": int, "cache_across_sessions": bool}
 _BACKEND_KEYS.update(_MLX_KEYS)
 _REMOTE_TYPES = ("vllm", "llamacpp", "openai")
 _TOOL_PARSERS = ("hermes", "qwen3_coder", "llama3_json", "mistral", "auto", "none")  # backends.tool_parsers.PARSERS
+_CONTEXT_EDITS = ("clear_tool_results",)
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -245,6 +251,12 @@ def parse_config(text: str, path: Path | None = None) -> Config:
             raise ConfigError(f"{loc.where(('routing',), 'claude_models')}: 'routing.claude_models' must be a list "
                               "of model ids (non-empty strings), e.g. [\"claude-sonnet-4-6\"].")
         cfg.claude_models = list(ids)
+    for name, bcfg in cfg.backends.items():
+        target = bcfg.fallback_on_overflow
+        if target is not None and (target not in cfg.backends or target == name):
+            raise ConfigError(f"{loc.where(('backends', name), 'fallback_on_overflow')}: "
+                              f"'backends.{name}.fallback_on_overflow' must name another backend; "
+                              f"{target!r} is not one. Defined: {', '.join(cfg.backends)}.")
     if cfg.default_backend is not None and cfg.default_backend not in cfg.backends:
         raise ConfigError(f"{loc.where(('routing',), 'default')}: 'routing.default' names backend "
                           f"'{cfg.default_backend}', which is not defined. Defined: {', '.join(cfg.backends)}.")
@@ -339,6 +351,13 @@ def _backend(name: str, table: Any, loc: _Locator) -> BackendConfig:
     if "tool_parser" in table and table["tool_parser"].strip().lower().replace("-", "_") not in _TOOL_PARSERS:
         raise ConfigError(f"{loc.where(where, 'tool_parser')}: 'backends.{name}.tool_parser' must be one of "
                           f"{', '.join(_TOOL_PARSERS)}, got {table['tool_parser']!r}.")
+    for edit in table.get("context_edits", []):
+        if edit not in _CONTEXT_EDITS:
+            raise ConfigError(f"{loc.where(where, 'context_edits')}: 'backends.{name}.context_edits' entries must be "
+                              f"one of {', '.join(_CONTEXT_EDITS)}, got {edit!r}.")
+    if table.get("keep_tool_results", 0) < 0:
+        raise ConfigError(f"{loc.where(where, 'keep_tool_results')}: 'backends.{name}.keep_tool_results' "
+                          "must be 0 or more.")
     for key in ("timeout_s", "context_window", "max_output_tokens", "max_resident_models", "cache_ttl_s",
                 "max_batch"):
         if key in table and table[key] <= 0:

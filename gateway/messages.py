@@ -12,6 +12,7 @@ from aiohttp import web
 
 from backends.base import BackendRequest
 from gateway.anthropic import MessagesRequest, parse_messages_request
+from gateway.context_budget import fit_context
 from gateway.context_edits import apply_context_edits
 from gateway.errors import GatewayError
 from gateway.events import Event
@@ -115,9 +116,16 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
 
 async def _generate(request: web.Request) -> web.StreamResponse:
     req, breq, backend = await _prepare(request, count_only=False)
+    record = request[RECORD]
+    budget = await fit_context(backend, breq, request.app[GATEWAY].router.backends)
+    backend, breq = budget.backend, budget.request
+    if budget.edits:
+        record.context_edits = budget.edits
+    if budget.fallback is not None:
+        record.fallback = budget.fallback
+        record.backend, record.backend_model = backend.name, breq.model
     fit = await fit_request(backend, breq)
     breq.max_tokens = fit.max_tokens
-    record = request[RECORD]
     # message_start must never report more input than the final usage: the estimate is halved.
     ms = MessageStream(model=req.model, input_tokens=fit.prompt_tokens if fit.exact else fit.prompt_tokens // 2,
                        show_thinking=req.thinking_enabled,
