@@ -31,9 +31,9 @@ def largest_body(log: Path) -> dict:
     for line in log.read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
         body = rec.get("body")
-        if rec.get("path") == "/v1/messages" and isinstance(body, dict) and body.get("messages"):
-            if best is None or len(json.dumps(body)) > len(json.dumps(best)):
-                best = body
+        usable = rec.get("path") == "/v1/messages" and isinstance(body, dict) and body.get("messages")
+        if usable and (best is None or len(json.dumps(body)) > len(json.dumps(best))):
+            best = body
     if best is None:
         raise SystemExit(f"{log}: no /v1/messages body (was it written with log.bodies = true?)")
     return best
@@ -48,7 +48,7 @@ def report(body: dict, keep: int) -> list[tuple[str, int, int]]:
     rows.append(("defer_loading tools not sent", before, before - estimate_tokens(deferred)))
     req = deferred
     steps = [("shorten_tool_descriptions", _shorten_descriptions), ("drop_thinking", _drop_thinking),
-             ("clear_tool_results (keep %d)" % keep, lambda r: _clear_results(r, keep, lambda _: False))]
+             (f"clear_tool_results (keep {keep})", lambda r: _clear_results(r, keep, lambda _: False))]
     for name, step in steps:
         tokens = estimate_tokens(req)
         candidates = step(req)
