@@ -61,3 +61,14 @@ def test_mlx_bench_smoke():
     # The tests' tiny demo model, in the cache the Claude Code end-to-end tests use too.
     text = _bench("mlx_bench.py", "--smoke", timeout=600)
     assert "tok/s" in text
+
+
+def test_context_budget_report(tmp_path):
+    text = _bench("context_budget_report.py", "--quick")
+    assert "shorten_tool_descriptions" in text and "clear_tool_results" in text
+    log = tmp_path / "requests.jsonl"
+    log.write_text(json.dumps({"path": "/v1/messages", "body": {
+        "model": "m", "max_tokens": 10, "tools": [{"name": "T", "description": "d" * 5000, "input_schema": {}}],
+        "messages": [{"role": "user", "content": "hi"}]}}) + "\n")
+    text = _bench("context_budget_report.py", "--log", str(log))
+    assert "1 tools, 1 messages" in text
