@@ -183,3 +183,31 @@ def test_tool_parser_config_on_every_type():
     with pytest.raises(ConfigError, match=r"config:4: 'backends.b.tool_parser' must be one of .*auto"):
         parse_config('[backends.b]\ntype = "openai"\nbase_url = "http://127.0.0.1:1"\ntool_parser = "xml"\n')
 
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_call_after_inline_thinking(make, stream):
+    """`<think>` is split off first: a call inside reasoning is not a call, the one after it is."""
+    up, gw = await make()
+    up.push(pieces('<think>maybe <tool_call>{"name": "Bash", "arguments": {"command": "no"}}</tool_call>'
+                   '</think>Sure.<tool_call>{"name": "Bash", "arguments": {"command": "ls"}}</tool_call>', 6))
+    msg = await answer(gw, stream, max_tokens=2000, thinking={"type": "enabled", "budget_tokens": 1024})
+    assert [b["type"] for b in msg["content"]] == ["thinking", "text", "tool_use"]
+    assert '"command": "no"' in msg["content"][0]["thinking"]
+    assert msg["content"][2]["input"] == {"command": "ls"}
+
+
+async def test_llama3_json_parser_takes_bare_json(make):
+    up, gw = await make("llama3_json")
+    up.push(pieces('{"name": "get_weather", "parameters": {"location": "Lima", "days": "2"}}', 4))
+    msg = await answer(gw, True)
+    assert [(c["name"], c["input"]) for c in tool_uses(msg)] == [("get_weather", {"location": "Lima", "days": 2})]
+
+
+async def test_cut_call_at_max_tokens_is_text(make):
+    """Generation stopped mid-call: the call may be truncated, so it is not completed into a tool_use."""
+    up, gw = await make()
+    raw = '<tool_call>{"name": "get_weather", "arguments": {"location": "Par'
+    up.push(Script(deltas=[{"content": raw}], finish_reason="length"))
+    msg = await answer(gw, False)
+    assert tool_uses(msg) == [] and text_of(msg) == raw and msg["stop_reason"] == "max_tokens"
