@@ -211,3 +211,11 @@ async def test_cut_call_at_max_tokens_is_text(make):
     up.push(Script(deltas=[{"content": raw}], finish_reason="length"))
     msg = await answer(gw, False)
     assert tool_uses(msg) == [] and text_of(msg) == raw and msg["stop_reason"] == "max_tokens"
+
+
+async def test_mlx_accepts_auto(mlx_gw):
+    """On the embedded backend `auto` means what an absent tool_parser means: from the chat template."""
+    gw = await mlx_gw(tool_parser="auto")
+    status, msg = await gw.messages({"model": MODEL, "max_tokens": 8, "tools": TOOLS,
+                                     "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 200 and msg["type"] == "message", msg
