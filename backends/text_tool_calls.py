@@ -70,11 +70,17 @@ class AutoParser(ToolCallParser):
         super().__init__(tools)
         self._inner: ToolCallParser | None = None
         self._buf = ""
+        self._ws: list[str] = []
 
     def feed(self, text: str) -> list[Event]:
         """Events for one fragment of visible text."""
         if self._inner is not None:
             return self._inner.feed(text)
+        if text.isspace():
+            self._ws.append(text)  # held as pieces: rescanning a growing run of whitespace is quadratic
+            return []
+        if self._ws:
+            text, self._ws = "".join(self._ws) + text, []
         self._buf += text
         found = [(pos, m) for m in _AUTO_MARKERS if (pos := self._buf.find(m)) >= 0]
         if found:
@@ -93,7 +99,8 @@ class AutoParser(ToolCallParser):
         """What is still held once the answer ended."""
         if self._inner is not None:
             return self._inner.finish(cut=cut)
-        held, self._buf = self._buf, ""
+        held, self._buf = self._buf + "".join(self._ws), ""
+        self._ws = []
         return [TextDelta(held)] if held else []
 
 

@@ -2,6 +2,8 @@
 schema repair of the calls a server did parse: over real HTTP against scripted upstreams."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from gateway.config import ConfigError, parse_config
@@ -219,3 +221,16 @@ async def test_mlx_accepts_auto(mlx_gw):
     status, msg = await gw.messages({"model": MODEL, "max_tokens": 8, "tools": TOOLS,
                                      "messages": [{"role": "user", "content": "hi"}]})
     assert status == 200 and msg["type"] == "message", msg
+
+
+async def test_long_whitespace_run_with_tools_is_linear(start_upstream, start_gateway):
+    """3 MB of whitespace after a partial marker, in 1 KB chunks, with tools offered: the parser holds
+    the run as pieces instead of rescanning it per chunk."""
+    up = await start_upstream("openai")
+    gw = await start_gateway(gateway_config({"up": {"type": "openai", "base_url": up.url, "model": "m",
+                                                    "model_mapping": {"claude-*": "m"}}}, default="up"))
+    up.push(Script(deltas=[{"content": "hello <tool"}] + [{"content": " " * 1000}] * 3000 + [{"content": "x"}]))
+    started = time.monotonic()
+    msg = await answer(gw, False)
+    assert time.monotonic() - started < 9  # about 4 s here; the quadratic scan took 16
+    assert text_of(msg) == "hello <tool" + " " * 3_000_000 + "x"
