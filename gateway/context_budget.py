@@ -89,6 +89,7 @@ async def _fit(backend: Backend, breq: BackendRequest) -> Budget | None:
     counts = 1
     edits: list[dict] = []
     req, tokens = breq.request, estimate
+
     def fits(edited: MessagesRequest) -> bool:
         return estimate_tokens(edited) * scale + reserve <= context
 
