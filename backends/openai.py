@@ -24,6 +24,7 @@ from backends.base import Backend, BackendHealth, BackendRequest, BackendUnavail
 from backends.openai_passthrough import passthrough
 from backends.replicas import Replica, ReplicaPool, all_failed
 from backends.sse_reader import LineTooLong, sse_reads
+from backends.text_tool_calls import ToolCallTranslator
 from backends.translate import ChunkTranslator, Dialect, UpstreamStreamError, to_openai
 from backends.upstream_text import context_overflow, error_message, shorten
 from gateway.anthropic import MessagesRequest
@@ -211,7 +212,7 @@ class OpenAIBackend(Backend):
             raise GatewayError(500, f"backend '{self.name}' at {replica.api_base} is not reachable: "
                                     f"{_cause(exc)}") from None
         yield Started()
-        translator = ChunkTranslator(breq.request)
+        translator = ToolCallTranslator(ChunkTranslator(breq.request), breq.request, self.config.tool_parser, self.name)
         finished = ended = False
         answer_chars = 0
         try:
@@ -229,7 +230,7 @@ class OpenAIBackend(Backend):
                             finished = ended = True
                             break
                         chunk, events = self._events(translator, data)
-                        answer_chars += _content_chars(events)
+                        answer_chars += _content_chars(translator.upstream_events)  # held calls count too
                         if answer_chars > MAX_ANSWER_CHARS:
                             raise GatewayError(500, f"backend '{self.name}' sent an answer longer than "
                                                     f"{MAX_ANSWER_CHARS} characters; it was cut off there")
@@ -265,7 +266,7 @@ class OpenAIBackend(Backend):
         finally:
             await resp.aclose()
 
-    def _events(self, translator: ChunkTranslator, data: bytes) -> tuple[dict, list[Event]]:
+    def _events(self, translator: ToolCallTranslator, data: bytes) -> tuple[dict, list[Event]]:
         """One `data:` payload: the decoded chunk and its events; a clear error for a malformed one."""
         try:
             chunk = orjson.loads(data)

@@ -176,6 +176,7 @@ class _MarkerParser(ToolCallParser):
         self._strip_leading = False  # whitespace right after a call is noise
         self._scan_from = 0  # call mode: where the end search resumes
         self._extent = _Extent()
+        self._ws: list[str] = []  # whitespace-only fragments held in text mode, joined once text follows
 
     # -- public --------------------------------------------------------------------------------
 
@@ -183,6 +184,11 @@ class _MarkerParser(ToolCallParser):
         """Events for one fragment of generated text."""
         if not text:
             return []
+        if not self._in_call and text.isspace():
+            self._ws.append(text)  # held as pieces: rescanning a growing run of whitespace is quadratic
+            return []
+        if self._ws:
+            text, self._ws = "".join(self._ws) + text, []
         if not (self._in_call or self._buf or self._strip_leading or text[-1] in _WS) and \
                 not any(c in text for c in self._trigger):
             return [TextDelta(text)]
@@ -194,6 +200,8 @@ class _MarkerParser(ToolCallParser):
     def finish(self, *, cut: bool = False) -> list[Event]:
         """Events for what is still held once generation ended (see ToolCallParser.finish)."""
         out: list[Event] = []
+        if self._ws:
+            self._buf, self._ws = self._buf + "".join(self._ws), []
         self._run(out, final=True, cut=cut)
         if self._buf:
             self._emit_text(self._buf, out)
@@ -599,7 +607,7 @@ def select_parser(model_type: str | None, chat_template: str | None, override: s
     Call the result with the request's tools (name → input_schema) for one response's parser.
     Raises ValueError for an unknown override name.
     """
-    if override:
+    if override and override.strip().lower() != "auto":  # auto: detected as when absent
         key = override.strip().lower().replace("-", "_")
         if key not in PARSERS:
             raise ValueError(f"unknown tool parser {override!r}; expected one of: {', '.join(PARSERS)}")

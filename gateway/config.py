@@ -69,8 +69,13 @@ class BackendConfig:
     system_messages: str = "auto"
     extra_body: dict = field(default_factory=dict)
     model_mapping: dict[str, str] = field(default_factory=dict)
+    # hermes | qwen3_coder | llama3_json | mistral | auto | none; absent: mlx from the template, remote "auto"
+    tool_parser: str | None = None
+    # The context budget (gateway.context_budget): opt-in lossy edits, and where an oversized prompt goes.
+    context_edits: list[str] = field(default_factory=list)  # "clear_tool_results"
+    keep_tool_results: int = 3  # clear_tool_results keeps at least this many of the latest results
+    fallback_on_overflow: str | None = None  # a backend with a larger window
     # mlx only
-    tool_parser: str | None = None  # hermes | qwen3_coder | llama3_json | mistral | none; absent → from the template
     max_resident_models: int = 1  # models kept loaded; the least recently used idle one is unloaded
     cache_mb: float = 4096  # prompt-cache byte budget (MB)
     cache_ttl_s: float = 1800  # prompt-cache entries unused this long are dropped
@@ -123,12 +128,14 @@ _LOG_KEYS = {"requests": str, "bodies": bool, "level": str, "rotate_mb": (int, f
 _ROUTING_KEYS = {"default": str, "claude_models": list}
 _BACKEND_KEYS = {"type": str, "model": str, "base_url": (str, list), "api_key": str, "api_key_env": str,
                  "timeout_s": (int, float), "context_window": int, "max_output_tokens": int, "vision": bool,
-                 "system_messages": str, "extra_body": dict, "model_mapping": dict, "fallback": str}
-_MLX_KEYS = {"tool_parser": str, "max_resident_models": int, "cache_mb": (int, float), "cache_ttl_s": (int, float),
+                 "system_messages": str, "extra_body": dict, "model_mapping": dict, "fallback": str, "tool_parser": str,
+                 "context_edits": list, "keep_tool_results": int, "fallback_on_overflow": str}
+_MLX_KEYS = {"max_resident_models": int, "cache_mb": (int, float), "cache_ttl_s": (int, float),
              "max_batch": int, "cache_across_sessions": bool}
 _BACKEND_KEYS.update(_MLX_KEYS)
 _REMOTE_TYPES = ("vllm", "llamacpp", "openai")
-_TOOL_PARSERS = ("hermes", "qwen3_coder", "llama3_json", "mistral", "none")  # backends.tool_parsers.PARSERS
+_TOOL_PARSERS = ("hermes", "qwen3_coder", "llama3_json", "mistral", "auto", "none")  # backends.tool_parsers.PARSERS
+_CONTEXT_EDITS = ("clear_tool_results",)
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _SYSTEM_MESSAGE_MODES = ("auto", "keep", "merge", "as_user")  # backends.translate.SYSTEM_MESSAGE_MODES
 
@@ -259,6 +266,12 @@ def parse_config(text: str, path: Path | None = None) -> Config:
                               "of model ids (non-empty strings), e.g. [\"claude-sonnet-4-6\"].")
         cfg.claude_models = list(ids)
     _check_fallbacks(cfg, loc)
+    for name, bcfg in cfg.backends.items():
+        target = bcfg.fallback_on_overflow
+        if target is not None and (target not in cfg.backends or target == name):
+            raise ConfigError(f"{loc.where(('backends', name), 'fallback_on_overflow')}: "
+                              f"'backends.{name}.fallback_on_overflow' must name another backend; "
+                              f"{target!r} is not one. Defined: {', '.join(cfg.backends)}.")
     if cfg.default_backend is not None and cfg.default_backend not in cfg.backends:
         raise ConfigError(f"{loc.where(('routing',), 'default')}: 'routing.default' names backend "
                           f"'{cfg.default_backend}', which is not defined. Defined: {', '.join(cfg.backends)}.")
@@ -370,6 +383,13 @@ def _backend(name: str, table: Any, loc: _Locator) -> BackendConfig:
     if "system_messages" in table and table["system_messages"] not in _SYSTEM_MESSAGE_MODES:
         raise ConfigError(f"{loc.where(where, 'system_messages')}: 'backends.{name}.system_messages' must be one of "
                           f"{', '.join(_SYSTEM_MESSAGE_MODES)}, got {table['system_messages']!r}.")
+    for edit in table.get("context_edits", []):
+        if edit not in _CONTEXT_EDITS:
+            raise ConfigError(f"{loc.where(where, 'context_edits')}: 'backends.{name}.context_edits' entries must be "
+                              f"one of {', '.join(_CONTEXT_EDITS)}, got {edit!r}.")
+    if table.get("keep_tool_results", 0) < 0:
+        raise ConfigError(f"{loc.where(where, 'keep_tool_results')}: 'backends.{name}.keep_tool_results' "
+                          "must be 0 or more.")
     for key in ("timeout_s", "context_window", "max_output_tokens", "max_resident_models", "cache_ttl_s",
                 "max_batch"):
         if key in table and table[key] <= 0:
@@ -416,7 +436,7 @@ def _base_urls(name: str, kind: str, value: Any, loc: _Locator) -> list[str]:
 
 def _without_userinfo(url: str) -> str:
     """`url` as an error message may show it: anything before an '@' in its authority is a credential."""
-    return re.sub(r"^([a-z][a-z0-9+.-]*://)?[^/@]*@", r"\1[REDACTED]@", url, flags=re.I)
+    return re.sub(r"^([a-z][a-z0-9+.-]*://)?[^/@]*@", r"\1[REDACTED]@", url, flags=re.IGNORECASE)
 
 
 def _split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:

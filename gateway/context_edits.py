@@ -30,21 +30,21 @@ def apply_context_edits(req: MessagesRequest) -> tuple[MessagesRequest, list[dic
     for edit in req.context_edits or ():
         before = None
         if type(edit) is ClearThinkingEdit:
-            messages, turns = _clear_thinking(req.messages, edit.keep_turns)
+            messages, turns = clear_thinking(req.messages, edit.keep_turns)
             if turns:
                 before = estimate_tokens(req)
                 req = dataclasses.replace(req, messages=messages)
                 applied.append({"type": edit.type, "cleared_thinking_turns": turns,
                                 "cleared_input_tokens": max(0, before - estimate_tokens(req))})
         elif type(edit) is ClearToolUsesEdit:
-            edited = _clear_tool_uses(req, edit)
+            edited = clear_tool_uses(req, edit)
             if edited is not None:
                 req, entry = edited
                 applied.append(entry)
     return req, applied
 
 
-def _clear_thinking(messages: list[Message], keep_turns: int | None) -> tuple[list[Message], int]:
+def clear_thinking(messages: list[Message], keep_turns: int | None) -> tuple[list[Message], int]:
     """Thinking dropped from all but the last `keep_turns` assistant turns that have any."""
     if keep_turns is None:
         return messages, 0
@@ -58,7 +58,7 @@ def _clear_thinking(messages: list[Message], keep_turns: int | None) -> tuple[li
     return out, len(clear)
 
 
-def _clear_tool_uses(req: MessagesRequest, edit: ClearToolUsesEdit) -> tuple[MessagesRequest, dict] | None:
+def clear_tool_uses(req: MessagesRequest, edit: ClearToolUsesEdit) -> tuple[MessagesRequest, dict] | None:
     """Oldest tool results first become a placeholder, past the trigger, keeping the last `keep` uses."""
     uses = [b for m in req.messages if m.role == "assistant" for b in m.content if type(b) is ToolUseBlock]
     before = estimate_tokens(req)

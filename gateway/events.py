@@ -42,7 +42,11 @@ class ToolCallDelta:
 
 @dataclass(slots=True)
 class ToolCallEnd:
-    pass
+    """The call is complete. A backend that checks calls may revise it here: `arguments` replaces the
+    fragments sent (repaired JSON), or `as_text` withdraws the call and shows this text instead."""
+
+    arguments: str | None = None
+    as_text: str | None = None
 
 
 @dataclass(slots=True)

@@ -141,7 +141,16 @@ class MessageStream:
                                "delta": {"type": "input_json_delta", "partial_json": ev.partial_json}})
             return []
         if type(ev) is ToolCallEnd:
-            return self._close_block() if self._open == "tool_use" else []
+            if self._open != "tool_use":
+                return []
+            if ev.as_text is not None:  # withdrawn: nothing of it went out, its text goes instead
+                self._held, self._open = [], None
+                self._index -= 1
+                return self._events(TextDelta(ev.as_text))
+            if ev.arguments is not None:
+                self._held[1:] = [{"type": "content_block_delta", "index": self._index,
+                                   "delta": {"type": "input_json_delta", "partial_json": ev.arguments}}]
+            return self._close_block()
         if type(ev) is ThinkingSignature:
             if self._open == "thinking":
                 self._signature = ev.signature

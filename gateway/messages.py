@@ -16,6 +16,7 @@ from aiohttp import web
 
 from backends.base import Backend, BackendRequest
 from gateway.anthropic import MessagesRequest, parse_messages_request
+from gateway.context_budget import fit_context
 from gateway.context_edits import apply_context_edits
 from gateway.errors import GatewayError
 from gateway.events import Event, Started
@@ -170,6 +171,7 @@ class AnthropicWire:
 
 async def _generate(request: web.Request) -> web.StreamResponse:
     req, breq, backend = await _prepare(request, count_only=False)
+    backend, breq = await fit_budget(request.app[GATEWAY], backend, breq, request[RECORD])
     backend, breq, fit = await fit_with_fallback(request.app[GATEWAY], backend, breq, request[RECORD])
     # message_start must never report more input than the final usage: only an estimate is halved.
     ms = MessageStream(model=req.model, input_tokens=fit.prompt_tokens if fit.exact else fit.prompt_tokens // 2,
@@ -270,6 +272,26 @@ async def _model_on(backend: Backend, requested: str) -> str:
     if not models:
         raise GatewayError(500, f"fallback backend '{backend.name}' has no 'model' configured and lists no models")
     return models[0].id
+
+
+async def fit_budget(gw: Gateway, backend: Backend, breq: BackendRequest,
+                     record: RequestRecord) -> tuple[Backend, BackendRequest]:
+    """The context budget: the request as edited to fit its backend's window, or moved to the
+    backend's `fallback_on_overflow`; the log line says which edits (or which move) it took."""
+    try:
+        budget = await fit_context(backend, breq, gw.router.backends)
+    except GatewayError as err:  # it cannot even be counted (e.g. no replica left): its fallback's turn
+        reason = fallback_reason(err)
+        switched = await use_fallback(gw, backend, breq, record, reason, err.message) if reason else None
+        if switched is None:
+            raise
+        return switched[0], switched[1]
+    if budget.edits:
+        record.context_edits = budget.edits
+    if budget.fallback is not None:
+        record.fallback = budget.fallback
+        record.backend, record.backend_model = budget.backend.name, budget.request.model
+    return budget.backend, budget.request
 
 
 async def fit_with_fallback(gw: Gateway, backend: Backend, breq: BackendRequest,

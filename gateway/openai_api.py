@@ -16,6 +16,7 @@ from gateway.message_stream import MessageStream, new_id
 from gateway.messages import (
     answer,
     events_with_fallback,
+    fit_budget,
     fit_with_fallback,
     guarded,
     read_body,
@@ -63,7 +64,8 @@ async def _generate(request: web.Request) -> web.StreamResponse:
         raise invalid(f"model '{chat.model}' does not accept images on this backend; "
                       "set vision = true in its [backends.*] table if the model has vision")
     breq = BackendRequest(req, route.model, chat.max_tokens or DEFAULT_MAX_TOKENS, record.session_id)
-    backend, breq, fit = await fit_with_fallback(gw, route.backend, breq, record)
+    backend, breq = await fit_budget(gw, route.backend, breq, record)
+    backend, breq, fit = await fit_with_fallback(gw, backend, breq, record)
     if backend is route.backend:
         breq.openai_body = upstream_body(body, fit.max_tokens)
     ms = MessageStream(model=chat.model, input_tokens=fit.prompt_tokens if fit.exact else fit.prompt_tokens // 2,

@@ -34,7 +34,7 @@ _FIELDS = ("ts", "request_id", "event", "method", "path", "query", "status", "du
            "model", "backend", "backend_model", "stream", "input_tokens", "output_tokens",
            "cache_read_tokens", "stop_reason", "tool_names", "error", "session_id", "user_agent")
 _OPTIONAL = ("raw_path", "headers", "body_bytes", "prefill_tps", "decode_tps", "peak_memory_mb",
-             "unknown_blocks", "api", "replica", "fallback")  # written when set
+             "unknown_blocks", "api", "replica", "context_edits", "fallback")  # written when set
 # Characters JSON allows raw inside strings but that str.splitlines() and JavaScript treat as line
 # breaks: escaped, so a line of the log is a line for every tool.
 _LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
@@ -79,7 +79,10 @@ class RequestRecord:
     peak_memory_mb: float | None = None  # in-process engines: peak engine memory
     unknown_blocks: list[str] | None = None  # "type@where" of block types passed on as text or dropped
     replica: str | None = None  # the server of a backend's pool that answered (or was tried last)
-    fallback: dict | None = None  # {"from", "to", "reason", "error"} when another backend answered instead
+    context_edits: list[dict] | None = None  # what the context budget cut to fit the window, tokens saved
+    # {"from", "to", "reason", …} when another backend answered instead: its pool was down or
+    # overloaded (with "error"), or the prompt overflowed its window (with "context_window")
+    fallback: dict | None = None
     api: str = "anthropic"  # the client protocol: anthropic | openai (/v1/chat/completions)
     started: float = field(default_factory=time.perf_counter, repr=False)
 

@@ -74,3 +74,12 @@ def test_replicas_quick(tmp_path):
     data = json.loads(out.read_text())
     assert data["quick"] is True and data["before_kill"]["requests"] and data["after_kill"]["requests"], text
     assert "session affinity hit rate" in text and "p95" in text
+def test_context_budget_report(tmp_path):
+    text = _bench("context_budget_report.py", "--quick")
+    assert "shorten_tool_descriptions" in text and "clear_tool_results" in text
+    log = tmp_path / "requests.jsonl"
+    log.write_text(json.dumps({"path": "/v1/messages", "body": {
+        "model": "m", "max_tokens": 10, "tools": [{"name": "T", "description": "d" * 5000, "input_schema": {}}],
+        "messages": [{"role": "user", "content": "hi"}]}}) + "\n")
+    text = _bench("context_budget_report.py", "--log", str(log))
+    assert "1 tools, 1 messages" in text

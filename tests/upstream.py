@@ -123,6 +123,8 @@ class Upstream:
         self.slots = slots
         self.api_key = api_key
         self.quote_auth = False  # a hostile 401: its message quotes the Authorization it got
+        self.enforce_context = False  # refuse prompts beyond `context`, with vLLM's 400
+        self.prompt_sizes: list[int] = []  # each chat request's prompt, by the fake tokenizer
         self.scripts: list[Script] = []
         self.default: Script | Callable[[dict], Script] = TEXT("Hello there!")
         self.received: list[dict] = []
@@ -248,6 +250,12 @@ class Upstream:
                                                 "code": script.fail_status}},
                                      status=script.fail_status, headers=headers)
         prompt_tokens = self.prompt_tokens(body)
+        self.prompt_sizes.append(prompt_tokens)
+        if self.enforce_context and prompt_tokens + int(body.get("max_tokens") or 0) > self.context:
+            message = (f"This model's maximum context length is {self.context} tokens. However, you requested "
+                       f"{prompt_tokens + int(body.get('max_tokens') or 0)} tokens ({prompt_tokens} in the messages).")
+            return web.json_response({"error": {"message": message, "type": "BadRequestError", "code": 400}},
+                                     status=400)
         usage = script.usage or {"prompt_tokens": prompt_tokens,
                                  "completion_tokens": max(1, len(script.deltas)) if script.deltas else 0,
                                  "total_tokens": prompt_tokens + len(script.deltas)}
