@@ -23,6 +23,12 @@ WORDS = [" The", " function", " reads", " the", " config", " file", ",", " then"
 _TOKENS = [orjson.dumps(w) for w in WORDS]
 
 
+def fewest_deltas(tokens: int) -> int:
+    """The fewest text deltas a relay may turn `tokens` into: a whitespace-only token may be held
+    and sent with the next one (the gateway's tool-call parser does, in case a marker follows)."""
+    return tokens - sum(1 for i in range(tokens) if not WORDS[i % len(WORDS)].strip() and i + 1 < tokens)
+
+
 class FakeUpstream:
     """Per-process settings plus a request counter (GET /stats) for sanity checks."""
 
