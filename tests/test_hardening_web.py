@@ -525,7 +525,7 @@ async def test_malformed_requests_and_vanishing_clients_print_one_json_line_each
     lines = [ln for ln in gp.stderr.splitlines() if ln.strip()]
     assert "Traceback" not in gp.stderr, gp.stderr[-3000:]
     assert TOKEN not in gp.stderr
-    logged = [ln for ln in lines if not ln.startswith(("claude-gateway", "  use it:"))]
+    logged = [ln for ln in lines if not ln.startswith(("claude-gateway", "  use it:", "  or run:"))]
     for ln in logged:
         assert isinstance(json.loads(ln), dict), ln
     events = [json.loads(ln)["event"] for ln in logged]

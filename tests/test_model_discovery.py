@@ -3,6 +3,7 @@ GET /v1/models lists the Claude ids each glob serves, named after what serves th
 /v1/models/{id} answers every name /v1/messages serves by name; listing never loads an MLX model."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -106,7 +107,7 @@ async def test_listing_never_loads_an_mlx_model(start_gateway, demo_model_dir, t
         "model_mapping": {"claude-haiku-*": str(other), "claude-*": str(demo)}}}, default="m"))
     data = {m["id"]: m for m in await _ids(gw)}
     assert data["claude-haiku-4-5"]["display_name"] == "Haiku 4.5 → haiku-model (m)"
-    assert data["claude-haiku-4-5"]["max_input_tokens"] == 8192
+    assert data["claude-haiku-4-5"]["max_input_tokens"] == json.loads((other / "config.json").read_text())["max_position_embeddings"]
     assert data["claude-opus-5-5"]["display_name"] == f"Opus 5.5 → {demo.name} (m)"
     resp = await gw.get("/v1/models/claude-haiku-4-5")
     assert resp.status == 200

@@ -105,7 +105,8 @@ async def test_tool_call_cut_by_max_tokens_is_max_tokens_and_not_a_call(llama, s
     whole = SCRIPTS["weather"].request()
     status, done = await gw.messages(whole)
     assert status == 200 and done["stop_reason"] == "tool_use", done  # uncut, it is a call
-    [call] = [b for b in done["content"] if b["type"] == "tool_use"]
+    # The scripted call comes first (under llama.cpp the demo model may add a noise call after it).
+    call = next(b for b in done["content"] if b["type"] == "tool_use")
     assert call["name"] == "get_weather" and call["input"]["city"] == "Paris"
     # Cut a few tokens into the arguments: llama-server says finish_reason "length" with partial arguments.
     cut = SCRIPTS["weather"].request(max_tokens=12)

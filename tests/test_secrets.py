@@ -135,7 +135,7 @@ async def test_console_lines_never_carry_a_secret(start_upstream, tmp_path):
     path = tmp_path / "config.toml"
     path.write_text(with_server(toml, port=free_port()))
     gp = await start_serve(path, env=env_without_token())
-    # Malformed tool arguments are logged (tool_arguments_malformed) with their first 200 characters.
+    # Malformed tool arguments are logged (tool_call_dropped) with their first characters.
     up.push(Script(deltas=[{"tool_calls": [{"index": 0, "id": "c1", "type": "function",
                                             "function": {"name": "w", "arguments": f"{{oops {BACKEND_KEY}"}}]}],
                    finish_reason="tool_calls"))
@@ -154,7 +154,7 @@ async def test_console_lines_never_carry_a_secret(start_upstream, tmp_path):
     finally:
         await gp.stop()
     err = gp.stderr
-    assert "tool_arguments_malformed" in err and "[REDACTED]" in err, err  # the lines were written
+    assert "tool_call_dropped" in err and "[REDACTED]" in err, err  # the lines were written
     _assert_clean(err, GW_TOKEN, GW_TOKEN[:12], BACKEND_KEY)
 
 
