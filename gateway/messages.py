@@ -244,16 +244,8 @@ async def use_fallback(gw: Gateway, backend: Backend, breq: BackendRequest, reco
     record.backend, record.backend_model = target.name, model
     log.warning("backend_fallback", request_id=record.request_id, backend=backend.name, fallback=target.name,
                 reason=reason, error=error[:300])
-    try:
-        fit = await fit_request(target, moved)
-    except GatewayError as err:  # the fallback cannot fit it either: on down its chain (config forbids loops)
-        again = fallback_reason(err)
-        switched = await use_fallback(gw, target, moved, record, again, err.message) if again else None
-        if switched is None:
-            raise
-        return switched
-    moved.max_tokens = fit.max_tokens
-    return target, moved, fit
+    # If the fallback cannot fit it either, on down its chain (the config forbids loops).
+    return await fit_with_fallback(gw, target, moved, record)
 
 
 async def _model_on(backend: Backend, requested: str) -> str:
