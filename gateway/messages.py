@@ -25,6 +25,7 @@ from gateway.limits import Fit, fit_request
 from gateway.message_stream import MessageStream
 from gateway.normalize import normalize, session_id
 from gateway.reqlog import RequestRecord
+from gateway.router import default_model
 from gateway.sse import PING, encode_all
 from gateway.state import GATEWAY, RECORD, Gateway
 from gateway.tool_search import apply_tool_search
@@ -258,12 +259,7 @@ async def _model_on(backend: Backend, requested: str) -> str:
         for pattern, model in mapping.items():
             if any(ch in pattern for ch in "*?[") and fnmatch.fnmatchcase(name, pattern):
                 return model
-    if backend.config.model:
-        return backend.config.model
-    models = await backend.models()
-    if not models:
-        raise GatewayError(500, f"fallback backend '{backend.name}' has no 'model' configured and lists no models")
-    return models[0].id
+    return await default_model(backend)
 
 
 async def fit_budget(gw: Gateway, backend: Backend, breq: BackendRequest,

@@ -55,7 +55,7 @@ class Router:
         """The route for a requested model name, or a 404 that lists what is available."""
         route = await self.serving(name)
         if route is None and self.default is not None:
-            route = Route(self.default, await self._default_model(self.default))
+            route = Route(self.default, await default_model(self.default))
         if route is None:
             names = self.exact_names() + [m for b in self.backends.values() for m in b.configured_models()]
             raise not_found(f"model '{name}' is not served here. Available: {', '.join(dict.fromkeys(names))}")
@@ -76,11 +76,12 @@ class Router:
                 return Route(backend, name)
         return None
 
-    @staticmethod
-    async def _default_model(backend: Backend) -> str:
-        if backend.config.model:
-            return backend.config.model
-        models = await backend.models()
-        if not models:
-            raise GatewayError(500, f"backend '{backend.name}' has no 'model' configured and lists no models")
-        return models[0].id
+
+async def default_model(backend: Backend) -> str:
+    """The model a backend serves a name nothing maps: its configured model, else the first it lists."""
+    if backend.config.model:
+        return backend.config.model
+    models = await backend.models()
+    if not models:
+        raise GatewayError(500, f"backend '{backend.name}' has no 'model' configured and lists no models")
+    return models[0].id
