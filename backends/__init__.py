@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import importlib
 
-from backends.base import Backend
-from gateway.config import BackendConfig
+from gateway.protocol.backend import Backend
+from gateway.protocol.backend_config import BackendConfig
 
 _MODULES = {
     "openai": ("backends.openai", "OpenAIBackend"),
     "vllm": ("backends.vllm", "VLLMBackend"),
     "llamacpp": ("backends.llamacpp", "LlamaCppBackend"),
-    "mlx": ("backends.mlx", "MLXBackend"),
+    "mlx": ("backends.mlx.backend", "MLXBackend"),
 }
 
 

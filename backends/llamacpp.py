@@ -8,7 +8,7 @@ import zlib
 import aiohttp
 import orjson
 
-from backends.base import (
+from gateway.protocol.backend import (
     BackendHealth,
     BackendRequest,
     BackendUnavailable,
@@ -32,9 +32,9 @@ from backends.translate import (
     to_openai_tools,
 )
 from backends.upstream_text import error_message
-from gateway.errors import GatewayError
-from gateway.redact import scrub
-from gateway.tokens import estimate_tokens
+from gateway.protocol.errors import GatewayError
+from gateway.protocol.redact import scrub
+from gateway.protocol.tokens import estimate_tokens
 
 
 class LlamaCppBackend(OpenAIBackend):

@@ -20,19 +20,19 @@ import openai
 import orjson
 import structlog
 
-from backends.base import Backend, BackendHealth, BackendRequest, BackendUnavailable, ModelInfo, TokenCount
+from gateway.protocol.backend import Backend, BackendHealth, BackendRequest, BackendUnavailable, ModelInfo, TokenCount
 from backends.openai_passthrough import passthrough
 from backends.replicas import Replica, ReplicaPool, all_failed
 from backends.sse_reader import LineTooLong, sse_reads
 from backends.text_tool_calls import ToolCallTranslator
 from backends.translate import ChunkTranslator, Dialect, UpstreamStreamError, to_openai
 from backends.upstream_text import context_overflow, error_message, shorten
-from gateway.anthropic import MessagesRequest
-from gateway.config import BackendConfig
-from gateway.errors import GatewayError, from_upstream
-from gateway.events import Event, Started, TextDelta, ThinkingDelta, ToolCallDelta, ToolCallStart
-from gateway.redact import scrub
-from gateway.tokens import estimate_tokens
+from gateway.protocol.anthropic import MessagesRequest
+from gateway.protocol.backend_config import BackendConfig
+from gateway.protocol.errors import GatewayError, from_upstream
+from gateway.protocol.events import Event, Started, TextDelta, ThinkingDelta, ToolCallDelta, ToolCallStart
+from gateway.protocol.redact import scrub
+from gateway.protocol.tokens import estimate_tokens
 
 log = structlog.get_logger("backends.openai")
 

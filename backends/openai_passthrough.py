@@ -8,7 +8,7 @@ always comes back through the internal event stream), and the backend's configur
 """
 from __future__ import annotations
 
-from backends.base import BackendRequest
+from gateway.protocol.backend import BackendRequest
 
 
 def passthrough(breq: BackendRequest, extra_body: dict | None = None) -> dict:

@@ -19,8 +19,8 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from gateway.errors import GatewayError
-from gateway.events import Started
+from gateway.protocol.errors import GatewayError
+from gateway.protocol.events import Started
 
 log = structlog.get_logger("backends.replicas")
 

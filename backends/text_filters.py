@@ -5,7 +5,7 @@ character) and hold back only the few characters that could still turn out to be
 """
 from __future__ import annotations
 
-from gateway.events import TextDelta, ThinkingDelta
+from gateway.protocol.events import TextDelta, ThinkingDelta
 
 OPEN_TAG = "<think>"
 CLOSE_TAG = "</think>"

@@ -34,8 +34,8 @@ from backends.tool_parsers import (
     Qwen3CoderParser,
     ToolCallParser,
 )
-from gateway.anthropic import MessagesRequest
-from gateway.events import (
+from gateway.protocol.anthropic import MessagesRequest
+from gateway.protocol.events import (
     Event,
     Stop,
     TextDelta,

@@ -31,7 +31,7 @@ import structlog
 
 from backends.text_filters import ThinkTagParser, _partial_suffix
 from backends.tool_args import ArgumentChecker, parse_lenient
-from gateway.events import Event, TextDelta, ThinkingDelta, ToolCallDelta, ToolCallEnd, ToolCallStart
+from gateway.protocol.events import Event, TextDelta, ThinkingDelta, ToolCallDelta, ToolCallEnd, ToolCallStart
 
 log = structlog.get_logger("backends.tool_parsers")
 

@@ -9,16 +9,16 @@ from dataclasses import dataclass
 
 import orjson
 
-from backends.base import BackendRequest
+from gateway.protocol.backend import BackendRequest
 from backends.text_filters import StopSequenceMatcher, ThinkTagParser
-from gateway.anthropic import (
+from gateway.protocol.anthropic import (
     ImageBlock, Message, MessagesRequest, TextBlock, ThinkingBlock, ToolReferenceBlock, ToolResultBlock, ToolUseBlock,
 )
-from gateway.errors import invalid
-from gateway.events import (
+from gateway.protocol.errors import invalid
+from gateway.protocol.events import (
     Event, Stop, TextDelta, ThinkingDelta, ToolCallDelta, ToolCallEnd, ToolCallStart, UsageReport,
 )
-from gateway.tool_search import loaded_text
+from gateway.protocol.tool_text import loaded_text
 
 # Anthropic effort levels → the low / medium / high that reasoning_effort and chat templates know.
 EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}

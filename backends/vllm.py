@@ -2,7 +2,7 @@
 string it reports (`stop_reason`)."""
 from __future__ import annotations
 
-from backends.base import BackendRequest, BackendUnavailable, TokenCount
+from gateway.protocol.backend import BackendRequest, BackendUnavailable, TokenCount
 from backends.openai import OpenAIBackend, template_error
 from backends.translate import (
     LATE_SYSTEM_PROBE,
@@ -11,7 +11,7 @@ from backends.translate import (
     to_openai_messages,
     to_openai_tools,
 )
-from gateway.errors import GatewayError
+from gateway.protocol.errors import GatewayError
 
 
 class VLLMBackend(OpenAIBackend):

@@ -5,7 +5,7 @@ Without --log the prompt is bench/claude_code_request.py's Claude-Code-shaped re
 the largest /v1/messages body of a request log written with `log.bodies = true` (a real session).
 Each edit runs at full strength on top of the ones before it, in the budget's order (deferred tools
 first, as the gateway leaves them out before any budget). Figures are the gateway's token estimate
-(gateway.tokens), the figure the budget reasons with before it asks a tokenizer.
+(gateway.protocol.tokens), the figure the budget reasons with before it asks a tokenizer.
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.claude_code_request import build_request
-from gateway.anthropic import parse_messages_request
+from gateway.protocol.anthropic import parse_messages_request
 from gateway.context_budget import _clear_results, _drop_thinking, _shorten_descriptions
 from gateway.normalize import normalize
-from gateway.tokens import estimate_tokens
+from gateway.protocol.tokens import estimate_tokens
 from gateway.tool_search import apply_tool_search
 
 

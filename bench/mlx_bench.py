@@ -2,7 +2,7 @@
 
     uv run python bench/mlx_bench.py [--quick | --smoke] [--dir DIR] [--no-openblas]
 
-Model: a random-weight Qwen3-shaped model generated locally (backends.mlx_demo.BENCH, ~18M
+Model: a random-weight Qwen3-shaped model generated locally (demo_model.generate.BENCH, ~18M
 parameters, fp32), so timings mean something on a CPU and nothing is downloaded.
 
 1. decode tok/s through the gateway (HTTP + SSE, streaming) vs raw mlx_lm.stream_generate on the
@@ -183,7 +183,7 @@ def main() -> None:
     args = parser.parse_args()
     _maybe_openblas(args)
 
-    from backends.mlx_demo import BENCH, TINY, ensure_demo_model
+    from demo_model.generate import BENCH, TINY, ensure_demo_model
 
     n = 100 if args.quick else 200
     rounds = 3 if args.quick else 5

@@ -41,11 +41,11 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
-from backends.base import BackendRequest  # noqa: E402
+from gateway.protocol.backend import BackendRequest  # noqa: E402
 from backends.translate import Dialect, to_openai  # noqa: E402
 from claude_code_request import build_request, claude_code_headers  # noqa: E402
 from fake_upstream import MODEL, fewest_deltas  # noqa: E402
-from gateway.anthropic import parse_messages_request  # noqa: E402
+from gateway.protocol.anthropic import parse_messages_request  # noqa: E402
 from gateway.normalize import normalize  # noqa: E402
 
 TOKEN = "sk-bench-local"

@@ -55,15 +55,15 @@ def reuse(model_dir: Path, before: dict, after: dict) -> dict:
     """Prompt tokens and reusable prefix of the turn after the load, per strategy."""
     from mlx_lm.utils import load_tokenizer
 
-    from backends.mlx_cache import common_prefix
-    from backends.mlx_prompt import PromptRenderer
+    from backends.mlx.cache import common_prefix
+    from backends.mlx.prompt import PromptRenderer
     from backends.translate import (
         Dialect,
         template_kwargs,
         to_openai_messages,
         to_openai_tools,
     )
-    from gateway.anthropic import parse_messages_request
+    from gateway.protocol.anthropic import parse_messages_request
     from gateway.normalize import normalize
     from gateway.tool_search import apply_tool_search
 
@@ -135,7 +135,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a shorter session, render comparison only")
     args = parser.parse_args()
-    from backends.mlx_demo import BENCH, ensure_demo_model
+    from demo_model.generate import BENCH, ensure_demo_model
 
     model_dir = ensure_demo_model(BENCH)
     before, after = session(*((3, 0) if args.quick else (12, 40_000)))

@@ -7,7 +7,7 @@ import ipaddress
 from aiohttp import web
 
 from gateway.config import ServerConfig
-from gateway.errors import GatewayError
+from gateway.protocol.errors import GatewayError
 
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::")  # listen on every interface: names no single host
 _SHOWN = 100  # characters of a refused Host or Origin echoed in the error

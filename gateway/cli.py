@@ -12,10 +12,10 @@ import sys
 
 from aiohttp import web
 
-from backends.base import BackendStartError
+from gateway.protocol.backend import BackendStartError
 from gateway.code_cmd import banner_env, shell_line
 from gateway.config import Config, ConfigError, load_config, parse_config, port_problem
-from gateway.errors import GatewayError
+from gateway.protocol.errors import GatewayError
 from gateway.listener import ConnectionCap, ListenerSite, bind, raise_open_files_limit
 from gateway.logs import configure_logging
 from gateway.models_api import catalog
@@ -193,7 +193,7 @@ async def _models(cfg: Config) -> int:
 
 def _demo_config() -> Config:
     """An in-memory config: one mlx backend serving the generated demo model, for every model name."""
-    from backends.mlx_demo import default_root, ensure_demo_model
+    from demo_model.generate import default_root, ensure_demo_model
 
     print(f"claude-gateway: preparing the demo model in {default_root()} (generated once; it answers "
           "a few scripted prompts and otherwise writes noise)", file=sys.stderr, flush=True)

@@ -1,7 +1,6 @@
 """config.toml: typed configuration, validated with errors that name the key and its line."""
 from __future__ import annotations
 
-import base64
 import ipaddress
 import os
 import re
@@ -11,12 +10,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from gateway.protocol.backend_config import BACKEND_TYPES, BackendConfig
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-BACKEND_TYPES = ("mlx", "vllm", "llamacpp", "openai")
 
 
 class ConfigError(Exception):
@@ -51,57 +51,6 @@ class LogConfig:
     rotate_mb: float = 64  # rotate the request log past this size; 0 = never
     keep: int = 5  # rotated files kept (requests.jsonl.1 … .keep)
     gzip: bool = True  # compress rotated files (.1.gz …)
-
-
-@dataclass
-class BackendConfig:
-    name: str
-    type: str
-    model: str | None = None
-    base_url: str | None = None  # the first replica's URL (credentials removed); base_urls has them all
-    api_key: str | None = None
-    api_key_env: str | None = None
-    timeout_s: float = 900.0
-    context_window: int | None = None
-    max_output_tokens: int | None = None
-    vision: bool = False
-    # Where system messages after the first go: keep | merge | as_user; auto asks the chat template.
-    system_messages: str = "auto"
-    extra_body: dict = field(default_factory=dict)
-    model_mapping: dict[str, str] = field(default_factory=dict)
-    # hermes | qwen3_coder | llama3_json | mistral | auto | none; absent: mlx from the template, remote "auto"
-    tool_parser: str | None = None
-    # The context budget (gateway.context_budget): opt-in lossy edits, and where an oversized prompt goes.
-    context_edits: list[str] = field(default_factory=list)  # "clear_tool_results"
-    keep_tool_results: int = 3  # clear_tool_results keeps at least this many of the latest results
-    fallback_on_overflow: str | None = None  # a backend with a larger window
-    # mlx only
-    max_resident_models: int = 1  # models kept loaded; the least recently used idle one is unloaded
-    cache_mb: float = 4096  # prompt-cache byte budget (MB)
-    cache_ttl_s: float = 1800  # prompt-cache entries unused this long are dropped
-    max_batch: int = 8  # requests decoded together
-    cache_across_sessions: bool = False  # any request may reuse any cached prefix (a gateway with one user)
-    fallback: str | None = None  # the backend that answers when this one cannot (every replica down or overloaded)
-    # Not keys: base_url as a list of replica URLs (credentials removed), and the user:password@
-    # found in each, moved out of it so the URL can be shown (url_auth: the first replica's).
-    base_urls: list[str] = field(default_factory=list)
-    url_auths: list[tuple[str, str] | None] = field(default_factory=list)
-    url_auth: tuple[str, str] | None = None
-
-    def resolved_api_key(self) -> str | None:
-        """The key from api_key_env (when set and present), else api_key."""
-        if self.api_key_env and os.environ.get(self.api_key_env):
-            return os.environ[self.api_key_env]
-        return self.api_key
-
-    def secrets(self) -> tuple[str, ...]:
-        """What must never be shown: the API key, the URL password and the Basic credentials built from it."""
-        out = [self.resolved_api_key() or ""]
-        for auth in self.url_auths or [self.url_auth]:
-            if auth is not None:
-                user, password = auth
-                out += [password, base64.b64encode(f"{user}:{password}".encode()).decode("ascii")]
-        return tuple(s for s in out if s)
 
 
 @dataclass

@@ -36,11 +36,11 @@ from dataclasses import dataclass
 
 import structlog
 
-from backends.base import Backend, BackendRequest
-from gateway.anthropic import ClearToolUsesEdit, MessagesRequest, ToolUseBlock
+from gateway.protocol.backend import Backend, BackendRequest
+from gateway.protocol.anthropic import ClearToolUsesEdit, MessagesRequest, ToolUseBlock
 from gateway.context_edits import clear_thinking, clear_tool_uses
 from gateway.limits import ESTIMATE_MARGIN
-from gateway.tokens import estimate_tokens
+from gateway.protocol.tokens import estimate_tokens
 
 log = structlog.get_logger("gateway.context_budget")
 

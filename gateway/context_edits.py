@@ -2,14 +2,14 @@
 
 The client keeps its full history; the edits only shape the prompt of this request. Each edit
 that cleared something is reported back (`context_management.applied_edits` in the response)
-with the same fields the API uses. Token figures use the gateway's estimate (gateway.tokens):
+with the same fields the API uses. Token figures use the gateway's estimate (gateway.protocol.tokens):
 an edit runs before the backend renders the prompt.
 """
 from __future__ import annotations
 
 import dataclasses
 
-from gateway.anthropic import (
+from gateway.protocol.anthropic import (
     ClearThinkingEdit,
     ClearToolUsesEdit,
     Message,
@@ -19,7 +19,7 @@ from gateway.anthropic import (
     ToolResultBlock,
     ToolUseBlock,
 )
-from gateway.tokens import estimate_tokens
+from gateway.protocol.tokens import estimate_tokens
 
 CLEARED_TOOL_RESULT = "[tool result cleared to save context]"
 

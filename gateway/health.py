@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from backends.base import Backend, BackendHealth
+from gateway.protocol.backend import Backend, BackendHealth
 
 log = structlog.get_logger("gateway.health")
 

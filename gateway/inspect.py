@@ -16,8 +16,8 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
-from backends.base import BackendUnavailable
-from gateway.errors import GatewayError
+from gateway.protocol.backend import BackendUnavailable
+from gateway.protocol.errors import GatewayError
 from gateway.state import GATEWAY
 
 _STATIC = Path(__file__).with_name("static")

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import GatewayError, invalid
+from gateway.protocol.errors import GatewayError, invalid
 
 MAX_DEPTH = 128
 _ORJSON_WRITE_DEPTH = 254  # orjson.dumps raises "Recursion limit reached" beyond this

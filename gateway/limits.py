@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backends.base import Backend, BackendRequest
-from gateway.errors import prompt_too_long
-from gateway.tokens import estimate_tokens
+from gateway.protocol.backend import Backend, BackendRequest
+from gateway.protocol.errors import prompt_too_long
+from gateway.protocol.tokens import estimate_tokens
 
 # An estimate may be off by this factor; within it, the backend's own tokenizer decides.
 ESTIMATE_MARGIN = 1.5

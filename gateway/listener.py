@@ -12,7 +12,7 @@ import orjson
 import structlog
 from aiohttp import http_exceptions, web
 
-from gateway.errors import GatewayError
+from gateway.protocol.errors import GatewayError
 
 log = structlog.get_logger("gateway.listener")
 

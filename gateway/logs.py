@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from aiohttp import http_exceptions
 
-from gateway.redact import scrub
+from gateway.protocol.redact import scrub
 from gateway.terminal import escape_controls
 
 

@@ -15,9 +15,9 @@ import secrets
 import string
 
 from gateway.aggregate import Aggregator
-from gateway.anthropic import StopReason, Usage
-from gateway.errors import GatewayError
-from gateway.events import (
+from gateway.protocol.anthropic import StopReason, Usage
+from gateway.protocol.errors import GatewayError
+from gateway.protocol.events import (
     EngineStats, Event, Started, Stop, TextDelta, ThinkingDelta, ThinkingSignature, ToolCallDelta, ToolCallEnd,
     ToolCallStart, UsageReport,
 )

@@ -14,12 +14,12 @@ import orjson
 import structlog
 from aiohttp import web
 
-from backends.base import Backend, BackendRequest
-from gateway.anthropic import MessagesRequest, parse_messages_request
+from gateway.protocol.backend import Backend, BackendRequest
+from gateway.protocol.anthropic import MessagesRequest, parse_messages_request
 from gateway.context_budget import fit_context
 from gateway.context_edits import apply_context_edits
-from gateway.errors import GatewayError
-from gateway.events import Event, Started
+from gateway.protocol.errors import GatewayError
+from gateway.protocol.events import Event, Started
 from gateway.json_body import decode_body
 from gateway.limits import Fit, fit_request
 from gateway.message_stream import MessageStream

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gateway.config import Config
-from gateway.errors import STATUS_TYPES
+from gateway.protocol.errors import STATUS_TYPES
 from gateway.reqlog import RequestRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

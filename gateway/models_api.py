@@ -19,9 +19,9 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
-from backends.base import Backend, ModelInfo
+from gateway.protocol.backend import Backend, ModelInfo
 from gateway.config import tomllib
-from gateway.errors import invalid, not_found
+from gateway.protocol.errors import invalid, not_found
 from gateway.router import Route
 from gateway.state import GATEWAY, Gateway
 

@@ -5,7 +5,7 @@ import dataclasses
 
 import orjson
 
-from gateway.anthropic import Message, MessagesRequest, TextBlock
+from gateway.protocol.anthropic import Message, MessagesRequest, TextBlock
 
 BILLING_HEADER = "x-anthropic-billing-header"
 

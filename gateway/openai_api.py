@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from backends.base import BackendRequest
-from gateway.anthropic import ImageBlock
-from gateway.errors import invalid
+from gateway.protocol.backend import BackendRequest
+from gateway.protocol.anthropic import ImageBlock
+from gateway.protocol.errors import invalid
 from gateway.message_stream import MessageStream, new_id
 from gateway.messages import (
     answer,

@@ -2,7 +2,7 @@
 
 `parse_chat_request` turns a decoded /v1/chat/completions body into a typed `ChatRequest` or
 raises a 400 naming the field; `to_messages_request` maps it onto the gateway's internal request
-(gateway.anthropic types), which every backend answers. Fields the gateway does not model
+(gateway.protocol.anthropic types), which every backend answers. Fields the gateway does not model
 (`logit_bias`, `presence_penalty`, `user`, vendor extras) are not validated here: they reach
 OpenAI-style upstreams untouched (backends.openai_passthrough) and mean nothing to the others.
 """
@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import orjson
 
-from gateway.anthropic import (
+from gateway.protocol.anthropic import (
     ContentBlock,
     ImageBlock,
     Message,
@@ -26,8 +26,8 @@ from gateway.anthropic import (
     ToolResultBlock,
     ToolUseBlock,
 )
-from gateway.errors import invalid
-from gateway.validate import expect, is_int, number
+from gateway.protocol.errors import invalid
+from gateway.protocol.validate import expect, is_int, number
 
 ChatRole = Literal["system", "developer", "user", "assistant", "tool"]
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")

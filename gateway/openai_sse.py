@@ -12,8 +12,8 @@ import time
 
 import orjson
 
-from gateway.anthropic import StopReason, Usage
-from gateway.errors import GatewayError, openai_error_body
+from gateway.protocol.anthropic import StopReason, Usage
+from gateway.protocol.errors import GatewayError, openai_error_body
 from gateway.message_stream import MessageStream
 
 KEEP_ALIVE = b": keep-alive\n\n"  # an SSE comment: OpenAI clients skip it

@@ -19,7 +19,7 @@ import orjson
 import structlog
 
 from gateway.logfile import LineWriter, RotatingFile
-from gateway.redact import REDACTED, scrub
+from gateway.protocol.redact import REDACTED, scrub
 
 log = structlog.get_logger("gateway.request")
 

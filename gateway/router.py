@@ -6,9 +6,9 @@ import fnmatch
 import re
 from dataclasses import dataclass
 
-from backends.base import Backend
+from gateway.protocol.backend import Backend
 from gateway.config import Config
-from gateway.errors import GatewayError, not_found
+from gateway.protocol.errors import GatewayError, not_found
 
 # Claude Code appends context-size hints such as "[1m]" to model names.
 _SUFFIX = re.compile(r"\[[^\]]*\]$")

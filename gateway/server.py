@@ -8,7 +8,7 @@ import orjson
 import structlog
 from aiohttp import HttpVersion11, web
 
-from gateway.errors import GatewayError, openai_error_body
+from gateway.protocol.errors import GatewayError, openai_error_body
 from gateway.inspect import add_inspector
 from gateway.message_stream import new_id
 from gateway.messages import handle_count_tokens, handle_messages

@@ -7,7 +7,7 @@ import structlog
 from aiohttp import web
 
 from backends import create_backend
-from backends.base import Backend, BackendUnavailable
+from gateway.protocol.backend import Backend, BackendUnavailable
 from gateway.browser_guard import BrowserGuard
 from gateway.config import Config
 from gateway.health import HealthMonitor

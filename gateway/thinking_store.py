@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 
-from gateway.anthropic import Message, MessagesRequest, ThinkingBlock
+from gateway.protocol.anthropic import Message, MessagesRequest, ThinkingBlock
 
 DEFAULT_BUDGET = 16 * 1024 * 1024  # characters of thinking kept
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from gateway.anthropic import (
+from gateway.protocol.anthropic import (
     Message,
     MessagesRequest,
     TextBlock,
@@ -22,20 +22,7 @@ from gateway.anthropic import (
     ToolReferenceBlock,
     ToolResultBlock,
 )
-
-
-def loaded_text(name: str, available: bool) -> str:
-    """What the model reads where a tool_reference was (when the definition is in the tool list)."""
-    if available:
-        return f"Tool {name} loaded: it can be called now."
-    return f"Tool {name} is not available."
-
-
-def change_text(block: ToolChangeBlock) -> str:
-    """What the model reads where a tool_addition / tool_removal was."""
-    if block.change == "addition":
-        return f"Tool {block.name} is available from now on."
-    return f"Tool {block.name} is no longer available."
+from gateway.protocol.tool_text import change_text
 
 
 def apply_tool_search(req: MessagesRequest) -> MessagesRequest:

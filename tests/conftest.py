@@ -149,7 +149,7 @@ async def stack(request, start_upstream, start_gateway):
 def demo_model() -> Path:
     """The tiny scripted MLX model, from the cache `serve --demo` uses (generated there when missing or stale)."""
     # Imported here: only the MLX tests pay for importing mlx.
-    from backends.mlx_demo import default_root, ensure_demo_model
+    from demo_model.generate import default_root, ensure_demo_model
     return ensure_demo_model(root=default_root())
 
 
@@ -169,7 +169,7 @@ async def engine_idle(gw: RunningGateway, backend: str = "m", timeout: float = 5
 def demo_model_dir() -> Path:
     """The tiny scripted MLX model where `serve --demo` keeps it ($CLAUDE_GATEWAY_DEMO_DIR, else the
     user's cache), generated there when missing or stale."""
-    from backends.mlx_demo import ensure_demo_model
+    from demo_model.generate import ensure_demo_model
     return ensure_demo_model()
 
 

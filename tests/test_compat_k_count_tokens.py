@@ -111,7 +111,7 @@ async def test_k3_monotonic(stack):
 
 async def test_k4_count_matches_usage(stack):
     """K4: `count_tokens(B).input_tokens` equals usage input + cache_read + cache_creation of /v1/messages with B,
-    exactly for tokenizer backends, within the documented estimate tolerance (±25%, gateway/tokens.py) for openai."""
+    exactly for tokenizer backends, within the documented estimate tolerance (±25%, gateway/protocol/tokens.py) for openai."""
     up, gw = stack
     payload = {"model": MODEL, "max_tokens": 256, "system": PROSE, "tools": TOOLS,
                "messages": [{"role": "user", "content": PROSE * 3},

@@ -437,7 +437,7 @@ async def test_plain_claude_code_on_serve_demo(claude_bin, tmp_path):
     banner's environment (Claude Code's whole prompt and tools, no flags) succeeds, and the prompt was
     prefilled in seconds. With the newest version it is a first start (the model is generated into an
     empty folder, with progress shown); the others reuse the demo cache, as a second start does."""
-    from backends.mlx_demo import DEMO_DIR_ENV
+    from demo_model.generate import DEMO_DIR_ENV
 
     first_start = claude_bin.cli == CLAUDE_CODE_VERSIONS[-1]
     work, home = _dirs(tmp_path)

@@ -1,7 +1,7 @@
 """The embedded MLX backend, end to end over HTTP with the generated tiny demo model.
 
 The model is generated once per test session (random weights, a tokenizer trained on the spot,
-a few seconds of training on backends.mlx_demo.SCRIPTS), so the requests in SCRIPTS get known
+a few seconds of training on demo_model.generate.SCRIPTS), so the requests in SCRIPTS get known
 answers: text, a tool call that needs repair, an invalid tool call, thinking. Everything runs
 through real mlx-lm code; nothing is downloaded.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from backends.mlx_demo import DEMO_SYSTEM, SCRIPTS
+from demo_model.generate import DEMO_SYSTEM, SCRIPTS
 from tests.conftest import engine_idle
 from tests.gateway_process import free_port
 from tests.logtools import wait_records

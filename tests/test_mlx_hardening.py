@@ -16,9 +16,9 @@ import pytest
 from mlx_lm import load
 from mlx_lm.sample_utils import make_sampler
 
-from backends.mlx_cache import PromptCache
-from backends.mlx_demo import DEMO_SYSTEM, SCRIPTS
-from backends.mlx_engine import (
+from backends.mlx.cache import PromptCache
+from demo_model.generate import DEMO_SYSTEM, SCRIPTS
+from backends.mlx.engine import (
     Engine,
     EngineFault,
     Job,

@@ -7,7 +7,7 @@ import json
 import jsonschema
 import openai
 
-from backends.mlx_demo import DEMO_SYSTEM, SCRIPTS, WEATHER_TOOL
+from demo_model.generate import DEMO_SYSTEM, SCRIPTS, WEATHER_TOOL
 from tests.conftest import TOKEN, engine_idle
 from tests.logtools import wait_records
 

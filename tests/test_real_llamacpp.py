@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.mlx_demo import (
+from demo_model.generate import (
     DEMO_SYSTEM,
     SCRIPTS,
     WEATHER_TOOL,

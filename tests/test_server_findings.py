@@ -172,7 +172,7 @@ async def test_mlx_system_messages_modes(start_gateway, demo_model_dir, tmp_path
     system-first template refuses: 400 with its message), as_user and merge place it so it renders."""
     import shutil
 
-    from backends.mlx_demo import SCRIPTS
+    from demo_model.generate import SCRIPTS
     from tests.conftest import gateway_config
 
     strict = tmp_path / "strict-model"
@@ -196,7 +196,7 @@ async def test_mlx_system_messages_modes(start_gateway, demo_model_dir, tmp_path
 
 
 async def test_mlx_tool_call_cut_by_max_tokens(start_gateway, demo_model_dir):
-    from backends.mlx_demo import SCRIPTS
+    from demo_model.generate import SCRIPTS
     from tests.conftest import gateway_config
 
     model = demo_model_dir

@@ -16,7 +16,7 @@ from backends.tool_parsers import (
     FRAGMENT_CHARS, HermesParser, Llama3JsonParser, MistralParser, ModelOutputParser, PassthroughParser,
     Qwen3CoderParser, select_parser,
 )
-from gateway.events import TextDelta, ThinkingDelta, ToolCallDelta, ToolCallEnd, ToolCallStart
+from gateway.protocol.events import TextDelta, ThinkingDelta, ToolCallDelta, ToolCallEnd, ToolCallStart
 from tests.tool_schemas import TOOLS
 
 

@@ -1,4 +1,4 @@
-"""Writes the generated demo model (backends/mlx_demo.py) as a GGUF file llama-server can load.
+"""Writes the generated demo model (demo_model/generate.py) as a GGUF file llama-server can load.
 
 llama.cpp's convert_hf_to_gguf.py needs torch and transformers; the demo model is small and plain
 (Qwen3 architecture, float32 safetensors, a byte-level BPE tokenizer with GPT-2 pre-tokenization), so

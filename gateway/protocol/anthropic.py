@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-from gateway.errors import invalid
-from gateway.validate import expect, is_int, number
+from gateway.protocol.errors import invalid
+from gateway.protocol.validate import expect, is_int, number
 
 Role = Literal["user", "assistant", "system"]
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "model_context_window_exceeded"]

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 from jinja2 import TemplateError
 
-from backends.mlx_cache import common_prefix
+from backends.mlx.cache import common_prefix
 from backends.translate import (
     Dialect,
     place_system_messages,
@@ -24,8 +24,8 @@ from backends.translate import (
     to_openai_messages,
     to_openai_tools,
 )
-from gateway.anthropic import MessagesRequest, ToolReferenceBlock, ToolResultBlock
-from gateway.errors import invalid
+from gateway.protocol.anthropic import MessagesRequest, ToolReferenceBlock, ToolResultBlock
+from gateway.protocol.errors import invalid
 
 
 @dataclass(slots=True)

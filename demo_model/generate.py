@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from backends.mlx_demo_corpus import corpus, generated_lines, stdlib_text
+from demo_model.corpus import corpus, generated_lines, stdlib_text
 
 DEMO_DIR_ENV = "CLAUDE_GATEWAY_DEMO_DIR"
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>",
@@ -252,8 +252,8 @@ def _script_examples(model_dir: Path) -> list[tuple[list[int], list[int]]]:
     """(prompt tokens, answer tokens + end of turn) per script, rendered exactly as the gateway renders."""
     from mlx_lm.tokenizer_utils import load as load_tokenizer
 
-    from backends.mlx_prompt import PromptRenderer
-    from gateway.anthropic import parse_messages_request
+    from backends.mlx.prompt import PromptRenderer
+    from gateway.protocol.anthropic import parse_messages_request
     from gateway.normalize import normalize
 
     tok = load_tokenizer(model_dir)
@@ -313,10 +313,10 @@ def default_root() -> Path:
 
 def _generator_digest() -> str:
     """A digest of the generator's own source: new scripts, corpus or training never reuse an old model."""
-    from backends import mlx_demo_corpus
+    from demo_model import corpus
 
     h = hashlib.sha256()
-    for module_file in (__file__, mlx_demo_corpus.__file__):
+    for module_file in (__file__, corpus.__file__):
         h.update(Path(module_file).read_bytes())
     return h.hexdigest()[:16]
 

@@ -29,7 +29,7 @@ from mlx_lm.generate import BatchGenerator, make_stop_sequences
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.sample_utils import greedy_sampler
 
-from backends.mlx_cache import PromptCache
+from backends.mlx.cache import PromptCache
 
 log = structlog.get_logger("backends.mlx")
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from backends.text_filters import StopSequenceMatcher
 from backends.tool_parsers import ModelOutputParser, ParserFactory, PassthroughParser
-from gateway.anthropic import MessagesRequest
-from gateway.events import Event, TextDelta, ToolCallStart
+from gateway.protocol.anthropic import MessagesRequest
+from gateway.protocol.events import Event, TextDelta, ToolCallStart
 
 
 class OutputPipeline:

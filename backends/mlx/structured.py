@@ -16,7 +16,7 @@ import llguidance.hf
 import mlx.core as mx
 import numpy as np
 
-from gateway.errors import invalid
+from gateway.protocol.errors import invalid
 
 _lock = threading.Lock()
 _tokenizers: dict[int, tuple[Any, llguidance.LLTokenizer]] = {}  # id(hf tokenizer) → (it, llg tokenizer)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import orjson
 
-from gateway.anthropic import (
+from gateway.protocol.anthropic import (
     MessagesRequest, TextBlock, ThinkingBlock, ToolReferenceBlock, ToolResultBlock, ToolUseBlock,
 )
 

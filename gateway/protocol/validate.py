@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.errors import invalid
+from gateway.protocol.errors import invalid
 
 
 def expect(cond: bool, message: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
-from gateway.anthropic import StopReason
+from gateway.protocol.anthropic import StopReason
 
 
 @dataclass(slots=True)

@@ -1,7 +1,7 @@
 """The embedded MLX backend: models run in-process with mlx-lm (config `type = "mlx"`).
 
 Requests are rendered with the model's chat template on a worker thread, generated on the engine
-thread (backends.mlx_engine: continuous batching, prompt cache) and turned into internal events
+thread (backends.mlx.engine: continuous batching, prompt cache) and turned into internal events
 here, on the event loop (thinking, tool calls, stop sequences).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import structlog
 
-from backends.base import (
+from gateway.protocol.backend import (
     Backend,
     BackendHealth,
     BackendRequest,
@@ -24,15 +24,15 @@ from backends.base import (
     ModelInfo,
     TokenCount,
 )
-from backends.mlx_cache import PromptCache
-from backends.mlx_engine import Engine, Job, JobResult, LoadedModel, RequestFault
-from backends.mlx_output import OutputPipeline
-from backends.mlx_prompt import Prompt, PromptRenderer
-from backends.mlx_structured import json_schema_processor
+from backends.mlx.cache import PromptCache
+from backends.mlx.engine import Engine, Job, JobResult, LoadedModel, RequestFault
+from backends.mlx.output import OutputPipeline
+from backends.mlx.prompt import Prompt, PromptRenderer
+from backends.mlx.structured import json_schema_processor
 from backends.tool_parsers import ParserFactory, select_parser
-from gateway.config import BackendConfig
-from gateway.errors import GatewayError, prompt_too_long
-from gateway.events import EngineStats, Event, Started, Stop, UsageReport
+from gateway.protocol.backend_config import BackendConfig
+from gateway.protocol.errors import GatewayError, prompt_too_long
+from gateway.protocol.events import EngineStats, Event, Started, Stop, UsageReport
 
 log = structlog.get_logger("backends.mlx")
 

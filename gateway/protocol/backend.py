@@ -1,13 +1,13 @@
-"""The Backend interface: every backend streams the same internal events (gateway.events)."""
+"""The Backend interface: every backend streams the same internal events (gateway.protocol.events)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from gateway.anthropic import MessagesRequest
-from gateway.config import BackendConfig
-from gateway.events import Event
+from gateway.protocol.anthropic import MessagesRequest
+from gateway.protocol.backend_config import BackendConfig
+from gateway.protocol.events import Event
 
 
 @dataclass(slots=True)
