@@ -25,6 +25,7 @@ from backends.translate import (
     to_openai_tools,
 )
 from gateway.protocol.anthropic import MessagesRequest, ToolReferenceBlock, ToolResultBlock
+from gateway.protocol.backend_config import images_hint
 from gateway.protocol.errors import invalid
 
 
@@ -38,7 +39,8 @@ class Prompt:
 
 def chat_messages(req: MessagesRequest, model: str, system_messages: str = "auto") -> list[dict]:
     """HF chat-template messages: OpenAI shape, tool-call arguments as objects (templates `tojson` them)."""
-    msgs = to_openai_messages(req, Dialect(vision=False, inline_loaded_tools=True), model, system_messages)
+    dialect = Dialect(vision=False, inline_loaded_tools=True, no_images=images_hint("mlx"))
+    msgs = to_openai_messages(req, dialect, model, system_messages)
     for m in msgs:
         for call in m.get("tool_calls") or ():
             fn = call["function"]
