@@ -19,6 +19,7 @@ import orjson
 import structlog
 
 from gateway.logfile import LineWriter, RotatingFile
+from gateway.protocol.errors import ErrorInfo
 from gateway.protocol.redact import REDACTED, scrub
 
 log = structlog.get_logger("gateway.request")
@@ -66,7 +67,7 @@ class RequestRecord:
     cache_read_tokens: int | None = None
     stop_reason: str | None = None
     tool_names: list[str] | None = None  # tools the answer called or began to call, in order (for replay diffs)
-    error: dict | None = None
+    error: ErrorInfo | None = None
     session_id: str | None = None
     user_agent: str | None = None
     body: Any = None  # the decoded JSON body; the raw text when it was not JSON
@@ -97,6 +98,8 @@ class RequestRecord:
     def to_dict(self, with_body: bool) -> dict:
         """The log line as a dict (shallow: the body is shared, not copied)."""
         data = {name: getattr(self, name) for name in _FIELDS}
+        if self.error is not None:
+            data["error"] = self.error.as_dict()
         for name in _OPTIONAL:
             value = getattr(self, name)
             if value is not None:
@@ -245,7 +248,7 @@ class RequestLog:
         """Record one finished request (returns at once; the line is written off the event loop)."""
         # Rendered even without a file: the inspector shows the same (scrubbed) lines.
         self._lines.info(**record.to_dict(self.bodies))
-        message = (record.error or {}).get("message")  # says what to fix; the type alone rarely does
+        message = record.error and record.error.message  # says what to fix; the type alone rarely does
         # The path, model name and error echo the client's text: a pasted token shows here.
         path, model = scrub(record.path, self.secrets), record.model and scrub(record.model, self.secrets)
         message = message and scrub(message, self.secrets)
@@ -253,7 +256,7 @@ class RequestLog:
                  status=record.status, model=model, backend=record.backend,
                  duration_ms=record.duration_ms, ttft_ms=record.ttft_ms,
                  tokens_in=record.input_tokens, tokens_out=record.output_tokens,
-                 stop_reason=record.stop_reason, error=(record.error or {}).get("type"), error_message=message)
+                 stop_reason=record.stop_reason, error=record.error and record.error.type, error_message=message)
 
     def recent(self, after: int = 0) -> list[tuple[int, bytes]]:
         """The latest rendered lines numbered above `after`, oldest first (at most RECENT_LINES)."""

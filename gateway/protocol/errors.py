@@ -17,6 +17,32 @@ STATUS_TYPES: dict[int, str] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """What went wrong, as Anthropic names it: the `error` object of an error body, of a stream's
+    error event and of the request log line."""
+
+    type: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message}
+
+
+def error_body(info: ErrorInfo, request_id: str | None = None) -> dict:
+    """The Anthropic error body `{"type":"error","error":{type,message}}`; without a request id it is
+    also the data of the `error` event that ends a failed stream."""
+    out: dict = {"type": "error", "error": info.as_dict()}
+    if request_id:
+        out["request_id"] = request_id
+    return out
+
+
+def client_disconnected(message: str) -> ErrorInfo:
+    """Why a request the client abandoned has no answer; only logged and counted, never sent."""
+    return ErrorInfo("client_disconnected", message)
+
+
 @dataclass
 class GatewayError(Exception):
     """An error the client sees as `{"type":"error","error":{type,message}}` with `status`."""
@@ -31,12 +57,13 @@ class GatewayError(Exception):
             self.type = STATUS_TYPES.get(self.status, "api_error")
         super().__init__(self.message)
 
+    @property
+    def info(self) -> ErrorInfo:
+        return ErrorInfo(self.type, self.message)
+
     def body(self, request_id: str | None = None) -> dict:
         """The JSON body of this error, as the Anthropic API shapes it."""
-        out: dict = {"type": "error", "error": {"type": self.type, "message": self.message}}
-        if request_id:
-            out["request_id"] = request_id
-        return out
+        return error_body(self.info, request_id)
 
 
 # Anthropic error types → OpenAI's; `code` is the machine-readable reason OpenAI clients branch on.
