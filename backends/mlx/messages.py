@@ -107,4 +107,6 @@ def _reference_text(block: ToolReferenceBlock) -> str:
 
 
 def _no_images(model: str):
-    return invalid(f"model '{model}' does not accept images: the embedded MLX backend runs text-only models")
+    return invalid(f"model '{model}' does not accept images on this backend; the embedded MLX backend does not "
+                   "take images; route this model to a vision backend "
+                   "(type openai, vllm or llamacpp with vision = true)")
