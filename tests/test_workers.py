@@ -248,7 +248,7 @@ async def test_mlx_config_refused(tmp_path):
     config = tmp_path / "config.toml"
     config.write_text(with_server(gateway_config({"local": {"type": "mlx", "model": "mlx-community/some-model"}},
                                                  default="local"), port=free_port()))
-    rc, out, err = await run_cli("serve", "--config", str(config), "--workers", "3")
+    rc, _out, err = await run_cli("serve", "--config", str(config), "--workers", "3")
     assert rc == 2, err
     assert "--workers 3 cannot serve the embedded MLX backend 'local'" in err
     assert "load its own copy of the model" in err
