@@ -14,6 +14,7 @@ from backends.text_filters import StopSequenceMatcher, ThinkTagParser
 from gateway.protocol.anthropic import (
     ImageBlock, Message, MessagesRequest, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock,
 )
+from gateway.protocol.backend_config import images_hint
 from gateway.protocol.errors import invalid
 from gateway.protocol.events import (
     Event, Stop, TextDelta, ThinkingDelta, ToolCallDelta, ToolCallEnd, ToolCallStart, UsageReport,
@@ -33,6 +34,8 @@ class Dialect:
 
     top_k: bool = False  # vLLM and llama.cpp take top_k; OpenAI proper rejects it
     vision: bool = False
+    # What to tell a client whose images this backend refuses: the remedy differs by backend type.
+    no_images: str = images_hint("openai")
     thinking_switch: bool = False  # chat_template_kwargs.enable_thinking (Qwen3-style templates)
     # Thinking of the current tool loop goes back as the assistant's `reasoning_content`, which
     # servers that render the chat template themselves (vLLM, llama.cpp) hand to the template.
@@ -55,13 +58,12 @@ def _image_part(block: ImageBlock) -> dict:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def _user_content(blocks: list, vision: bool, model: str) -> str | list[dict]:
+def _user_content(blocks: list, dialect: Dialect, model: str) -> str | list[dict]:
     """A user message body: one string when it is all text, content parts when images come along."""
     if all(type(b) is TextBlock for b in blocks):
         return "\n".join(b.text for b in blocks)
-    if not vision:
-        raise invalid(f"model '{model}' does not accept images on this backend; "
-                      "set vision = true in its [backends.*] table if the model has vision")
+    if not dialect.vision:
+        raise invalid(f"model '{model}' does not accept images on this backend; {dialect.no_images}")
     return [_image_part(b) if type(b) is ImageBlock else {"type": "text", "text": b.text} for b in blocks]
 
 
@@ -155,7 +157,7 @@ def to_openai_messages(req: MessagesRequest, dialect: Dialect, model: str, syste
                 rest.append(b)
         rest = images + rest  # images a tool returned go to the model right after the results
         if rest or not any(type(b) is ToolResultBlock for b in msg.content):
-            out.append({"role": "user", "content": _user_content(rest, dialect.vision, req.model)})
+            out.append({"role": "user", "content": _user_content(rest, dialect, req.model)})
     return place_system_messages(out, system_messages)
 
 

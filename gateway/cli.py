@@ -21,7 +21,7 @@ from gateway.listener import ConnectionCap, ListenerSite, bind, raise_open_files
 from gateway.logs import configure_logging
 from gateway.models_api import catalog
 from gateway.server import create_app, runner_options
-from gateway.state import Gateway
+from gateway.app_state import Gateway
 from gateway.supervisor import refusal as workers_refusal, supervise
 from gateway.tls import TLSError, server_context
 from gateway.worker import WorkerRole

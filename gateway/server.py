@@ -16,7 +16,7 @@ from gateway.metrics import CONTENT_TYPE, CacheUse, loopback
 from gateway.models_api import handle_get_model, handle_list_models
 from gateway.openai_api import handle_chat_completions
 from gateway.reqlog import RequestRecord, redact_headers
-from gateway.state import GATEWAY, RECORD, Gateway
+from gateway.app_state import GATEWAY, RECORD, Gateway
 
 log = structlog.get_logger("gateway.server")
 

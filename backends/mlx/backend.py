@@ -52,7 +52,6 @@ class ModelHandle:
     renderer: PromptRenderer
     parsers: ParserFactory
     context: int
-    model_type: str
     tokenizer: object
     vocab: int  # logits per step: top_k at or above it keeps every token
 
@@ -151,7 +150,7 @@ class MLXBackend(Backend):
                 raise ModelUnavailable(str(exc)) from None
             context = self.config.context_window or _context_of(cfg) or DEFAULT_CONTEXT
             handle = ModelHandle(name, path, PromptRenderer(tokenizer, name, self.config.system_messages), parsers,
-                                 context, str(cfg.get("model_type", "")), tokenizer, _vocab_of(cfg, tokenizer))
+                                 context, tokenizer, _vocab_of(cfg, tokenizer))
             self._handles[name] = handle
             log.info("mlx_model_loaded", backend=self.name, model=name, path=str(path), context=context,
                      tool_parser=getattr(parsers, "name", None), seconds=round(time.perf_counter() - t0, 2))
@@ -216,7 +215,7 @@ class MLXBackend(Backend):
     async def stream(self, breq: BackendRequest) -> AsyncIterator[Event]:
         req = breq.request
         handle = await self._require(breq.model)
-        # The gateway counted this request while fitting max_tokens to the window (gateway.limits).
+        # The gateway counted this request while fitting max_tokens to the window (gateway.max_tokens).
         count = await self.counted(breq)
         prompt = count.rendered
         assert isinstance(prompt, Prompt)
@@ -262,7 +261,7 @@ class MLXBackend(Backend):
                 yield ev
             yield UsageReport(input_tokens=result.prompt_tokens, output_tokens=result.generated_tokens,
                               cache_read_tokens=result.cached_tokens)
-            yield EngineStats(_round(result.prefill_tps), _round(result.decode_tps), result.cached_tokens,
+            yield EngineStats(_round(result.prefill_tps), _round(result.decode_tps),
                               round(result.peak_memory_mb, 1))
             if out.matched is not None:
                 yield Stop("stop_sequence", out.matched)

@@ -19,6 +19,7 @@ from gateway.protocol.anthropic import (
     ToolResultBlock,
     ToolUseBlock,
 )
+from gateway.protocol.backend_config import images_hint
 from gateway.protocol.errors import invalid
 from gateway.protocol.tool_text import loaded_text
 
@@ -107,6 +108,4 @@ def _reference_text(block: ToolReferenceBlock) -> str:
 
 
 def _no_images(model: str):
-    return invalid(f"model '{model}' does not accept images on this backend; the embedded MLX backend does not "
-                   "take images; route this model to a vision backend "
-                   "(type openai, vllm or llamacpp with vision = true)")
+    return invalid(f"model '{model}' does not accept images on this backend; {images_hint('mlx')}")

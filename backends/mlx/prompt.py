@@ -26,7 +26,6 @@ from gateway.protocol.errors import invalid
 @dataclass(slots=True)
 class Prompt:
     tokens: list[int]
-    text: str
     shared_len: int  # tokens of the system+tools prefix (0 when there is none)
     starts_in_thinking: bool  # the template opened <think> itself (generation begins inside it)
     tools: bool  # tools were rendered (tool calls are parsed)
@@ -72,7 +71,7 @@ class PromptRenderer:
                 from None
         tokens = self.encode(text)
         shared = self._shared_prefix(msgs, tools, thinking, tokens)
-        return Prompt(tokens, text, shared, text.rstrip().endswith("<think>"), tools is not None)
+        return Prompt(tokens, shared, text.rstrip().endswith("<think>"), tools is not None)
 
     def _shared_prefix(self, msgs: list[dict], tools: list[dict] | None, thinking: dict,
                        tokens: list[int]) -> int:
