@@ -158,8 +158,8 @@ async def _serve(cfg: Config, role: WorkerRole | None = None) -> int:
     gateway.stopping = True
     loop.call_later(cfg.server.shutdown_grace_s, gateway.cut_inflight)
     await runner.cleanup()  # stops listening at once, waits for in-flight requests, then flushes the log
-    if shared is not None:
-        shared.close()
+    if role is not None and shared is not None:
+        role.cleanup(shared)
     return 0
 
 
