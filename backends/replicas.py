@@ -39,6 +39,9 @@ class Replica(Generic[C]):
     root: str  # server root (no /v1)
     api_base: str  # root + /v1
     client: C  # the transport to it (an openai.AsyncOpenAI for the OpenAI-style backends)
+    # The HTTP client under `client` (its connection pool), for the server's endpoints beyond the
+    # SDK's: one stack and one pool per replica.
+    http: object = None
     headers: dict = field(default_factory=dict)
     in_flight: int = 0
     requests: int = 0
