@@ -21,13 +21,13 @@ from gateway.context_edits import apply_context_edits
 from gateway.protocol.errors import GatewayError
 from gateway.protocol.events import Event, Started
 from gateway.json_body import decode_body
-from gateway.limits import Fit, fit_request
+from gateway.max_tokens import Fit, fit_request
 from gateway.message_stream import MessageStream
 from gateway.normalize import normalize, session_id
 from gateway.reqlog import RequestRecord
 from gateway.router import default_model
 from gateway.sse import PING, encode_all
-from gateway.state import GATEWAY, RECORD, Gateway
+from gateway.app_state import GATEWAY, RECORD, Gateway
 from gateway.tool_search import apply_tool_search
 
 log = structlog.get_logger("gateway.messages")

@@ -74,5 +74,5 @@ def test_the_checker_catches_each_kind_of_violation():
     assert violations("backends.openai", "from gateway.config import Config") != []
     assert violations("backends.mlx.engine", "from gateway import server") == ["backends.mlx.engine -> gateway.server"]
     assert violations("gateway.messages", "from backends.mlx.engine import Engine") != []
-    assert violations("gateway.state", "from backends import create_backend") == []
+    assert violations("gateway.app_state", "from backends import create_backend") == []
     assert violations("backends.vllm", "from gateway.protocol.errors import GatewayError") == []
