@@ -161,7 +161,7 @@ class OpenAIBackend(Backend):
         """Hook for `auto`: servers that expose their chat template find out what it accepts."""
         return "keep"
 
-    async def stream(self, breq: BackendRequest) -> AsyncIterator[Event | list[Event]]:
+    async def stream(self, breq: BackendRequest) -> AsyncIterator[list[Event]]:
         try:
             extra = dict(self.config.extra_body)
             extra.update(self.extra_fields(breq))
@@ -180,7 +180,7 @@ class OpenAIBackend(Backend):
             raise GatewayError(err.status, scrub(err.message, self.secrets), err.type, err.headers) from None
 
     async def _stream_from(self, replica: Replica, breq: BackendRequest,
-                           body: dict) -> AsyncIterator[Event | list[Event]]:
+                           body: dict) -> AsyncIterator[list[Event]]:
         """One replica's answer: Started once it accepted, then its events."""
         fields = self.replica_fields(breq, replica)
         try:
@@ -200,7 +200,7 @@ class OpenAIBackend(Backend):
         except openai.APIConnectionError as exc:
             raise GatewayError(500, f"backend '{self.name}' at {replica.api_base} is not reachable: "
                                     f"{_cause(exc)}") from None
-        yield Started()
+        yield [Started()]
         translator = ToolCallTranslator(ChunkTranslator(breq.request), breq.request, self.config.tool_parser, self.name)
         finished = ended = False
         answer_chars = 0
@@ -239,8 +239,9 @@ class OpenAIBackend(Backend):
                     break
             if not finished:
                 raise GatewayError(500, f"backend '{self.name}' closed its stream before finishing")
-            for ev in translator.finish():
-                yield ev
+            tail = translator.finish()
+            if tail:
+                yield tail
         except LineTooLong as exc:
             raise GatewayError(500, f"backend '{self.name}' sent {exc}; the answer was cut off there") from None
         except UpstreamStreamError as exc:

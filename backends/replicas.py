@@ -194,7 +194,7 @@ class ReplicaPool(Generic[C]):
                 # must be released then, not when the garbage collector finds it.
                 async with contextlib.aclosing(attempt(replica)) as items:
                     async for item in items:
-                        if type(item) is Started:
+                        if type(item[0]) is Started:  # alone in the first batch (Backend.stream)
                             if started:
                                 continue  # a retry: the client already has its message_start
                             started = True
