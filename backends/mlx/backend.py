@@ -212,7 +212,7 @@ class MLXBackend(Backend):
 
     # -- generation ---------------------------------------------------------------------------
 
-    async def stream(self, breq: BackendRequest) -> AsyncIterator[Event]:
+    async def stream(self, breq: BackendRequest) -> AsyncIterator[list[Event]]:
         req = breq.request
         handle = await self._require(breq.model)
         # The gateway counted this request while fitting max_tokens to the window (gateway.max_tokens).
@@ -231,7 +231,7 @@ class MLXBackend(Backend):
                   reload=self._loader(handle.name, handle.path))
         engine.submit(job)
         try:
-            yield Started()
+            yield [Started()]
             out = OutputPipeline(req, handle.parsers, tools=prompt.tools, start_in_thinking=prompt.starts_in_thinking)
             result: JobResult | None = None
             pending = None
@@ -246,8 +246,9 @@ class MLXBackend(Backend):
                             pending = nxt
                             break
                         item += nxt
-                    for ev in out.feed(item):
-                        yield ev
+                    events = out.feed(item)
+                    if events:
+                        yield events
                     if out.matched is not None:
                         engine.cancel(job)  # the rest would be thrown away
                 elif type(item) is JobResult:
@@ -257,16 +258,16 @@ class MLXBackend(Backend):
                 else:
                     raise GatewayError(500, f"backend '{self.name}': generation failed: {item}")
             cut = result.finish_reason != "stop"
-            for ev in out.finish(cut=cut):
-                yield ev
-            yield UsageReport(input_tokens=result.prompt_tokens, output_tokens=result.generated_tokens,
-                              cache_read_tokens=result.cached_tokens)
-            yield EngineStats(_round(result.prefill_tps), _round(result.decode_tps),
-                              round(result.peak_memory_mb, 1))
+            tail = out.finish(cut=cut)
+            tail.append(UsageReport(input_tokens=result.prompt_tokens, output_tokens=result.generated_tokens,
+                                    cache_read_tokens=result.cached_tokens))
+            tail.append(EngineStats(_round(result.prefill_tps), _round(result.decode_tps),
+                                    round(result.peak_memory_mb, 1)))
             if out.matched is not None:
-                yield Stop("stop_sequence", out.matched)
+                tail.append(Stop("stop_sequence", out.matched))
             else:
-                yield Stop("max_tokens" if result.finish_reason == "length" else "end_turn")
+                tail.append(Stop("max_tokens" if result.finish_reason == "length" else "end_turn"))
+            yield tail
         finally:
             if not job.done:
                 engine.cancel(job)  # client gone or stream abandoned: free the batch slot now

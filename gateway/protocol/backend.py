@@ -76,9 +76,9 @@ class Backend(ABC):
         """Probe or load; raise BackendUnavailable for a server that is not there (yet)."""
 
     @abstractmethod
-    def stream(self, req: BackendRequest) -> AsyncIterator[Event]:
-        """Generate: yields Started first, then content events, usage and Stop; an item may also be a
-        list of events (those of one upstream read), which the gateway writes out in one go."""
+    def stream(self, req: BackendRequest) -> AsyncIterator[list[Event]]:
+        """Generate: yields batches of events, each non-empty and written to the client in one go
+        (e.g. one upstream read's). `[Started()]` alone comes first, then content events, usage, Stop."""
 
     @abstractmethod
     async def count_tokens(self, req: BackendRequest) -> TokenCount:
