@@ -12,7 +12,7 @@ import orjson
 from gateway.protocol.backend import BackendRequest
 from backends.text_filters import StopSequenceMatcher, ThinkTagParser
 from gateway.protocol.anthropic import (
-    ImageBlock, Message, MessagesRequest, TextBlock, ThinkingBlock, ToolReferenceBlock, ToolResultBlock, ToolUseBlock,
+    ImageBlock, Message, MessagesRequest, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock,
 )
 from gateway.protocol.backend_config import images_hint
 from gateway.protocol.errors import invalid
@@ -40,11 +40,6 @@ class Dialect:
     # Thinking of the current tool loop goes back as the assistant's `reasoning_content`, which
     # servers that render the chat template themselves (vLLM, llama.cpp) hand to the template.
     reasoning_history: bool = False
-    # A deferred tool loaded by a tool_reference: its definition is written where the reference
-    # is (the <functions> block ToolSearch promises) instead of appended to the tool list. Only
-    # where the gateway renders the prompt and parses tool calls itself (embedded MLX): then
-    # everything before the reference stays a cached prefix.
-    inline_loaded_tools: bool = False
     # The server says which stop string ended generation (vLLM's `stop_reason`, llama.cpp's
     # `__verbose.stopping_word`), so `stop` is forwarded. Other servers stop before the string and
     # do not say which one matched: they are not sent `stop`, and the gateway matches the strings.
@@ -72,18 +67,10 @@ def _user_content(blocks: list, dialect: Dialect, model: str) -> str | list[dict
     return [_image_part(b) if type(b) is ImageBlock else {"type": "text", "text": b.text} for b in blocks]
 
 
-def _reference_text(block: ToolReferenceBlock, inline: bool) -> str:
-    """A tool_reference as the model reads it: the loaded definition, or one short line."""
-    if inline and block.loads is not None:
-        tool = block.loads
-        definition = orjson.dumps({"description": tool.description, "name": tool.name,
-                                   "parameters": tool.input_schema}).decode()
-        return f"<functions>\n<function>{definition}</function>\n</functions>"
-    return loaded_text(block.tool_name, block.available)
-
-
-def _tool_message(block: ToolResultBlock, inline_tools: bool = False) -> tuple[dict, list[ImageBlock]]:
-    texts = [b.text if type(b) is TextBlock else _reference_text(b, inline_tools)
+def _tool_message(block: ToolResultBlock) -> tuple[dict, list[ImageBlock]]:
+    # A tool_reference is one short line here: the loaded tool is in the tool list (the embedded
+    # MLX backend writes its definition in place instead, backends.mlx.messages).
+    texts = [b.text if type(b) is TextBlock else loaded_text(b.tool_name, b.available)
              for b in block.content if type(b) is not ImageBlock]
     images = [b for b in block.content if type(b) is ImageBlock]
     text = "\n".join(texts)
@@ -163,7 +150,7 @@ def to_openai_messages(req: MessagesRequest, dialect: Dialect, model: str, syste
         images: list[ImageBlock] = []
         for b in msg.content:
             if type(b) is ToolResultBlock:
-                tool_msg, tool_images = _tool_message(b, dialect.inline_loaded_tools)
+                tool_msg, tool_images = _tool_message(b)
                 out.append(tool_msg)
                 images.extend(tool_images)
             elif type(b) is not ThinkingBlock:
@@ -192,9 +179,9 @@ def template_kwargs(req: MessagesRequest) -> dict:
     return kwargs
 
 
-def to_openai_tools(req: MessagesRequest, without: set[str] | frozenset = frozenset()) -> list[dict]:
+def to_openai_tools(req: MessagesRequest) -> list[dict]:
     return [{"type": "function", "function": {"name": t.name, "description": t.description,
-                                              "parameters": t.input_schema}} for t in req.tools if t.name not in without]
+                                              "parameters": t.input_schema}} for t in req.tools]
 
 
 def to_openai(breq: BackendRequest, dialect: Dialect, extra_body: dict | None = None,

@@ -192,7 +192,7 @@ def _max_tokens(backend: Backend, breq: BackendRequest) -> int:
 
 async def _count(backend: Backend, breq: BackendRequest) -> int:
     """Prompt tokens as gateway.max_tokens judges them (an estimate gets its 25% margin)."""
-    count = await backend.count_tokens(breq)
+    count = await backend.counted(breq)
     return count.tokens if count.exact else int(count.tokens * 1.25)
 
 

@@ -234,10 +234,11 @@ class RequestLog:
     """Writes records to a JSONL file (when configured) and mirrors a summary to the console log."""
 
     def __init__(self, path: str | None, bodies: bool, secrets: tuple[str, ...] = (), *,
-                 rotate_bytes: int = 0, keep: int = 5, compress: bool = False):
+                 rotate_bytes: int = 0, keep: int = 5, compress: bool = False, shared: bool = False):
         self.bodies = bodies
         self.secrets = tuple(s for s in secrets if s)
-        self._writer = LineWriter(RotatingFile(path, rotate_bytes, keep, compress)) if path else None
+        file = RotatingFile(path, rotate_bytes, keep, compress, shared=shared) if path else None
+        self._writer = LineWriter(file) if file is not None else None
         self._sink = _Enqueue(self._writer)
         self._lines = structlog.wrap_logger(self._sink, processors=[LineRenderer(self.secrets)],
                                             wrapper_class=structlog.BoundLogger, context_class=dict)

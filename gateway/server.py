@@ -206,7 +206,10 @@ async def handle_health(request: web.Request) -> web.Response:
         if (replicas := gw.backends[name].replicas()) is not None:
             backends[name]["replicas"] = replicas  # live: what this process sees of each server now
     ok = all(b["ok"] for b in backends.values())
-    return web.json_response({"status": "ok" if ok else "degraded", "backends": backends}, dumps=_dumps)
+    answer = {"status": "ok" if ok else "degraded", "backends": backends}
+    if gw.worker is not None:  # `serve --workers N`: which process answered
+        answer["worker"] = gw.worker.describe()
+    return web.json_response(answer, dumps=_dumps)
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
@@ -216,7 +219,10 @@ async def handle_metrics(request: web.Request) -> web.Response:
     token = gw.config.server.auth_token
     if token and not loopback(request.remote) and not _authorized(request, token):
         raise GatewayError(401, "invalid x-api-key or Authorization bearer token")
-    return web.Response(body=gw.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+    body = gw.metrics.exposition()
+    if gw.worker is not None:  # `serve --workers N`: every worker's counts, added up
+        body = await gw.worker.metrics(body)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def handle_event_logging(request: web.Request) -> web.Response:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,22 +25,20 @@ from gateway.protocol.backend import (
 )
 from backends.mlx.cache import PromptCache
 from backends.mlx.engine import Engine, Job, JobResult, LoadedModel, RequestFault
+from backends.mlx.hub import HubModels, ModelUnavailable, resolve_model_path
+from backends.mlx.hub import context_of as _context_of
 from backends.mlx.output import OutputPipeline
 from backends.mlx.prompt import Prompt, PromptRenderer
 from backends.mlx.structured import json_schema_processor
 from backends.tool_parsers import ParserFactory, select_parser
 from gateway.protocol.backend_config import BackendConfig
-from gateway.protocol.errors import GatewayError, prompt_too_long
+from gateway.protocol.errors import GatewayError
 from gateway.protocol.events import EngineStats, Event, Started, Stop, UsageReport
 
 log = structlog.get_logger("backends.mlx")
 
 DEFAULT_CONTEXT = 32768  # when neither config nor the model says
 PREFILL_STEP = 512  # prompt tokens per engine step: bounds how long one prefill stalls other decodes
-
-
-class ModelUnavailable(Exception):
-    """A model that is neither local nor downloadable; the message is one paragraph for the user."""
 
 
 @dataclass
@@ -57,44 +54,17 @@ class ModelHandle:
     vocab: int  # logits per step: top_k at or above it keeps every token
 
 
-def resolve_model_path(name: str, backend: str) -> Path:
-    """A local directory for `name`: the path itself, the Hugging Face cache, or a download (with progress)."""
-    path = Path(name).expanduser()
-    if path.exists():
-        return path
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise ModelUnavailable(
-            f"MLX model '{name}' for backend '{backend}' does not exist: it is neither a local directory nor a "
-            f"Hugging Face id (owner/name). Point model = \"...\" in [backends.{backend}] at a directory holding "
-            f"config.json, *.safetensors and the tokenizer, or run `claude-gateway serve --demo` for a generated "
-            f"demo model that needs no download.")
-    from huggingface_hub import snapshot_download
-    from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
-    log.info("mlx_model_fetch", model=name, hint="first use downloads from Hugging Face; progress follows")
-    try:
-        return Path(snapshot_download(name, allow_patterns=DEFAULT_ALLOW_PATTERNS))
-    except Exception as exc:  # noqa: BLE001 — offline, unknown repo, auth: all end the same way
-        raise ModelUnavailable(
-            f"cannot load MLX model '{name}' for backend '{backend}': it is not in the local Hugging Face cache "
-            f"and downloading it failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-            f"Download it once while online (start the gateway with network access, or run "
-            f"`hf download {name}`), or set model = \"/path/to/model\" in [backends.{backend}] to a local copy "
-            f"(a directory with config.json, *.safetensors and the tokenizer), or run "
-            f"`claude-gateway serve --demo` to try the gateway offline with a generated demo model.") from None
-
-
-class MLXBackend(Backend):
+class MLXBackend(HubModels, Backend):
     """Models in this process, on MLX (Apple GPU on macOS, CPU on Linux)."""
 
     local_health = True  # the engine's published status: reading it costs nothing
-    counts_exactly = True  # the model's own tokenizer, and the render is memoized for the stream
+    counts_exactly = True  # the model's own tokenizer; the counted render is what stream prefills
 
     def __init__(self, config: BackendConfig):
         super().__init__(config)
         self.engine: Engine | None = None
         self._handles: dict[str, ModelHandle] = {}
         self._loading: dict[str, asyncio.Lock] = {}
-        self._prompts: OrderedDict[int, tuple[object, Prompt]] = OrderedDict()  # render memo: count, then stream
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -183,22 +153,10 @@ class MLXBackend(Backend):
 
     # -- prompts ------------------------------------------------------------------------------
 
-    async def _prompt(self, handle: ModelHandle, breq: BackendRequest) -> Prompt:
-        """The rendered prompt; rendered once per request even when count and stream both need it."""
-        key = id(breq.request)
-        memo = self._prompts.get(key)
-        if memo is not None and memo[0] is breq.request:
-            return memo[1]
-        prompt = await asyncio.to_thread(handle.renderer.render, breq.request)
-        self._prompts[key] = (breq.request, prompt)
-        while len(self._prompts) > 32:
-            self._prompts.popitem(last=False)
-        return prompt
-
     async def count_tokens(self, breq: BackendRequest) -> TokenCount:
         handle = await self._require(breq.model)
-        prompt = await self._prompt(handle, breq)
-        return TokenCount(len(prompt.tokens), exact=True)
+        prompt = await asyncio.to_thread(handle.renderer.render, breq.request)
+        return TokenCount(len(prompt.tokens), exact=True, rendered=prompt)
 
     async def context_window(self, model: str) -> int | None:
         handle = self._handles.get(model) or await self._require(model)
@@ -226,28 +184,26 @@ class MLXBackend(Backend):
 
     # -- generation ---------------------------------------------------------------------------
 
-    async def stream(self, breq: BackendRequest) -> AsyncIterator[Event]:
+    async def stream(self, breq: BackendRequest) -> AsyncIterator[list[Event]]:
         req = breq.request
         handle = await self._require(breq.model)
-        prompt = await self._prompt(handle, breq)
-        self._prompts.pop(id(req), None)
-        n = len(prompt.tokens)
-        if n >= handle.context:
-            raise prompt_too_long(n, handle.context)
+        # The gateway counted this request while fitting max_tokens to the window (gateway.max_tokens).
+        count = await self.counted(breq)
+        prompt = count.rendered
+        assert isinstance(prompt, Prompt)
         engine = self._engine()
         if not engine.alive:
             raise GatewayError(500, f"backend '{self.name}': the MLX engine stopped ({engine.failed})")
         processors = None
         if req.json_schema is not None:
             processors = [await asyncio.to_thread(json_schema_processor, handle.tokenizer, req.json_schema)]
-        job = Job(model_key=handle.name, prompt=prompt.tokens, max_tokens=max(1, min(breq.max_tokens,
-                                                                                    handle.context - n)),
+        job = Job(model_key=handle.name, prompt=prompt.tokens, max_tokens=breq.max_tokens,
                   sampler=_sampler(req, handle.vocab), session=breq.session_id, shared_len=prompt.shared_len,
                   loop=asyncio.get_running_loop(), logits_processors=processors,
                   reload=self._loader(handle.name, handle.path))
         engine.submit(job)
         try:
-            yield Started()
+            yield [Started()]
             out = OutputPipeline(req, handle.parsers, tools=prompt.tools, start_in_thinking=prompt.starts_in_thinking)
             result: JobResult | None = None
             pending = None
@@ -262,8 +218,9 @@ class MLXBackend(Backend):
                             pending = nxt
                             break
                         item += nxt
-                    for ev in out.feed(item):
-                        yield ev
+                    events = out.feed(item)
+                    if events:
+                        yield events
                     if out.matched is not None:
                         engine.cancel(job)  # the rest would be thrown away
                 elif type(item) is JobResult:
@@ -273,16 +230,16 @@ class MLXBackend(Backend):
                 else:
                     raise GatewayError(500, f"backend '{self.name}': generation failed: {item}")
             cut = result.finish_reason != "stop"
-            for ev in out.finish(cut=cut):
-                yield ev
-            yield UsageReport(input_tokens=result.prompt_tokens, output_tokens=result.generated_tokens,
-                              cache_read_tokens=result.cached_tokens)
-            yield EngineStats(_round(result.prefill_tps), _round(result.decode_tps),
-                              round(result.peak_memory_mb, 1))
+            tail = out.finish(cut=cut)
+            tail.append(UsageReport(input_tokens=result.prompt_tokens, output_tokens=result.generated_tokens,
+                                    cache_read_tokens=result.cached_tokens))
+            tail.append(EngineStats(_round(result.prefill_tps), _round(result.decode_tps),
+                                    round(result.peak_memory_mb, 1)))
             if out.matched is not None:
-                yield Stop("stop_sequence", out.matched)
+                tail.append(Stop("stop_sequence", out.matched))
             else:
-                yield Stop("max_tokens" if result.finish_reason == "length" else "end_turn")
+                tail.append(Stop("max_tokens" if result.finish_reason == "length" else "end_turn"))
+            yield tail
         finally:
             if not job.done:
                 engine.cancel(job)  # client gone or stream abandoned: free the batch slot now
@@ -319,15 +276,6 @@ def _context_on_disk(name: str) -> int | None:
     except (OSError, orjson.JSONDecodeError):
         return None
     return _context_of(cfg) if isinstance(cfg, dict) else None
-
-
-def _context_of(cfg: dict) -> int | None:
-    for key in ("max_position_embeddings", "max_seq_len", "n_positions", "seq_length"):
-        value = cfg.get(key)
-        if isinstance(value, int) and value > 0:
-            return value
-    text = cfg.get("text_config")
-    return _context_of(text) if isinstance(text, dict) else None
 
 
 def _round(x: float | None) -> float | None:

@@ -22,12 +22,18 @@ class BackendRequest:
     # The client's OpenAI chat-completions body (POST /v1/chat/completions): OpenAI-style backends
     # send it on with minimal change instead of re-translating `request`; others ignore it.
     openai_body: dict | None = None
+    # The prompt as counted for this very request (Backend.counted): not an init field, so a copy
+    # made with dataclasses.replace (an edited request, another model) starts uncounted.
+    count: TokenCount | None = field(default=None, init=False)
 
 
 @dataclass(slots=True)
 class TokenCount:
     tokens: int
     exact: bool  # False: an estimate (the backend has no tokenizer endpoint)
+    # The backend's own rendering of the counted prompt, which its stream() uses instead of
+    # rendering again (the embedded MLX backend: the token ids); None for a remote backend.
+    rendered: object | None = None
 
 
 @dataclass(slots=True)
@@ -43,6 +49,32 @@ class BackendHealth:
     detail: str = ""
     models: list[str] = field(default_factory=list)
     context_window: int | None = None
+
+
+@dataclass
+class LocalModel:
+    """A model on this machine (MLX: in the Hugging Face cache or a local directory)."""
+
+    name: str  # hub id, or the directory as the config names it
+    path: str
+    size_bytes: int
+    quantization: str | None  # "4-bit, group 64"; None: unquantised
+    context: int | None
+
+
+@dataclass
+class Pulled:
+    """What `pull` did for one model."""
+
+    name: str
+    path: str  # where it is now
+    downloaded: list[str]  # files fetched (empty: it was all there, or it is a local directory)
+    bytes: int
+    local_dir: bool = False  # the name is a directory: nothing to download
+
+
+class PullFailed(Exception):
+    """A model that could not be downloaded; the message is one paragraph saying what to do."""
 
 
 class BackendUnavailable(Exception):
@@ -70,13 +102,19 @@ class Backend(ABC):
         """Probe or load; raise BackendUnavailable for a server that is not there (yet)."""
 
     @abstractmethod
-    def stream(self, req: BackendRequest) -> AsyncIterator[Event]:
-        """Generate: yields Started first, then content events, usage and Stop; an item may also be a
-        list of events (those of one upstream read), which the gateway writes out in one go."""
+    def stream(self, req: BackendRequest) -> AsyncIterator[list[Event]]:
+        """Generate: yields batches of events, each non-empty and written to the client in one go
+        (e.g. one upstream read's). `[Started()]` alone comes first, then content events, usage, Stop."""
 
     @abstractmethod
     async def count_tokens(self, req: BackendRequest) -> TokenCount:
         """Prompt tokens of `req` as this backend would render it."""
+
+    async def counted(self, req: BackendRequest) -> TokenCount:
+        """count_tokens, once per request: the count stays on `req` for the fit and for stream()."""
+        if req.count is None:
+            req.count = await self.count_tokens(req)
+        return req.count
 
     @abstractmethod
     async def context_window(self, model: str) -> int | None:
@@ -96,6 +134,19 @@ class Backend(ABC):
     def replicas(self) -> list[dict] | None:
         """Per-replica state of a pool of servers (None: a single server or an in-process engine)."""
         return None
+
+    def missing_models(self) -> list[str]:
+        """Configured models that need a download before they can serve (none for a remote server)."""
+        return []
+
+    def pull(self, model: str, out) -> Pulled:
+        """Download `model` to this machine with progress on the text stream `out`; raises PullFailed."""
+        raise PullFailed(f"backend '{self.name}' (type {self.config.type}) serves models from its server; "
+                         "there is nothing to download here.")
+
+    def local_models(self, named: set[str]) -> list[LocalModel]:
+        """Models present on this machine that this kind of backend can run (`named`: those the config names)."""
+        return []
 
     def configured_models(self) -> list[str]:
         """Backend model names named in config (default model first, then mapping values)."""
