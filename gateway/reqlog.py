@@ -20,6 +20,7 @@ import structlog
 
 from gateway.logfile import LineWriter, RotatingFile
 from gateway.protocol.errors import ErrorInfo
+from gateway.protocol.log_schema import OPTIONAL_FIELDS, REQUIRED_FIELDS
 from gateway.protocol.redact import REDACTED, scrub
 
 log = structlog.get_logger("gateway.request")
@@ -29,13 +30,7 @@ log = structlog.get_logger("gateway.request")
 # lost from the dump only, as the record keeps session_id in its own field.
 _CREDENTIAL_WORDS = ("key", "token", "secret", "auth", "cookie", "session", "passw")
 
-# Line order: the contract fields, then the optional extras; `body` then `response` always come last
-# (readers skip both by stopping at `,"body":`).
-_FIELDS = ("ts", "request_id", "event", "method", "path", "query", "status", "duration_ms", "ttft_ms",
-           "model", "backend", "backend_model", "stream", "input_tokens", "output_tokens",
-           "cache_read_tokens", "stop_reason", "tool_names", "error", "session_id", "user_agent")
-_OPTIONAL = ("raw_path", "headers", "body_bytes", "prefill_tps", "decode_tps", "peak_memory_mb",
-             "unknown_blocks", "api", "replica", "context_edits", "fallback")  # written when set
+_FIELDS, _OPTIONAL = REQUIRED_FIELDS, OPTIONAL_FIELDS  # order: gateway.protocol.log_schema
 # Characters JSON allows raw inside strings but that str.splitlines() and JavaScript treat as line
 # breaks: escaped, so a line of the log is a line for every tool.
 _LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
