@@ -93,3 +93,16 @@ def test_the_request_log_writes_exactly_the_shared_schema():
                          raw_path="/x", headers={}, body_bytes=1, prefill_tps=1.0, decode_tps=1.0,
                          peak_memory_mb=1.0, unknown_blocks=[], replica="r", context_edits=[], fallback={})
     assert tuple(full.to_dict(with_body=True)) == FIELDS
+
+
+def test_the_log_tools_read_only_schema_fields():
+    import re
+
+    from gateway.protocol.log_schema import FIELDS
+
+    read = set()
+    for name in ("logread", "replay", "logstats"):
+        text = (ROOT / "tools" / f"{name}.py").read_text()
+        read |= set(re.findall(r'(?:\brec\.get\(|\brec\[|(?<![.\w])get\()"([a-z_]+)"', text))
+    assert {"request_id", "status", "error"} <= read  # the scan finds what the tools read
+    assert read - set(FIELDS) == set()
