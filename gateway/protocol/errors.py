@@ -97,23 +97,3 @@ def not_found(message: str) -> GatewayError:
 def prompt_too_long(prompt_tokens: int, context: int) -> GatewayError:
     """The 400 Claude Code recognises as a cue to compact the conversation."""
     return GatewayError(400, f"prompt is too long: {prompt_tokens} tokens > {context} maximum")
-
-
-def from_upstream(status: int, message: str, retry_after: str | None = None) -> GatewayError:
-    """Map an upstream HTTP failure to the Anthropic error a client should see, keeping its message."""
-    headers: dict[str, str] = {}
-    if status == 429:
-        err = GatewayError(429, message, "rate_limit_error", headers)
-    elif status in (503, 529):
-        err = GatewayError(529, message, "overloaded_error", headers)
-    elif status in (400, 413, 422):
-        err = GatewayError(400 if status != 413 else 413, message)
-    elif status == 404:
-        err = GatewayError(404, message)
-    else:
-        err = GatewayError(500, message, "api_error", headers)
-        if status in (401, 403, 501):
-            headers["x-should-retry"] = "false"  # our key or the route is wrong: retrying cannot help
-    if err.status in (429, 529):
-        headers["retry-after"] = retry_after or "1"
-    return err
