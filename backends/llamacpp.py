@@ -30,7 +30,7 @@ from backends.translate import (
     to_openai_messages,
     to_openai_tools,
 )
-from backends.upstream_text import error_message
+from backends.upstream_errors import error_message
 from gateway.protocol.errors import GatewayError
 from gateway.protocol.redact import scrub
 from gateway.protocol.tokens import estimate_tokens

@@ -25,10 +25,10 @@ from backends.replicas import Replica, ReplicaPool, all_failed
 from backends.sse_reader import LineTooLong, sse_reads
 from backends.text_tool_calls import ToolCallTranslator
 from backends.translate import ChunkTranslator, Dialect, UpstreamStreamError, to_openai
-from backends.upstream_text import context_overflow, error_message, shorten
+from backends.upstream_errors import context_overflow, error_message, shorten, status_error
 from gateway.protocol.anthropic import MessagesRequest
 from gateway.protocol.backend_config import BackendConfig
-from gateway.protocol.errors import GatewayError, from_upstream
+from gateway.protocol.errors import GatewayError
 from gateway.protocol.events import Event, Started, TextDelta, ThinkingDelta, ToolCallDelta, ToolCallStart
 from gateway.protocol.redact import scrub
 from gateway.protocol.tokens import estimate_tokens
@@ -245,7 +245,7 @@ class OpenAIBackend(Backend):
         except LineTooLong as exc:
             raise GatewayError(500, f"backend '{self.name}' sent {exc}; the answer was cut off there") from None
         except UpstreamStreamError as exc:
-            raise self._context_error(from_upstream(exc.status or 500,
+            raise self._context_error(status_error(exc.status or 500,
                                                     f"backend '{self.name}': {shorten(str(exc))}")) from None
         except httpx2.TimeoutException:
             raise GatewayError(500, f"backend '{self.name}' stopped sending for "
@@ -303,7 +303,7 @@ class OpenAIBackend(Backend):
             message = error_message(bytes(raw[:MAX_ERROR_BYTES]))
         if status == 500 and _TEMPLATE_ERROR_RE.search(message):
             raise _Refused(template_error(self.name, message))
-        err = from_upstream(status, f"backend '{self.name}' answered {status}: {message}",
+        err = status_error(status, f"backend '{self.name}' answered {status}: {message}",
                             response.headers.get("retry-after"))
         raise _Refused(self._context_error(err))
 

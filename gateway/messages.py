@@ -18,7 +18,7 @@ from gateway.protocol.backend import Backend, BackendRequest
 from gateway.protocol.anthropic import MessagesRequest, parse_messages_request
 from gateway.context_budget import fit_context
 from gateway.context_edits import apply_context_edits
-from gateway.protocol.errors import GatewayError
+from gateway.protocol.errors import GatewayError, client_disconnected
 from gateway.protocol.events import Event, Started
 from gateway.json_body import decode_body
 from gateway.max_tokens import Fit, fit_request
@@ -418,7 +418,7 @@ async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIte
                 with contextlib.suppress(Exception):
                     await _write_error(pinger, wire, _shutting_down(), record)
                 return resp
-            record.error = {"type": "client_disconnected", "message": "the client closed the stream"}
+            record.error = client_disconnected("the client closed the stream")
             raise
         except Exception as exc:  # a backend bug must still end the stream with an error event
             log.exception("backend_failed_mid_stream", backend=record.backend)
@@ -439,7 +439,7 @@ async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIte
 
 async def _write_error(pinger: _Pinger, wire: Wire, err: GatewayError, record: RequestRecord) -> None:
     pinger.stop()
-    record.error = {"type": err.type, "message": err.message}
+    record.error = err.info
     await pinger.resp.write(wire.error(err))
     await pinger.resp.write_eof()
 
