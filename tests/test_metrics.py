@@ -79,12 +79,18 @@ async def test_metrics_count_what_happened(start_upstream, start_gateway):
 async def test_in_flight_stream_gauge(start_upstream, start_gateway):
     up = await start_upstream()
     gw = await start_gateway(_cfg(up))
-    up.push(Script(deltas=[{"content": "slow "}] * 4, delay_s=0.15))
-    task = asyncio.create_task(gw.stream(_msg()))
-    await asyncio.wait_for(up.started.wait(), 5)
-    await asyncio.sleep(0.1)  # the gateway has sent its 200 and is relaying chunks
+    hold = asyncio.Event()
+    up.push(Script(deltas=[{"content": "slow "}] * 4, hold=hold))
+    resp = await gw.post("/v1/messages", {**_msg(), "stream": True})
+    assert resp.status == 200
+    # A relayed text delta: the gateway is mid-stream, and stays there until the upstream is released.
+    async for line in resp.content:
+        if line.startswith(b"event: content_block_delta"):
+            break
     during = await scrape(gw)
-    await task
+    hold.set()
+    rest = await resp.text()
+    assert "event: message_stop" in rest
     after = await scrape(gw)
     assert _get(during, "gateway_streams_in_flight", backend="up") == 1
     assert _get(during, "gateway_requests_in_flight", backend="up") == 1

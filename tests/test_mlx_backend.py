@@ -122,13 +122,26 @@ async def test_shared_system_and_tools_prefix_serves_a_new_session(mlx_gw):
     assert msg["usage"]["cache_read_input_tokens"] > 50  # the system prompt and the tool definitions
 
 
+class ManualClock:
+    """A clock that moves only when told: the TTL is crossed by the test, not by a sleep."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def test_prompt_cache_respects_ttl_and_byte_budget(mlx_gw):
     body = SCRIPTS["hello"].request()
-    gw = await mlx_gw(cache_ttl_s=0.3)
+    gw = await mlx_gw(cache_ttl_s=30)
+    clock = ManualClock()
+    gw.gateway.backends["m"].engine.cache.clock = clock
     status, _ = await gw.messages(body)
+    clock.now += 29
     status, again = await gw.messages(body)
     assert again["usage"]["cache_read_input_tokens"] > 0  # within the TTL: reused
-    await asyncio.sleep(0.5)
+    clock.now += 31
     status, late = await gw.messages(body)
     assert status == 200 and late["usage"]["cache_read_input_tokens"] == 0  # expired
 

@@ -29,6 +29,7 @@ class Script:
     stop_reason: str | None = None  # vLLM's choice.stop_reason
     raw_lines: list[str] | None = None  # send these SSE lines verbatim instead
     die_mid: bool = False  # drop the connection after the deltas
+    hold: asyncio.Event | None = None  # after the deltas, wait for this before finishing (a stream in flight)
     # Hostile upstreams: the streamed body as raw byte pieces (a 50 MB line, an endless answer),
     # produced lazily so the test never holds it whole; an error body sent verbatim; an error
     # message that quotes the Authorization header the request carried.
@@ -292,6 +293,8 @@ class Upstream:
                 await resp.write(_frame({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}))
                 if script.delay_s:
                     await asyncio.sleep(script.delay_s)
+            if script.hold is not None:
+                await script.hold.wait()
             if script.die_mid:
                 request.transport.close()
                 return resp

@@ -14,7 +14,8 @@ Only the engine thread touches this object (no locking): entries hold mlx arrays
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ class CacheEntry:
     nbytes: int
     session: str | None  # the conversation's owner (None: a request without a session)
     shared: bool = False  # a system + tools prefix, readable by every session
-    last_used: float = field(default_factory=time.monotonic)
+    last_used: float = 0.0  # the cache's clock reading when the entry was stored or last read
 
 
 @dataclass(slots=True)
@@ -69,12 +70,15 @@ class PromptCache:
     """Per-session and shared-prefix KV entries with a byte budget, LRU order and a TTL.
 
     `across_sessions` (opt-in, for a gateway with one user) lets any request reuse any entry.
+    `clock` measures the TTL; a test swaps in one it advances by hand instead of sleeping past it.
     """
 
-    def __init__(self, max_bytes: int, ttl_s: float, across_sessions: bool = False):
+    def __init__(self, max_bytes: int, ttl_s: float, across_sessions: bool = False,
+                 clock: Callable[[], float] = time.monotonic):
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self.across_sessions = across_sessions
+        self.clock = clock
         self.entries: list[CacheEntry] = []
 
     @property
@@ -105,7 +109,7 @@ class PromptCache:
         layers = _view(best.layers, limit)
         if layers is None:
             return CacheHit(None, 0)
-        best.last_used = time.monotonic()
+        best.last_used = self.clock()
         return CacheHit(layers, limit)
 
     def _readable(self, e: CacheEntry, arr: np.ndarray, session: str | None, shared_len: int) -> int:
@@ -143,7 +147,7 @@ class PromptCache:
             keep.append(e)
         keep.reverse()
         self.entries = keep
-        self.entries.append(CacheEntry(model, arr, layers, nbytes, session, shared))
+        self.entries.append(CacheEntry(model, arr, layers, nbytes, session, shared, self.clock()))
         self._evict()
 
     def drop_model(self, model: str) -> None:
@@ -152,7 +156,7 @@ class PromptCache:
 
     def _expire(self) -> None:
         if self.ttl_s > 0:
-            now = time.monotonic()
+            now = self.clock()
             self.entries = [e for e in self.entries if now - e.last_used <= self.ttl_s]
 
     def _evict(self) -> None:
