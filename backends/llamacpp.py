@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 
-import aiohttp
+import httpx2
 import orjson
 
 from gateway.protocol.backend import (
@@ -20,7 +20,6 @@ from backends.openai import (
     MAX_JSON_BYTES,
     OpenAIBackend,
     _int,
-    _read_at_most,
     template_error,
 )
 from backends.replicas import Replica
@@ -31,7 +30,7 @@ from backends.translate import (
     to_openai_messages,
     to_openai_tools,
 )
-from backends.upstream_text import error_message
+from backends.upstream_errors import error_message
 from gateway.protocol.errors import GatewayError
 from gateway.protocol.redact import scrub
 from gateway.protocol.tokens import estimate_tokens
@@ -120,13 +119,9 @@ class LlamaCppBackend(OpenAIBackend):
     async def _render(self, body: dict) -> tuple[int, dict | str]:
         """POST /apply-template: (status, JSON answer) or (status, the server's error message)."""
         try:
-            url = self.root + "/apply-template"
-            async with self.http.post(url, data=orjson.dumps(body),
-                                      headers={**self.headers_for(url), "Content-Type": "application/json"},
-                                      timeout=aiohttp.ClientTimeout(total=self.config.timeout_s)) as resp:
-                status = resp.status
-                raw = await _read_at_most(resp.content, (MAX_JSON_BYTES if status == 200 else MAX_ERROR_BYTES) + 1)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            status, raw = await self.fetch_raw(self.root + "/apply-template", body, self.config.timeout_s,
+                                               MAX_JSON_BYTES)
+        except (httpx2.HTTPError, asyncio.TimeoutError, OSError) as exc:
             raise self.count_failed(BackendUnavailable(f"{type(exc).__name__} {exc}".strip())) from None
         if status != 200:
             return status, scrub(error_message(raw[:MAX_ERROR_BYTES]), self.secrets)

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import AsyncIterator, TypeVar
 
-import aiohttp
 import httpx2
 import openai
 import orjson
@@ -26,10 +25,10 @@ from backends.replicas import Replica, ReplicaPool, all_failed
 from backends.sse_reader import LineTooLong, sse_reads
 from backends.text_tool_calls import ToolCallTranslator
 from backends.translate import ChunkTranslator, Dialect, UpstreamStreamError, to_openai
-from backends.upstream_text import context_overflow, error_message, shorten
+from backends.upstream_errors import context_overflow, error_message, shorten, status_error
 from gateway.protocol.anthropic import MessagesRequest
 from gateway.protocol.backend_config import BackendConfig
-from gateway.protocol.errors import GatewayError, from_upstream
+from gateway.protocol.errors import GatewayError
 from gateway.protocol.events import Event, Started, TextDelta, ThinkingDelta, ToolCallDelta, ToolCallStart
 from gateway.protocol.redact import scrub
 from gateway.protocol.tokens import estimate_tokens
@@ -81,7 +80,6 @@ class OpenAIBackend(Backend):
         self.pool: ReplicaPool[openai.AsyncOpenAI] = ReplicaPool(
             self.name, [self._replica(url, auth) for url, auth in zip(urls, auths)], probe=self._probe,
             redact=lambda text: scrub(text, self.secrets))
-        self._http: aiohttp.ClientSession | None = None
         self._discovered: list[ModelInfo] = []
         self._discovered_at = 0.0
         self._discovery_lock = asyncio.Lock()
@@ -92,15 +90,15 @@ class OpenAIBackend(Backend):
         headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
         if auth is not None:  # user:password@ taken out of base_url by the config
             headers = {"Authorization": "Basic " + basic_credentials(*auth)}
+        # Error statuses are read here, capped, instead of by the SDK (which reads the whole body);
+        # redirects are not followed, as following one reads its whole body too.
+        http = openai.DefaultAioHttpClient(event_hooks={"response": [self._refuse_status]}, follow_redirects=False)
         client = openai.AsyncOpenAI(
             api_key=self.key or "not-needed", base_url=api_base, max_retries=0, default_headers=headers,
             timeout=openai.Timeout(self.config.timeout_s, connect=min(10.0, self.config.timeout_s)),
-            # Error statuses are read here, capped, instead of by the SDK (which reads the whole
-            # body); redirects are not followed, as following one reads its whole body too.
-            http_client=openai.DefaultAioHttpClient(event_hooks={"response": [self._refuse_status]},
-                                                    follow_redirects=False),
+            http_client=http,
         )
-        return Replica(url=root, root=root, api_base=api_base, client=client, headers=headers)
+        return Replica(url=root, root=root, api_base=api_base, client=client, headers=headers, http=http)
 
     @property
     def root(self) -> str:
@@ -130,13 +128,6 @@ class OpenAIBackend(Backend):
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    @property
-    def http(self) -> aiohttp.ClientSession:
-        """Session for the server's own endpoints beyond chat completions."""
-        if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession()
-        return self._http
-
     async def start(self) -> None:
         await self._discover(force=True)
 
@@ -144,8 +135,6 @@ class OpenAIBackend(Backend):
         await self.pool.close()
         for replica in self.pool.replicas:
             await replica.client.close()
-        if self._http is not None:
-            await self._http.close()
 
     def replicas(self) -> list[dict] | None:
         return [r.state() for r in self.pool.replicas] if len(self.pool) > 1 else None
@@ -172,7 +161,7 @@ class OpenAIBackend(Backend):
         """Hook for `auto`: servers that expose their chat template find out what it accepts."""
         return "keep"
 
-    async def stream(self, breq: BackendRequest) -> AsyncIterator[Event | list[Event]]:
+    async def stream(self, breq: BackendRequest) -> AsyncIterator[list[Event]]:
         try:
             extra = dict(self.config.extra_body)
             extra.update(self.extra_fields(breq))
@@ -191,7 +180,7 @@ class OpenAIBackend(Backend):
             raise GatewayError(err.status, scrub(err.message, self.secrets), err.type, err.headers) from None
 
     async def _stream_from(self, replica: Replica, breq: BackendRequest,
-                           body: dict) -> AsyncIterator[Event | list[Event]]:
+                           body: dict) -> AsyncIterator[list[Event]]:
         """One replica's answer: Started once it accepted, then its events."""
         fields = self.replica_fields(breq, replica)
         try:
@@ -211,7 +200,7 @@ class OpenAIBackend(Backend):
         except openai.APIConnectionError as exc:
             raise GatewayError(500, f"backend '{self.name}' at {replica.api_base} is not reachable: "
                                     f"{_cause(exc)}") from None
-        yield Started()
+        yield [Started()]
         translator = ToolCallTranslator(ChunkTranslator(breq.request), breq.request, self.config.tool_parser, self.name)
         finished = ended = False
         answer_chars = 0
@@ -250,12 +239,13 @@ class OpenAIBackend(Backend):
                     break
             if not finished:
                 raise GatewayError(500, f"backend '{self.name}' closed its stream before finishing")
-            for ev in translator.finish():
-                yield ev
+            tail = translator.finish()
+            if tail:
+                yield tail
         except LineTooLong as exc:
             raise GatewayError(500, f"backend '{self.name}' sent {exc}; the answer was cut off there") from None
         except UpstreamStreamError as exc:
-            raise self._context_error(from_upstream(exc.status or 500,
+            raise self._context_error(status_error(exc.status or 500,
                                                     f"backend '{self.name}': {shorten(str(exc))}")) from None
         except httpx2.TimeoutException:
             raise GatewayError(500, f"backend '{self.name}' stopped sending for "
@@ -294,8 +284,8 @@ class OpenAIBackend(Backend):
         """httpx response hook: an error (or redirect) status becomes the client's error, read from at
         most MAX_ERROR_BYTES of the body."""
         status = response.status_code
-        if status < 300:
-            return
+        if status < 300 or not response.request.url.path.endswith("/chat/completions"):
+            return  # the server's other endpoints (fetch_raw) read their own statuses
         raw = bytearray()
         try:
             async for data in response.aiter_bytes():
@@ -313,7 +303,7 @@ class OpenAIBackend(Backend):
             message = error_message(bytes(raw[:MAX_ERROR_BYTES]))
         if status == 500 and _TEMPLATE_ERROR_RE.search(message):
             raise _Refused(template_error(self.name, message))
-        err = from_upstream(status, f"backend '{self.name}' answered {status}: {message}",
+        err = status_error(status, f"backend '{self.name}' answered {status}: {message}",
                             response.headers.get("retry-after"))
         raise _Refused(self._context_error(err))
 
@@ -446,42 +436,47 @@ class OpenAIBackend(Backend):
         except BackendUnavailable as exc:
             raise BackendUnavailable(scrub(str(exc), self.secrets), exc.status) from None
 
-    def headers_for(self, url: str) -> dict:
-        """The credentials of the replica `url` names (each may carry its own user:password@)."""
-        return next((dict(r.headers) for r in self.pool.replicas if url.startswith(r.root + "/")), {})
+    def replica_for(self, url: str) -> Replica:
+        """The replica `url` points into (each may carry its own user:password@), else the primary."""
+        return next((r for r in self.pool.replicas if url.startswith(r.root + "/")), self.pool.primary())
+
+    async def fetch_raw(self, url: str, body: dict | None, timeout: float, ok_limit: int) -> tuple[int, bytes]:
+        """(status, at most ok_limit + 1 bytes of the body; MAX_ERROR_BYTES + 1 for an error status)
+        of a GET (POST when `body`) to the server, through its replica's own client."""
+        replica = self.replica_for(url)
+        http: httpx2.AsyncClient = replica.http
+        headers = dict(replica.headers)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        request = http.build_request("GET" if body is None else "POST", url, headers=headers,
+                                     content=None if body is None else orjson.dumps(body),
+                                     timeout=httpx2.Timeout(timeout))
+        resp = await http.send(request, stream=True, follow_redirects=False)
+        try:
+            limit = (MAX_ERROR_BYTES if resp.status_code >= 300 else ok_limit) + 1
+            raw = bytearray()
+            async for data in resp.aiter_bytes():
+                raw += data
+                if len(raw) >= limit:
+                    break
+        finally:
+            await resp.aclose()
+        return resp.status_code, bytes(raw[:limit])
 
     async def _get_json(self, url: str, body: dict | None, timeout: float) -> dict:
-        headers = self.headers_for(url)
         try:
-            if body is None:
-                req = self.http.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout),
-                                    allow_redirects=False)
-            else:
-                req = self.http.post(url, data=orjson.dumps(body),
-                                     headers={**headers, "Content-Type": "application/json"},
-                                     timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False)
-            async with req as resp:
-                limit = MAX_ERROR_BYTES if resp.status >= 300 else MAX_JSON_BYTES
-                raw = await _read_at_most(resp.content, limit + 1)
-                if resp.status >= 300:
-                    raise BackendUnavailable(f"{url} answered {resp.status}: {error_message(raw[:limit])}",
-                                             resp.status)
-                if len(raw) > limit:
-                    raise BackendUnavailable(f"{url} answered with more than {limit} bytes")
-                data = orjson.loads(raw)
-        except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError, OSError) as exc:
+            status, raw = await self.fetch_raw(url, body, timeout, MAX_JSON_BYTES)
+            limit = MAX_ERROR_BYTES if status >= 300 else MAX_JSON_BYTES
+            if status >= 300:
+                raise BackendUnavailable(f"{url} answered {status}: {error_message(raw[:limit])}", status)
+            if len(raw) > limit:
+                raise BackendUnavailable(f"{url} answered with more than {limit} bytes")
+            data = orjson.loads(raw)
+        except (httpx2.HTTPError, asyncio.TimeoutError, orjson.JSONDecodeError, OSError) as exc:
             raise BackendUnavailable(f"{url}: {type(exc).__name__} {shorten(str(exc))}".strip()) from None
         if not isinstance(data, dict):
             raise BackendUnavailable(f"{url} did not return a JSON object")
         return data
-
-
-async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
-    """The body up to `limit` bytes (StreamReader.read(n) returns one chunk, not n bytes)."""
-    raw = bytearray()
-    while len(raw) < limit and (data := await content.read(limit - len(raw))):
-        raw += data
-    return bytes(raw)
 
 
 class _Refused(openai.OpenAIError):

@@ -39,6 +39,9 @@ class Replica(Generic[C]):
     root: str  # server root (no /v1)
     api_base: str  # root + /v1
     client: C  # the transport to it (an openai.AsyncOpenAI for the OpenAI-style backends)
+    # The HTTP client under `client` (its connection pool), for the server's endpoints beyond the
+    # SDK's: one stack and one pool per replica.
+    http: object = None
     headers: dict = field(default_factory=dict)
     in_flight: int = 0
     requests: int = 0
@@ -191,7 +194,7 @@ class ReplicaPool(Generic[C]):
                 # must be released then, not when the garbage collector finds it.
                 async with contextlib.aclosing(attempt(replica)) as items:
                     async for item in items:
-                        if type(item) is Started:
+                        if type(item[0]) is Started:  # alone in the first batch (Backend.stream)
                             if started:
                                 continue  # a retry: the client already has its message_start
                             started = True

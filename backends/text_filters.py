@@ -22,6 +22,9 @@ def _partial_suffix(buf: str, tag: str) -> int:
 class ThinkTagParser:
     """Splits text containing <think>…</think> into ThinkingDelta and TextDelta events."""
 
+    # Not mlx_lm.generate.TextStateMachine: remote backends split with this too (no mlx there), and
+    # it drops the template's whitespace after a tag, which that machine passes on.
+
     def __init__(self, start_in_thinking: bool = False):
         self.thinking = start_in_thinking
         # Held back: whitespace inside thinking (in pieces, joined once: a stream of nothing but
@@ -83,6 +86,9 @@ class ThinkTagParser:
 
 class StopSequenceMatcher:
     """Cuts generated text at the first requested stop sequence, even one split across chunks."""
+
+    # Not mlx-lm's: its StopSequences match token ids (a string tokenized another way slips past)
+    # and its TextStateMachine strips stop words and goes on, where the API must stop and say which.
 
     def __init__(self, stop_sequences: list[str]):
         self.stops = [s for s in stop_sequences if s]

@@ -2,7 +2,7 @@
 
 Local models damage arguments in a few recurring ways (trailing commas, single quotes, raw newlines
 in strings, Python literals, unquoted keys, a dropped closing brace, "3" where a number belongs).
-`repair_arguments` undoes those, coerces scalars to the tool's `input_schema`, and validates with
+`ArgumentChecker.repair` undoes those, coerces scalars to the tool's `input_schema`, and validates with
 `jsonschema`; anything still invalid comes back as None so that no broken tool_use reaches the client.
 """
 from __future__ import annotations
@@ -264,8 +264,3 @@ class ArgumentChecker:
                 continue  # "limit": null for an optional, non-nullable field means "not given"
             out[key] = self._coerce(item, sub, depth + 1)
         return out
-
-
-def repair_arguments(raw: str, schema: dict) -> dict | None:
-    """Parse (repairing common damage), coerce to `schema` and validate; None when still invalid."""
-    return ArgumentChecker(schema).repair(raw)

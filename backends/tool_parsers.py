@@ -589,6 +589,8 @@ class MistralParser(_MarkerParser):
 
 ParserFactory = Callable[[Mapping[str, Any]], ToolCallParser]
 
+# Not mlx_lm.tool_parsers: those parse a finished call and raise on bad JSON (no streaming, repair or
+# text fallback), and importing one imports mlx, which remote backends using tool_parser must not need.
 PARSERS: dict[str, type[ToolCallParser]] = {
     "hermes": HermesParser, "qwen3_coder": Qwen3CoderParser, "llama3_json": Llama3JsonParser,
     "mistral": MistralParser, "none": PassthroughParser,
@@ -612,6 +614,7 @@ def select_parser(model_type: str | None, chat_template: str | None, override: s
         if key not in PARSERS:
             raise ValueError(f"unknown tool parser {override!r}; expected one of: {', '.join(PARSERS)}")
         return PARSERS[key]
+    # mlx-lm's tokenizer guesses too (a private helper over its own parser set): not usable without mlx.
     t = chat_template or ""
     if "<tool_call>" in t and "<function=" in t:
         return Qwen3CoderParser

@@ -12,8 +12,9 @@ import orjson
 from gateway.protocol.backend import BackendRequest
 from backends.text_filters import StopSequenceMatcher, ThinkTagParser
 from gateway.protocol.anthropic import (
-    ImageBlock, Message, MessagesRequest, TextBlock, ThinkingBlock, ToolReferenceBlock, ToolResultBlock, ToolUseBlock,
+    ImageBlock, Message, MessagesRequest, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock,
 )
+from gateway.protocol.backend_config import images_hint
 from gateway.protocol.errors import invalid
 from gateway.protocol.events import (
     Event, Stop, TextDelta, ThinkingDelta, ToolCallDelta, ToolCallEnd, ToolCallStart, UsageReport,
@@ -33,15 +34,12 @@ class Dialect:
 
     top_k: bool = False  # vLLM and llama.cpp take top_k; OpenAI proper rejects it
     vision: bool = False
+    # What to tell a client whose images this backend refuses: the remedy differs by backend type.
+    no_images: str = images_hint("openai")
     thinking_switch: bool = False  # chat_template_kwargs.enable_thinking (Qwen3-style templates)
     # Thinking of the current tool loop goes back as the assistant's `reasoning_content`, which
     # servers that render the chat template themselves (vLLM, llama.cpp) hand to the template.
     reasoning_history: bool = False
-    # A deferred tool loaded by a tool_reference: its definition is written where the reference
-    # is (the <functions> block ToolSearch promises) instead of appended to the tool list. Only
-    # where the gateway renders the prompt and parses tool calls itself (embedded MLX): then
-    # everything before the reference stays a cached prefix.
-    inline_loaded_tools: bool = False
     # The server says which stop string ended generation (vLLM's `stop_reason`, llama.cpp's
     # `__verbose.stopping_word`), so `stop` is forwarded. Other servers stop before the string and
     # do not say which one matched: they are not sent `stop`, and the gateway matches the strings.
@@ -60,28 +58,19 @@ def _image_part(block: ImageBlock) -> dict:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def _user_content(blocks: list, vision: bool, model: str) -> str | list[dict]:
+def _user_content(blocks: list, dialect: Dialect, model: str) -> str | list[dict]:
     """A user message body: one string when it is all text, content parts when images come along."""
     if all(type(b) is TextBlock for b in blocks):
         return "\n".join(b.text for b in blocks)
-    if not vision:
-        raise invalid(f"model '{model}' does not accept images on this backend; "
-                      "set vision = true in its [backends.*] table if the model has vision")
+    if not dialect.vision:
+        raise invalid(f"model '{model}' does not accept images on this backend; {dialect.no_images}")
     return [_image_part(b) if type(b) is ImageBlock else {"type": "text", "text": b.text} for b in blocks]
 
 
-def _reference_text(block: ToolReferenceBlock, inline: bool) -> str:
-    """A tool_reference as the model reads it: the loaded definition, or one short line."""
-    if inline and block.loads is not None:
-        tool = block.loads
-        definition = orjson.dumps({"description": tool.description, "name": tool.name,
-                                   "parameters": tool.input_schema}).decode()
-        return f"<functions>\n<function>{definition}</function>\n</functions>"
-    return loaded_text(block.tool_name, block.available)
-
-
-def _tool_message(block: ToolResultBlock, inline_tools: bool = False) -> tuple[dict, list[ImageBlock]]:
-    texts = [b.text if type(b) is TextBlock else _reference_text(b, inline_tools)
+def _tool_message(block: ToolResultBlock) -> tuple[dict, list[ImageBlock]]:
+    # A tool_reference is one short line here: the loaded tool is in the tool list (the embedded
+    # MLX backend writes its definition in place instead, backends.mlx.messages).
+    texts = [b.text if type(b) is TextBlock else loaded_text(b.tool_name, b.available)
              for b in block.content if type(b) is not ImageBlock]
     images = [b for b in block.content if type(b) is ImageBlock]
     text = "\n".join(texts)
@@ -161,14 +150,14 @@ def to_openai_messages(req: MessagesRequest, dialect: Dialect, model: str, syste
         images: list[ImageBlock] = []
         for b in msg.content:
             if type(b) is ToolResultBlock:
-                tool_msg, tool_images = _tool_message(b, dialect.inline_loaded_tools)
+                tool_msg, tool_images = _tool_message(b)
                 out.append(tool_msg)
                 images.extend(tool_images)
             elif type(b) is not ThinkingBlock:
                 rest.append(b)
         rest = images + rest  # images a tool returned go to the model right after the results
         if rest or not any(type(b) is ToolResultBlock for b in msg.content):
-            out.append({"role": "user", "content": _user_content(rest, dialect.vision, req.model)})
+            out.append({"role": "user", "content": _user_content(rest, dialect, req.model)})
     return place_system_messages(out, system_messages)
 
 
@@ -190,9 +179,9 @@ def template_kwargs(req: MessagesRequest) -> dict:
     return kwargs
 
 
-def to_openai_tools(req: MessagesRequest, without: set[str] | frozenset = frozenset()) -> list[dict]:
+def to_openai_tools(req: MessagesRequest) -> list[dict]:
     return [{"type": "function", "function": {"name": t.name, "description": t.description,
-                                              "parameters": t.input_schema}} for t in req.tools if t.name not in without]
+                                              "parameters": t.input_schema}} for t in req.tools]
 
 
 def to_openai(breq: BackendRequest, dialect: Dialect, extra_body: dict | None = None,

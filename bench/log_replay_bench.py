@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.claude_code_request import build_request
 from gateway.logfile import RotatingFile
+from gateway.protocol.errors import ErrorInfo
 from gateway.reqlog import LineRenderer, RequestRecord
 from tools.log_replay import main as log_replay
 from tools.logread import iter_lines, log_files
@@ -62,11 +63,11 @@ def write_log(path: Path, megabytes: float, bodies: bool) -> int:
                 "/v1/messages/count_tokens", None, None, None, None)
         elif kind < 0.25:
             rec.status, rec.stop_reason = 529, None
-            rec.error = {"type": "overloaded_error", "message": "backend 'gpu' answered 503: busy"}
+            rec.error = ErrorInfo("overloaded_error", "backend 'gpu' answered 503: busy")
         elif kind < 0.26:
             rec.event, rec.method, rec.path, rec.status = "unknown_route", "GET", "/v1/organizations/x", 404
             rec.body, rec.model, rec.backend, rec.backend_model = None, None, None, None
-            rec.error = {"type": "not_found_error", "message": "no route"}
+            rec.error = ErrorInfo("not_found_error", "no route")
         line = render(rec.to_dict(bodies)) + b"\n"
         out.write(line)
         written += len(line)

@@ -105,7 +105,7 @@ async def measured_cache_read(model_dir: Path, before: dict, after: dict) -> dic
 
     from gateway.config import parse_config
     from gateway.server import create_app
-    from gateway.state import Gateway
+    from gateway.app_state import Gateway
 
     toml = (f'[log]\nrequests = ""\n[routing]\ndefault = "m"\n[backends.m]\ntype = "mlx"\n'
             f'model = "{model_dir}"\n')

@@ -9,6 +9,7 @@ import json
 import signal
 import socket
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
@@ -21,8 +22,10 @@ from gateway.logs import configure_logging
 from gateway.models_api import catalog
 from gateway.models_cmd import model_warnings
 from gateway.server import create_app, runner_options
-from gateway.state import Gateway
+from gateway.app_state import Gateway
+from gateway.supervisor import refusal as workers_refusal, supervise
 from gateway.tls import TLSError, server_context
+from gateway.worker import WorkerRole
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -39,6 +42,29 @@ def _port(text: str) -> int:
     if (problem := port_problem(port)) is not None:
         raise argparse.ArgumentTypeError(problem)
     return port
+
+
+def _workers(text: str) -> int:
+    """argparse type for --workers: a whole number of processes, at least 1."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of processes, 1 or more, got {text!r}")
+    return count
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """The command line of one worker: this `serve`, with the config and overrides it was given."""
+    argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(Path(args.config).resolve())]
+    if args.host:
+        argv += ["--host", args.host]
+    if args.port is not None:
+        argv += ["--port", str(args.port)]
+    if args.allow_public:
+        argv.append("--allow-public")
+    return argv
 
 
 def _loopback_only(host: str) -> bool:
@@ -74,17 +100,18 @@ def _describe(cfg: Config, name: str) -> str:
     return f"{b.type} at {b.base_url}" if b.base_url else f"{b.type} model {b.model}"
 
 
-async def _serve(cfg: Config) -> int:
+async def _serve(cfg: Config, role: WorkerRole | None = None) -> int:
+    """One server process: all of `serve`, or (with `role`) one worker of `serve --workers N`."""
     try:
         tls = server_context(cfg.server)
     except TLSError as exc:
         return _fail(str(exc), 1)
-    gateway = Gateway(cfg)
+    gateway = Gateway(cfg, worker=role)
     raise_open_files_limit(cfg.server.max_connections)
     cap = ConnectionCap(cfg.server.max_connections, gateway.connections)
     try:
         # Bound before the backends load: a port in use is reported at once, not after a model download.
-        bound = await bind(cfg.server.host, cfg.server.port, cap, ssl=tls)
+        bound = await bind(cfg.server.host, cfg.server.port, cap, ssl=tls, reuse_port=role is not None)
     except OSError as exc:
         await gateway.close()
         return _fail(f"cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror or exc}. "
@@ -104,27 +131,44 @@ async def _serve(cfg: Config) -> int:
     # reach, or each full collection walks it again (~100 ms pauses under load, see bench/).
     gc.collect()
     gc.freeze()
-    for name, detail in gateway.unavailable.items():
+    first = role is None or role.index == 0  # one worker speaks for all about the backends
+    for name, detail in (gateway.unavailable if first else {}).items():
         print(f"claude-gateway: backend '{name}' ({_describe(cfg, name)}) is not reachable: {detail}. "
               f"Start that server or fix base_url in [backends.{name}] of {cfg.path}. The gateway runs anyway; "
               f"requests routed to '{name}' fail with api_error until it answers.", file=sys.stderr)
     scheme = "https" if tls is not None else "http"
     await ListenerSite(runner, bound, cfg.server.host, cfg.server.port, scheme).start()
     url = f"{scheme}://{cfg.server.host}:{cfg.server.port}"
-    env = await banner_env(cfg, gateway.router)
-    print(f"claude-gateway listening on {url}\n  use it: {shell_line(env)}\n  or run: claude-gateway code",
-          file=sys.stderr, flush=True)
+    env = await banner_env(cfg, gateway.router) if first else {}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    shared = None
+    if role is None:
+        print(f"claude-gateway listening on {url}\n  use it: {shell_line(env)}\n  or run: claude-gateway code",
+              file=sys.stderr, flush=True)
+    else:  # the supervisor prints the banner and the shutdown line for all workers
+        shared = await role.serve_metrics(gateway.metrics.exposition)
+        role.watch_supervisor(loop, lambda: _supervisor_gone(role, stop))
+        role.ready(env)
     await stop.wait()
-    print("claude-gateway: shutting down (in-flight requests get "
-          f"{cfg.server.shutdown_grace_s:g} s to finish)", file=sys.stderr, flush=True)
+    if role is None:
+        print("claude-gateway: shutting down (in-flight requests get "
+              f"{cfg.server.shutdown_grace_s:g} s to finish)", file=sys.stderr, flush=True)
     gateway.stopping = True
     loop.call_later(cfg.server.shutdown_grace_s, gateway.cut_inflight)
     await runner.cleanup()  # stops listening at once, waits for in-flight requests, then flushes the log
+    if role is not None and shared is not None:
+        role.cleanup(shared)
     return 0
+
+
+def _supervisor_gone(role: WorkerRole, stop: asyncio.Event) -> None:
+    if not stop.is_set():
+        print(f"claude-gateway: worker {role.index}: the supervisor is gone; shutting down", file=sys.stderr,
+              flush=True)
+        stop.set()
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -229,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=_port, help="listen port, 1-65535 (overrides server.port)")
     serve.add_argument("--allow-public", action="store_true",
                        help="listen on a non-loopback --host even without server.auth_token")
+    serve.add_argument("--workers", type=_workers, default=1, metavar="N",
+                       help="worker processes sharing the port, each with its own event loop (default 1; "
+                            "N > 1 needs a config without mlx backends)")
+    for hidden in ("--worker-index", "--worker-count"):  # set by the supervisor of --workers N
+        serve.add_argument(hidden, type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-dir", help=argparse.SUPPRESS)
     serve.add_argument("--demo", action="store_true",
                        help="serve a generated tiny MLX demo model (offline; generated once into "
                             "~/.cache/claude-gateway, or $CLAUDE_GATEWAY_DEMO_DIR); ignores --config")
@@ -266,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg.server.allow_public = True
         if (refusal := _public_refusal(cfg)) is not None:
             return _fail(refusal)
+        if args.workers > 1 and (refusal := workers_refusal(cfg, args.workers)) is not None:
+            return _fail(refusal)
     configure_logging(cfg.log.level, secrets=cfg.secrets())
     if args.command == "pull":
         from gateway.models_cmd import pull as pull_models
@@ -273,9 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models" and args.local:
         from gateway.models_cmd import models_local
         return models_local(cfg)
-    runner = {"serve": _serve, "check": _check, "models": _models}[args.command]
+    if args.command == "serve" and args.workers > 1:
+        coro = supervise(cfg, args.workers, _worker_argv(args))
+    elif args.command == "serve" and args.worker_dir:
+        coro = _serve(cfg, WorkerRole(args.worker_index, args.worker_count, Path(args.worker_dir)))
+    else:
+        coro = {"serve": _serve, "check": _check, "models": _models}[args.command](cfg)
     try:
-        return _run_loop(runner(cfg), fast=args.command == "serve")
+        return _run_loop(coro, fast=args.command == "serve")
     except KeyboardInterrupt:
         return 130
 

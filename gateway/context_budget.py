@@ -25,7 +25,7 @@ would re-prefill the latest results on every turn. Conversations only grow betwe
 so a session that needed an edit keeps needing it: the edited prefix is the one that stays cached.
 
 A request that still does not fit goes, unedited, to the backend named by `fallback_on_overflow`
-when that one has a larger window (which applies its own budget), else on to gateway.limits,
+when that one has a larger window (which applies its own budget), else on to gateway.max_tokens,
 which answers the 400 "prompt is too long" that makes Claude Code compact.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ import structlog
 from gateway.protocol.backend import Backend, BackendRequest
 from gateway.protocol.anthropic import ClearToolUsesEdit, MessagesRequest, ToolUseBlock
 from gateway.context_edits import clear_thinking, clear_tool_uses
-from gateway.limits import ESTIMATE_MARGIN
+from gateway.max_tokens import ESTIMATE_MARGIN
 from gateway.protocol.tokens import estimate_tokens
 
 log = structlog.get_logger("gateway.context_budget")
@@ -70,7 +70,7 @@ async def fit_context(backend: Backend, breq: BackendRequest, backends: dict[str
     target = _fallback(backend, backends)
     if target is not None and (moved := await _move(backend, target, breq)) is not None:
         return moved
-    return Budget(backend, breq, [])  # gateway.limits answers "prompt is too long"
+    return Budget(backend, breq, [])  # gateway.max_tokens answers "prompt is too long"
 
 
 async def _fit(backend: Backend, breq: BackendRequest) -> Budget | None:
@@ -191,8 +191,8 @@ def _max_tokens(backend: Backend, breq: BackendRequest) -> int:
 
 
 async def _count(backend: Backend, breq: BackendRequest) -> int:
-    """Prompt tokens as gateway.limits judges them (an estimate gets its 25% margin)."""
-    count = await backend.count_tokens(breq)
+    """Prompt tokens as gateway.max_tokens judges them (an estimate gets its 25% margin)."""
+    count = await backend.counted(breq)
     return count.tokens if count.exact else int(count.tokens * 1.25)
 
 

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from gateway.protocol.backend import BackendUnavailable
 from gateway.protocol.errors import GatewayError
-from gateway.state import GATEWAY
+from gateway.app_state import GATEWAY
 
 _STATIC = Path(__file__).with_name("static")
 _PAGES = {"/inspect": ("inspect.html", "text/html"), "/inspect/inspect.js": ("inspect.js", "text/javascript"),

@@ -118,11 +118,13 @@ class _Refused(asyncio.Protocol):
 
 
 async def bind(host: str, port: int, cap: ConnectionCap, backlog: int = 128,
-               ssl: SSLContext | None = None) -> asyncio.AbstractServer:
+               ssl: SSLContext | None = None, reuse_port: bool = False) -> asyncio.AbstractServer:
     """Bind host:port now without accepting yet (OSError when taken); `ListenerSite` starts accepting.
-    With `ssl`, every connection is HTTPS (the handshake happens before aiohttp sees a byte)."""
+    With `ssl`, every connection is HTTPS (the handshake happens before aiohttp sees a byte).
+    With `reuse_port`, the workers of `serve --workers N` each bind the same port (SO_REUSEPORT)."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(cap, host or None, port, backlog=backlog, start_serving=False, ssl=ssl)
+    return await loop.create_server(cap, host or None, port, backlog=backlog, start_serving=False, ssl=ssl,
+                                    reuse_port=reuse_port or None)
 
 
 class ListenerSite(web.BaseSite):

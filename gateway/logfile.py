@@ -8,9 +8,15 @@ line is already whole in the file (the page cache survives a process crash).
 Rotation (when `max_bytes` > 0): before a line would push the file past `max_bytes`, the file
 becomes PATH.1 (PATH.1.gz when compressing), older ones shift to PATH.2 … PATH.keep, and the
 oldest is dropped. log_replay reads the same names back, oldest first.
+
+Shared (the workers of `serve --workers N` append to one file): each append holds a shared
+flock on PATH.lock and first follows PATH to the file now there, a rotation holds it exclusively,
+and the compression of PATH.1 holds it shared until done. So no process appends to a file another
+one has rotated away, and no rotation shifts a PATH.1 that is still being compressed.
 """
 from __future__ import annotations
 
+import fcntl
 import gzip
 import os
 import queue
@@ -27,7 +33,8 @@ _BATCH_BYTES = 4 << 20  # one write takes at most this much (and whatever line c
 class RotatingFile:
     """The file itself: size tracking, appends, rotation. Used from one thread only."""
 
-    def __init__(self, path: str | Path, max_bytes: int = 0, keep: int = 5, compress: bool = False):
+    def __init__(self, path: str | Path, max_bytes: int = 0, keep: int = 5, compress: bool = False,
+                 shared: bool = False):
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.keep = keep
@@ -36,19 +43,61 @@ class RotatingFile:
         self._fd = self._open()
         self.size = os.fstat(self._fd).st_size
         self._compressor: threading.Thread | None = None
+        self._lock_fd = self._open_lock() if shared else -1
 
     def _open(self) -> int:
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
+    def _open_lock(self) -> int:
+        return os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+
     def write(self, line: bytes) -> None:
         """Append whole lines (one or several), rotating first when they would overflow the size limit."""
+        if self._lock_fd >= 0:
+            self._write_shared(line)
+            return
         if self.max_bytes and self.size and self.size + len(line) > self.max_bytes:
             self.rotate()
+        self._append(line)
+        self.size += len(line)
+
+    def _append(self, line: bytes) -> None:
         view = memoryview(line)
         while view:  # a regular file writes everything at once; loop only for the odd short write
             n = os.write(self._fd, view)
             view = view[n:]
-        self.size += len(line)
+
+    def _over(self, incoming: int) -> bool:
+        size = os.fstat(self._fd).st_size  # every process's lines, not only this one's
+        return bool(self.max_bytes and size and size + incoming > self.max_bytes)
+
+    def _write_shared(self, line: bytes) -> None:
+        while True:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+            try:
+                self._follow()
+                if not self._over(len(line)):
+                    self._append(line)
+                    return
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            # Exclusive: waits for every append in flight and any compression of PATH.1, in any process.
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self._follow()
+            if self._over(len(line)):  # unless another process rotated meanwhile
+                self.rotate()  # leaves the lock held shared when a compression starts, else exclusive
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _follow(self) -> None:
+        """Reopen PATH when another process rotated it away (this descriptor then points at PATH.1)."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            now = None
+        mine = os.fstat(self._fd)
+        if now is None or (now.st_ino, now.st_dev) != (mine.st_ino, mine.st_dev):
+            os.close(self._fd)
+            self._fd = self._open()
 
     def rotate(self) -> None:
         """PATH → PATH.1[.gz], PATH.i → PATH.i+1, dropping anything beyond `keep`."""
@@ -69,7 +118,11 @@ class RotatingFile:
         if self.keep >= 1 and self.compress:
             # Compressing 64 MB takes about a second; meanwhile the writer keeps appending to
             # the new file instead of letting queued lines pile up in memory.
-            self._compressor = threading.Thread(target=_gzip_file, args=(f"{base}.1",),
+            lock = -1
+            if self._lock_fd >= 0:  # the compression keeps the lock shared; appends go on with a new one
+                lock, self._lock_fd = self._lock_fd, self._open_lock()
+                fcntl.flock(lock, fcntl.LOCK_SH)
+            self._compressor = threading.Thread(target=_gzip_file, args=(f"{base}.1", lock),
                                                 name="request-log-gzip", daemon=True)
             self._compressor.start()
         self._fd = self._open()
@@ -94,6 +147,9 @@ class RotatingFile:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
 
 def _remove(path: str) -> None:
@@ -103,8 +159,17 @@ def _remove(path: str) -> None:
         pass
 
 
-def _gzip_file(path: str) -> None:
-    """path → path.gz, atomically (a reader never sees a half-written .gz under the final name)."""
+def _gzip_file(path: str, lock: int = -1) -> None:
+    """path → path.gz, atomically (a reader never sees a half-written .gz under the final name);
+    closes `lock` (a shared log's lock descriptor) when done, which releases it."""
+    try:
+        _gzip(path)
+    finally:
+        if lock >= 0:
+            os.close(lock)
+
+
+def _gzip(path: str) -> None:
     tmp = path + ".gz.tmp"
     # Level 1: JSON logs still shrink several-fold at a third of level 6's CPU, which the gateway
     # process shares with serving (bench/run.py: 1.1 → 0.4 ms per Claude Code request).

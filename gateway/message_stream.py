@@ -16,7 +16,7 @@ import string
 
 from gateway.aggregate import Aggregator
 from gateway.protocol.anthropic import StopReason, Usage
-from gateway.protocol.errors import GatewayError
+from gateway.protocol.errors import GatewayError, error_body
 from gateway.protocol.events import (
     EngineStats, Event, Started, Stop, TextDelta, ThinkingDelta, ThinkingSignature, ToolCallDelta, ToolCallEnd,
     ToolCallStart, UsageReport,
@@ -229,7 +229,7 @@ class MessageStream:
     @staticmethod
     def error_event(err: GatewayError) -> dict:
         """The `error` event that ends a stream that failed after its first byte."""
-        return {"type": "error", "error": {"type": err.type, "message": err.message}}
+        return error_body(err.info)
 
     # -- results ------------------------------------------------------------------------------
 

@@ -18,16 +18,16 @@ from gateway.protocol.backend import Backend, BackendRequest
 from gateway.protocol.anthropic import MessagesRequest, parse_messages_request
 from gateway.context_budget import fit_context
 from gateway.context_edits import apply_context_edits
-from gateway.protocol.errors import GatewayError
+from gateway.protocol.errors import GatewayError, client_disconnected
 from gateway.protocol.events import Event, Started
 from gateway.json_body import decode_body
-from gateway.limits import Fit, fit_request
+from gateway.max_tokens import Fit, fit_request
 from gateway.message_stream import MessageStream
 from gateway.normalize import normalize, session_id
 from gateway.reqlog import RequestRecord
 from gateway.router import default_model
 from gateway.sse import PING, encode_all
-from gateway.state import GATEWAY, RECORD, Gateway
+from gateway.app_state import GATEWAY, RECORD, Gateway
 from gateway.tool_search import apply_tool_search
 
 log = structlog.get_logger("gateway.messages")
@@ -185,7 +185,7 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     return await answer(request, ms, events, AnthropicWire(ms), req.stream)
 
 
-async def answer(request: web.Request, ms: MessageStream, events: AsyncIterator[Event], wire: Wire,
+async def answer(request: web.Request, ms: MessageStream, events: AsyncIterator[list[Event]], wire: Wire,
                  stream: bool) -> web.StreamResponse:
     """Answer from a backend's events, streamed or as JSON, and record what the client was sent."""
     record = request[RECORD]
@@ -299,7 +299,7 @@ async def fit_with_fallback(gw: Gateway, backend: Backend, breq: BackendRequest,
 
 
 async def events_with_fallback(gw: Gateway, backend: Backend, breq: BackendRequest,
-                               record: RequestRecord) -> AsyncIterator[Event | list[Event]]:
+                               record: RequestRecord) -> AsyncIterator[list[Event]]:
     """The backend's events; when it fails before any content (Started carries none), its fallback's,
     down the chain. Started goes out once, so a client never sees the switch."""
     started = False
@@ -308,7 +308,7 @@ async def events_with_fallback(gw: Gateway, backend: Backend, breq: BackendReque
         delivered = False
         try:
             async for item in events:
-                if type(item) is Started:
+                if type(item[0]) is Started:  # alone in the first batch (Backend.stream)
                     if started:
                         continue
                     started = True
@@ -327,7 +327,7 @@ async def events_with_fallback(gw: Gateway, backend: Backend, breq: BackendReque
             await events.aclose()
 
 
-async def _respond_json(ms: MessageStream, events: AsyncIterator[Event], record: RequestRecord,
+async def _respond_json(ms: MessageStream, events: AsyncIterator[list[Event]], record: RequestRecord,
                         wire: Wire) -> web.Response:
     ms.message_start()
     async for ev in events:
@@ -367,7 +367,7 @@ class _Pinger:
         self.task.cancel()
 
 
-async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIterator[Event],
+async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIterator[list[Event]],
                        record: RequestRecord, wire: Wire) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     interval = gw.config.server.ping_interval_s
@@ -418,7 +418,7 @@ async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIte
                 with contextlib.suppress(Exception):
                     await _write_error(pinger, wire, _shutting_down(), record)
                 return resp
-            record.error = {"type": "client_disconnected", "message": "the client closed the stream"}
+            record.error = client_disconnected("the client closed the stream")
             raise
         except Exception as exc:  # a backend bug must still end the stream with an error event
             log.exception("backend_failed_mid_stream", backend=record.backend)
@@ -439,17 +439,17 @@ async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIte
 
 async def _write_error(pinger: _Pinger, wire: Wire, err: GatewayError, record: RequestRecord) -> None:
     pinger.stop()
-    record.error = {"type": err.type, "message": err.message}
+    record.error = err.info
     await pinger.resp.write(wire.error(err))
     await pinger.resp.write_eof()
 
 
-def _feed(ms: MessageStream, item: Event | list[Event]) -> list[dict]:
-    """Anthropic events for one backend item: an event, or the list of events of one upstream read."""
-    if type(item) is not list:
-        return ms.feed(item)
+def _feed(ms: MessageStream, batch: list[Event]) -> list[dict]:
+    """Anthropic events for one batch of backend events (written out together)."""
+    if len(batch) == 1:
+        return ms.feed(batch[0])
     out: list[dict] = []
-    for ev in item:
+    for ev in batch:
         out += ms.feed(ev)
     return out
 

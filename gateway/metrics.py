@@ -129,9 +129,9 @@ class Metrics:
         if record.ttft_ms is not None:
             self.ttft.labels(backend, model).observe(record.ttft_ms / 1000)
         err = record.error
-        if record.backend and err and err.get("type") not in _CLIENT_GONE and (
+        if record.backend and err and err.type not in _CLIENT_GONE and (
                 record.status >= 429 or record.status < 400):  # < 400: the stream had begun
-            etype = err.get("type") or "api_error"
+            etype = err.type or "api_error"
             self.upstream_errors.labels(backend, etype if etype in _ERROR_TYPES else OTHER).inc()
         if record.backend and route in _GENERATING_ROUTES and record.status < 400:
             self._count_tokens(record, backend, model)

@@ -23,7 +23,7 @@ from gateway.protocol.backend import Backend, ModelInfo
 from gateway.config import tomllib
 from gateway.protocol.errors import invalid, not_found
 from gateway.router import Route
-from gateway.state import GATEWAY, Gateway
+from gateway.app_state import GATEWAY, Gateway
 
 EPOCH = "1970-01-01T00:00:00Z"
 DEFAULT_LIMIT = 20

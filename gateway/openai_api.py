@@ -11,6 +11,7 @@ from aiohttp import web
 
 from gateway.protocol.backend import BackendRequest
 from gateway.protocol.anthropic import ImageBlock
+from gateway.protocol.backend_config import images_hint
 from gateway.protocol.errors import invalid
 from gateway.message_stream import MessageStream, new_id
 from gateway.messages import (
@@ -24,7 +25,7 @@ from gateway.messages import (
 from gateway.normalize import session_id
 from gateway.openai_chat import parse_chat_request, to_messages_request
 from gateway.openai_sse import ChatWire
-from gateway.state import GATEWAY, RECORD
+from gateway.app_state import GATEWAY, RECORD
 
 # The output limit when the client sets none: the backend's context window usually cuts it first.
 DEFAULT_MAX_TOKENS = 32768
@@ -62,7 +63,7 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     if not route.backend.config.vision and any(type(b) is ImageBlock for m in req.messages for b in m.content):
         # As for Anthropic clients: the operator said this model has no vision; the body is not sent.
         raise invalid(f"model '{chat.model}' does not accept images on this backend; "
-                      "set vision = true in its [backends.*] table if the model has vision")
+                      f"{images_hint(route.backend.config.type)}")
     breq = BackendRequest(req, route.model, chat.max_tokens or DEFAULT_MAX_TOKENS, record.session_id)
     backend, breq = await fit_budget(gw, route.backend, breq, record)
     backend, breq, fit = await fit_with_fallback(gw, backend, breq, record)

@@ -19,6 +19,8 @@ import orjson
 import structlog
 
 from gateway.logfile import LineWriter, RotatingFile
+from gateway.protocol.errors import ErrorInfo
+from gateway.protocol.log_schema import OPTIONAL_FIELDS, REQUIRED_FIELDS
 from gateway.protocol.redact import REDACTED, scrub
 
 log = structlog.get_logger("gateway.request")
@@ -28,13 +30,7 @@ log = structlog.get_logger("gateway.request")
 # lost from the dump only, as the record keeps session_id in its own field.
 _CREDENTIAL_WORDS = ("key", "token", "secret", "auth", "cookie", "session", "passw")
 
-# Line order: the contract fields, then the optional extras; `body` then `response` always come last
-# (readers skip both by stopping at `,"body":`).
-_FIELDS = ("ts", "request_id", "event", "method", "path", "query", "status", "duration_ms", "ttft_ms",
-           "model", "backend", "backend_model", "stream", "input_tokens", "output_tokens",
-           "cache_read_tokens", "stop_reason", "tool_names", "error", "session_id", "user_agent")
-_OPTIONAL = ("raw_path", "headers", "body_bytes", "prefill_tps", "decode_tps", "peak_memory_mb",
-             "unknown_blocks", "api", "replica", "context_edits", "fallback")  # written when set
+_FIELDS, _OPTIONAL = REQUIRED_FIELDS, OPTIONAL_FIELDS  # order: gateway.protocol.log_schema
 # Characters JSON allows raw inside strings but that str.splitlines() and JavaScript treat as line
 # breaks: escaped, so a line of the log is a line for every tool.
 _LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
@@ -66,7 +62,7 @@ class RequestRecord:
     cache_read_tokens: int | None = None
     stop_reason: str | None = None
     tool_names: list[str] | None = None  # tools the answer called or began to call, in order (for replay diffs)
-    error: dict | None = None
+    error: ErrorInfo | None = None
     session_id: str | None = None
     user_agent: str | None = None
     body: Any = None  # the decoded JSON body; the raw text when it was not JSON
@@ -97,6 +93,8 @@ class RequestRecord:
     def to_dict(self, with_body: bool) -> dict:
         """The log line as a dict (shallow: the body is shared, not copied)."""
         data = {name: getattr(self, name) for name in _FIELDS}
+        if self.error is not None:
+            data["error"] = self.error.as_dict()
         for name in _OPTIONAL:
             value = getattr(self, name)
             if value is not None:
@@ -231,10 +229,11 @@ class RequestLog:
     """Writes records to a JSONL file (when configured) and mirrors a summary to the console log."""
 
     def __init__(self, path: str | None, bodies: bool, secrets: tuple[str, ...] = (), *,
-                 rotate_bytes: int = 0, keep: int = 5, compress: bool = False):
+                 rotate_bytes: int = 0, keep: int = 5, compress: bool = False, shared: bool = False):
         self.bodies = bodies
         self.secrets = tuple(s for s in secrets if s)
-        self._writer = LineWriter(RotatingFile(path, rotate_bytes, keep, compress)) if path else None
+        file = RotatingFile(path, rotate_bytes, keep, compress, shared=shared) if path else None
+        self._writer = LineWriter(file) if file is not None else None
         self._sink = _Enqueue(self._writer)
         self._lines = structlog.wrap_logger(self._sink, processors=[LineRenderer(self.secrets)],
                                             wrapper_class=structlog.BoundLogger, context_class=dict)
@@ -245,7 +244,7 @@ class RequestLog:
         """Record one finished request (returns at once; the line is written off the event loop)."""
         # Rendered even without a file: the inspector shows the same (scrubbed) lines.
         self._lines.info(**record.to_dict(self.bodies))
-        message = (record.error or {}).get("message")  # says what to fix; the type alone rarely does
+        message = record.error and record.error.message  # says what to fix; the type alone rarely does
         # The path, model name and error echo the client's text: a pasted token shows here.
         path, model = scrub(record.path, self.secrets), record.model and scrub(record.model, self.secrets)
         message = message and scrub(message, self.secrets)
@@ -253,7 +252,7 @@ class RequestLog:
                  status=record.status, model=model, backend=record.backend,
                  duration_ms=record.duration_ms, ttft_ms=record.ttft_ms,
                  tokens_in=record.input_tokens, tokens_out=record.output_tokens,
-                 stop_reason=record.stop_reason, error=(record.error or {}).get("type"), error_message=message)
+                 stop_reason=record.stop_reason, error=record.error and record.error.type, error_message=message)
 
     def recent(self, after: int = 0) -> list[tuple[int, bytes]]:
         """The latest rendered lines numbered above `after`, oldest first (at most RECENT_LINES)."""

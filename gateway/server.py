@@ -8,7 +8,7 @@ import orjson
 import structlog
 from aiohttp import HttpVersion11, web
 
-from gateway.protocol.errors import GatewayError, openai_error_body
+from gateway.protocol.errors import ErrorInfo, GatewayError, client_disconnected, openai_error_body
 from gateway.inspect import add_inspector
 from gateway.message_stream import new_id
 from gateway.messages import handle_count_tokens, handle_messages
@@ -16,7 +16,7 @@ from gateway.metrics import CONTENT_TYPE, CacheUse, loopback
 from gateway.models_api import handle_get_model, handle_list_models
 from gateway.openai_api import handle_chat_completions
 from gateway.reqlog import RequestRecord, redact_headers
-from gateway.state import GATEWAY, RECORD, Gateway
+from gateway.app_state import GATEWAY, RECORD, Gateway
 
 log = structlog.get_logger("gateway.server")
 
@@ -140,20 +140,19 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
             record.status = resp.status
         return resp
     except GatewayError as err:
-        record.status = err.status
-        record.error = {"type": err.type, "message": err.message}
+        record.status, record.error = err.status, err.info
         return error_response(err, request_id, openai)
     except web.HTTPRequestEntityTooLarge:
         err = _too_large(gw.config.server.max_body_mb)
-        record.status, record.error = 413, {"type": err.type, "message": err.message}
+        record.status, record.error = 413, err.info
         return error_response(err, request_id, openai)
     except web.HTTPException as exc:
         err = GatewayError(exc.status, exc.reason or "error")
-        record.status, record.error = exc.status, {"type": err.type, "message": err.message}
+        record.status, record.error = exc.status, err.info
         return error_response(err, request_id, openai)
     except web.RequestPayloadError as exc:  # a broken chunked/compressed body, or the client left mid-body
         err = GatewayError(400, f"the request body could not be read: {type(exc.__cause__ or exc).__name__}")
-        record.status, record.error = 400, {"type": err.type, "message": err.message}
+        record.status, record.error = 400, err.info
         return error_response(err, request_id, openai)
     except ConnectionResetError:
         record.status = 499  # the client went away mid-response; nobody is left to answer
@@ -161,15 +160,15 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     except Exception as exc:
         log.exception("unhandled_error", request_id=request_id, path=path)
         err = GatewayError(500, f"internal error: {type(exc).__name__}")
-        record.status, record.error = 500, {"type": err.type, "message": err.message}
+        record.status, record.error = 500, err.info
         return error_response(err, request_id, openai)
     finally:
         gw.connections.idle(request.protocol)
         if logged or record.event == "unknown_route":
             record.finish(record.status or 499)  # 499: the client went away before an answer
             if record.status >= 400 and record.error is None:  # every failed line says why (log_replay --errors-only)
-                record.error = ({"type": "client_disconnected", "message": "the client went away before an answer"}
-                                if record.status == 499 else {"type": "api_error", "message": f"HTTP {record.status}"})
+                record.error = (client_disconnected("the client went away before an answer") if record.status == 499
+                                else ErrorInfo("api_error", f"HTTP {record.status}"))
             gw.metrics.untrack(record)
             gw.metrics.observe(record, _route_label(request, record))
             gw.reqlog.write(record)
@@ -207,7 +206,10 @@ async def handle_health(request: web.Request) -> web.Response:
         if (replicas := gw.backends[name].replicas()) is not None:
             backends[name]["replicas"] = replicas  # live: what this process sees of each server now
     ok = all(b["ok"] for b in backends.values())
-    return web.json_response({"status": "ok" if ok else "degraded", "backends": backends}, dumps=_dumps)
+    answer = {"status": "ok" if ok else "degraded", "backends": backends}
+    if gw.worker is not None:  # `serve --workers N`: which process answered
+        answer["worker"] = gw.worker.describe()
+    return web.json_response(answer, dumps=_dumps)
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
@@ -217,7 +219,10 @@ async def handle_metrics(request: web.Request) -> web.Response:
     token = gw.config.server.auth_token
     if token and not loopback(request.remote) and not _authorized(request, token):
         raise GatewayError(401, "invalid x-api-key or Authorization bearer token")
-    return web.Response(body=gw.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+    body = gw.metrics.exposition()
+    if gw.worker is not None:  # `serve --workers N`: every worker's counts, added up
+        body = await gw.worker.metrics(body)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def handle_event_logging(request: web.Request) -> web.Response:

@@ -5,9 +5,9 @@ the history loads them; system-message `tool_addition` / `tool_removal` blocks c
 from their point on (and reach the backend as one short line each). A loaded tool goes to the end
 of the tool list, in load order, so the part of the prompt a chat template renders before it
 (system prompt, earlier tools) stays the same and the backend's prefix cache keeps it. Each
-reference is annotated with what it loaded; backends.translate turns it into text: a short line,
-or, where the gateway renders the prompt itself (embedded MLX), the tool's definition in place,
-which leaves the whole earlier prompt cached.
+reference is annotated with what it loaded; backends.translate turns it into a short line, and
+the embedded MLX backend, which renders the prompt itself (backends.mlx.messages), into the
+tool's definition in place, which leaves the whole earlier prompt cached.
 """
 from __future__ import annotations
 

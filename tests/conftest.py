@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.config import parse_config
 from gateway.server import create_app, runner_options
-from gateway.state import Gateway
+from gateway.app_state import Gateway
 from tests.upstream import Upstream
 
 TOKEN = "sk-test-token"

@@ -69,7 +69,7 @@ class OwnGateway:
 
         from gateway.config import parse_config
         from gateway.server import create_app
-        from gateway.state import Gateway
+        from gateway.app_state import Gateway
         from tests.conftest import RunningGateway
 
         gw = Gateway(parse_config(self.toml))

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from gateway.config import parse_config
 from gateway.server import create_app
-from gateway.state import Gateway
+from gateway.app_state import Gateway
 from tests.conftest import TOKEN, gateway_config
 from tests.upstream import TEXT, Upstream
 

@@ -390,6 +390,7 @@ async def test_b19_images_without_vision_are_400(start_upstream, start_gateway, 
         resp = await gw.post("/v1/messages", body(messages=messages, stream=stream))
         data = await assert_error(resp, 400, "invalid_request_error")
         assert "image" in data["error"]["message"].lower()
+        assert "set vision = true" in data["error"]["message"]  # the remedy for a remote backend
     assert up.received == []
 
 

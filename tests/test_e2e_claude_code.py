@@ -466,11 +466,15 @@ async def test_plain_claude_code_on_serve_demo(claude_bin, tmp_path):
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), **banner},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(cli.communicate(), RUN_TIMEOUT_S)
-        assert cli.returncode == 0, (out, err)
-        assert out.decode().strip() and not out.decode().startswith("API Error"), out  # noise, but an answer
         lines = await _log_lines(work / "logs" / "requests.jsonl", at_least=1)
         api = [ln for ln in lines if ln["path"].endswith("/messages")]
         assert api and all(ln["status"] == 200 and ln["error"] is None for ln in api), api
+        if cli.returncode != 0:
+            # Sampled noise can run to the demo's output cap on every try: the CLI (2.1.328) continues a
+            # cut answer and then gives up on its own verdict. Every request it made was answered whole.
+            assert "output token maximum" in out.decode() and api[-1]["stop_reason"] == "max_tokens", (out, err)
+        else:
+            assert out.decode().strip() and not out.decode().startswith("API Error"), out  # noise, but an answer
         main = max(api, key=lambda ln: ln["input_tokens"])
         # Claude Code's own system prompt and tool definitions, whole (2.1.328 defers most tools, so its
         # prompt is the smaller one), in a small share of the window.

@@ -74,5 +74,35 @@ def test_the_checker_catches_each_kind_of_violation():
     assert violations("backends.openai", "from gateway.config import Config") != []
     assert violations("backends.mlx.engine", "from gateway import server") == ["backends.mlx.engine -> gateway.server"]
     assert violations("gateway.messages", "from backends.mlx.engine import Engine") != []
-    assert violations("gateway.state", "from backends import create_backend") == []
+    assert violations("gateway.app_state", "from backends import create_backend") == []
     assert violations("backends.vllm", "from gateway.protocol.errors import GatewayError") == []
+
+
+def test_the_request_log_writes_exactly_the_shared_schema():
+    # Readers in tools/ rely on gateway.protocol.log_schema; the writer must not drift from it.
+    from typing import get_type_hints
+
+    from gateway.protocol.errors import ErrorInfo
+    from gateway.protocol.log_schema import FIELDS, REQUIRED_FIELDS, LogLine
+    from gateway.reqlog import RequestRecord
+
+    assert set(get_type_hints(LogLine)) == set(FIELDS)
+    bare = RequestRecord(request_id="req_1", method="POST", path="/v1/messages")
+    assert tuple(bare.to_dict(with_body=False))[:len(REQUIRED_FIELDS)] == REQUIRED_FIELDS
+    full = RequestRecord(request_id="req_1", method="POST", path="/v1/messages", error=ErrorInfo("api_error", "x"),
+                         raw_path="/x", headers={}, body_bytes=1, prefill_tps=1.0, decode_tps=1.0,
+                         peak_memory_mb=1.0, unknown_blocks=[], replica="r", context_edits=[], fallback={})
+    assert tuple(full.to_dict(with_body=True)) == FIELDS
+
+
+def test_the_log_tools_read_only_schema_fields():
+    import re
+
+    from gateway.protocol.log_schema import FIELDS
+
+    read = set()
+    for name in ("logread", "replay", "logstats"):
+        text = (ROOT / "tools" / f"{name}.py").read_text()
+        read |= set(re.findall(r'(?:\brec\.get\(|\brec\[|(?<![.\w])get\()"([a-z_]+)"', text))
+    assert {"request_id", "status", "error"} <= read  # the scan finds what the tools read
+    assert read - set(FIELDS) == set()

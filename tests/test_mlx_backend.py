@@ -201,6 +201,17 @@ async def test_prompt_longer_than_the_context_is_a_400(mlx_gw):
     assert "prompt is too long" in msg["error"]["message"]
 
 
+async def test_images_are_refused_with_the_remedy_for_mlx(mlx_gw):
+    # `vision = true` changes nothing for the embedded backend, so the error must not suggest it.
+    gw = await mlx_gw()
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}
+    body = SCRIPTS["hello"].request(messages=[{"role": "user", "content": [image, {"type": "text", "text": "what?"}]}])
+    status, msg = await gw.messages(body)
+    assert status == 400 and msg["error"]["type"] == "invalid_request_error"
+    assert "the embedded MLX backend does not take images" in msg["error"]["message"]
+    assert "vision = true in its" not in msg["error"]["message"]
+
+
 async def test_tool_call_is_parsed_and_repaired(mlx_gw):
     gw = await mlx_gw()
     status, msg = await gw.messages(SCRIPTS["weather"].request())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from backends.mlx.prompt import Prompt, PromptRenderer
 from backends.mlx.structured import json_schema_processor
 from backends.tool_parsers import ParserFactory, select_parser
 from gateway.protocol.backend_config import BackendConfig
-from gateway.protocol.errors import GatewayError, prompt_too_long
+from gateway.protocol.errors import GatewayError
 from gateway.protocol.events import EngineStats, Event, Started, Stop, UsageReport
 
 log = structlog.get_logger("backends.mlx")
@@ -51,7 +50,6 @@ class ModelHandle:
     renderer: PromptRenderer
     parsers: ParserFactory
     context: int
-    model_type: str
     tokenizer: object
     vocab: int  # logits per step: top_k at or above it keeps every token
 
@@ -60,14 +58,13 @@ class MLXBackend(HubModels, Backend):
     """Models in this process, on MLX (Apple GPU on macOS, CPU on Linux)."""
 
     local_health = True  # the engine's published status: reading it costs nothing
-    counts_exactly = True  # the model's own tokenizer, and the render is memoized for the stream
+    counts_exactly = True  # the model's own tokenizer; the counted render is what stream prefills
 
     def __init__(self, config: BackendConfig):
         super().__init__(config)
         self.engine: Engine | None = None
         self._handles: dict[str, ModelHandle] = {}
         self._loading: dict[str, asyncio.Lock] = {}
-        self._prompts: OrderedDict[int, tuple[object, Prompt]] = OrderedDict()  # render memo: count, then stream
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -125,7 +122,7 @@ class MLXBackend(HubModels, Backend):
                 raise ModelUnavailable(str(exc)) from None
             context = self.config.context_window or _context_of(cfg) or DEFAULT_CONTEXT
             handle = ModelHandle(name, path, PromptRenderer(tokenizer, name, self.config.system_messages), parsers,
-                                 context, str(cfg.get("model_type", "")), tokenizer, _vocab_of(cfg, tokenizer))
+                                 context, tokenizer, _vocab_of(cfg, tokenizer))
             self._handles[name] = handle
             log.info("mlx_model_loaded", backend=self.name, model=name, path=str(path), context=context,
                      tool_parser=getattr(parsers, "name", None), seconds=round(time.perf_counter() - t0, 2))
@@ -158,22 +155,10 @@ class MLXBackend(HubModels, Backend):
 
     # -- prompts ------------------------------------------------------------------------------
 
-    async def _prompt(self, handle: ModelHandle, breq: BackendRequest) -> Prompt:
-        """The rendered prompt; rendered once per request even when count and stream both need it."""
-        key = id(breq.request)
-        memo = self._prompts.get(key)
-        if memo is not None and memo[0] is breq.request:
-            return memo[1]
-        prompt = await asyncio.to_thread(handle.renderer.render, breq.request)
-        self._prompts[key] = (breq.request, prompt)
-        while len(self._prompts) > 32:
-            self._prompts.popitem(last=False)
-        return prompt
-
     async def count_tokens(self, breq: BackendRequest) -> TokenCount:
         handle = await self._require(breq.model)
-        prompt = await self._prompt(handle, breq)
-        return TokenCount(len(prompt.tokens), exact=True)
+        prompt = await asyncio.to_thread(handle.renderer.render, breq.request)
+        return TokenCount(len(prompt.tokens), exact=True, rendered=prompt)
 
     async def context_window(self, model: str) -> int | None:
         handle = self._handles.get(model) or await self._require(model)
@@ -201,28 +186,26 @@ class MLXBackend(HubModels, Backend):
 
     # -- generation ---------------------------------------------------------------------------
 
-    async def stream(self, breq: BackendRequest) -> AsyncIterator[Event]:
+    async def stream(self, breq: BackendRequest) -> AsyncIterator[list[Event]]:
         req = breq.request
         handle = await self._require(breq.model)
-        prompt = await self._prompt(handle, breq)
-        self._prompts.pop(id(req), None)
-        n = len(prompt.tokens)
-        if n >= handle.context:
-            raise prompt_too_long(n, handle.context)
+        # The gateway counted this request while fitting max_tokens to the window (gateway.max_tokens).
+        count = await self.counted(breq)
+        prompt = count.rendered
+        assert isinstance(prompt, Prompt)
         engine = self._engine()
         if not engine.alive:
             raise GatewayError(500, f"backend '{self.name}': the MLX engine stopped ({engine.failed})")
         processors = None
         if req.json_schema is not None:
             processors = [await asyncio.to_thread(json_schema_processor, handle.tokenizer, req.json_schema)]
-        job = Job(model_key=handle.name, prompt=prompt.tokens, max_tokens=max(1, min(breq.max_tokens,
-                                                                                    handle.context - n)),
+        job = Job(model_key=handle.name, prompt=prompt.tokens, max_tokens=breq.max_tokens,
                   sampler=_sampler(req, handle.vocab), session=breq.session_id, shared_len=prompt.shared_len,
                   loop=asyncio.get_running_loop(), logits_processors=processors,
                   reload=self._loader(handle.name, handle.path))
         engine.submit(job)
         try:
-            yield Started()
+            yield [Started()]
             out = OutputPipeline(req, handle.parsers, tools=prompt.tools, start_in_thinking=prompt.starts_in_thinking)
             result: JobResult | None = None
             pending = None
@@ -237,8 +220,9 @@ class MLXBackend(HubModels, Backend):
                             pending = nxt
                             break
                         item += nxt
-                    for ev in out.feed(item):
-                        yield ev
+                    events = out.feed(item)
+                    if events:
+                        yield events
                     if out.matched is not None:
                         engine.cancel(job)  # the rest would be thrown away
                 elif type(item) is JobResult:
@@ -248,16 +232,16 @@ class MLXBackend(HubModels, Backend):
                 else:
                     raise GatewayError(500, f"backend '{self.name}': generation failed: {item}")
             cut = result.finish_reason != "stop"
-            for ev in out.finish(cut=cut):
-                yield ev
-            yield UsageReport(input_tokens=result.prompt_tokens, output_tokens=result.generated_tokens,
-                              cache_read_tokens=result.cached_tokens)
-            yield EngineStats(_round(result.prefill_tps), _round(result.decode_tps), result.cached_tokens,
-                              round(result.peak_memory_mb, 1))
+            tail = out.finish(cut=cut)
+            tail.append(UsageReport(input_tokens=result.prompt_tokens, output_tokens=result.generated_tokens,
+                                    cache_read_tokens=result.cached_tokens))
+            tail.append(EngineStats(_round(result.prefill_tps), _round(result.decode_tps),
+                                    round(result.peak_memory_mb, 1)))
             if out.matched is not None:
-                yield Stop("stop_sequence", out.matched)
+                tail.append(Stop("stop_sequence", out.matched))
             else:
-                yield Stop("max_tokens" if result.finish_reason == "length" else "end_turn")
+                tail.append(Stop("max_tokens" if result.finish_reason == "length" else "end_turn"))
+            yield tail
         finally:
             if not job.done:
                 engine.cancel(job)  # client gone or stream abandoned: free the batch slot now

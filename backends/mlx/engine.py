@@ -104,6 +104,36 @@ class Job:
     sent_text: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Run `fn` on the engine thread between steps; its result or exception goes to `future`."""
+
+    fn: Callable[[], Any]
+    future: concurrent.futures.Future
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    """Admit `job` into its model's batch."""
+
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Take `job` out of its batch (its queue still gets a final JobResult)."""
+
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """End the engine thread after the commands already queued."""
+
+
+Command = Call | Submit | Cancel | Stop
+
+
 class Engine:
     """Owns the mlx thread, the resident models and the prompt cache."""
 
@@ -114,7 +144,7 @@ class Engine:
         self.prefill_step = prefill_step
         self.max_resident = max_resident
         self.models: OrderedDict[str, LoadedModel] = OrderedDict()  # LRU order, most recent last
-        self._cmds: queue.SimpleQueue = queue.SimpleQueue()
+        self._cmds: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]] = {}
         self._urgent = False  # the outbox holds something that must not wait (first token, an end)
         self._last_flush = 0.0
@@ -131,21 +161,21 @@ class Engine:
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
         """Run `fn` on the engine thread (between generation steps); a Future of its result."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._cmds.put(("call", fn, fut))
+        self._cmds.put(Call(fn, fut))
         return fut
 
     def submit(self, job: Job) -> None:
-        self._cmds.put(("submit", job))
+        self._cmds.put(Submit(job))
 
     def cancel(self, job: Job) -> None:
         """Stop generating for `job` (its queue still gets a final JobResult)."""
         if not job.cancel_requested:
             job.cancel_requested = True
-            self._cmds.put(("cancel", job))
+            self._cmds.put(Cancel(job))
 
     def close(self) -> None:
         self._stopping = True
-        self._cmds.put(("stop",))
+        self._cmds.put(Stop())
         self._thread.join(timeout=30)
 
     @property
@@ -236,33 +266,33 @@ class Engine:
         self.status = (tuple(self.models), sum(len(lm.jobs) for lm in self.models.values()),
                        len(self.cache.entries), self.cache.nbytes)
 
-    def _handle(self, cmd: tuple) -> None:
-        kind = cmd[0]
-        if kind in ("submit", "cancel"):
-            job = cmd[1]
-            try:
-                if kind == "submit":
-                    self._admit(job)
-                else:
-                    self._cancel(job)
-            except Exception as exc:  # noqa: BLE001 — this request ends; the engine and the batch go on
-                log.error("mlx_request_failed", model=job.model_key, error=_brief(exc))
-                self._drop(job)
-                if not job.done:
-                    self._fail(job, EngineFault(_brief(exc)))
-        elif kind == "call":
-            _, fn, fut = cmd
-            if fut.set_running_or_notify_cancel():
-                try:
-                    result = fn()
-                except BaseException as exc:  # noqa: BLE001 — delivered to the caller
-                    fut.set_exception(exc)
-                else:
-                    # Before the caller wakes: a load it awaited shows in /health at once.
-                    self._publish_status()
-                    fut.set_result(result)
-        elif kind == "stop":
-            self._stopping = True
+    def _handle(self, cmd: Command) -> None:
+        match cmd:
+            case Submit(job):
+                self._for_job(job, self._admit)
+            case Cancel(job):
+                self._for_job(job, self._cancel)
+            case Call(fn, fut):
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        result = fn()
+                    except BaseException as exc:  # noqa: BLE001 — delivered to the caller
+                        fut.set_exception(exc)
+                    else:
+                        # Before the caller wakes: a load it awaited shows in /health at once.
+                        self._publish_status()
+                        fut.set_result(result)
+            case Stop():
+                self._stopping = True
+
+    def _for_job(self, job: Job, action: Callable[[Job], None]) -> None:
+        try:
+            action(job)
+        except Exception as exc:  # noqa: BLE001 — this request ends; the engine and the batch go on
+            log.error("mlx_request_failed", model=job.model_key, error=_brief(exc))
+            self._drop(job)
+            if not job.done:
+                self._fail(job, EngineFault(_brief(exc)))
 
     def _admit(self, job: Job) -> None:
         lm = self.touch(job.model_key)

@@ -10,6 +10,9 @@ from gateway.protocol.events import Event, TextDelta, ToolCallStart
 class OutputPipeline:
     """Per-response state: `<think>` split, tool-call parsing, then stop sequences on visible text."""
 
+    # The same parsers as text tool calls from remote servers (not mlx-lm's, see backends.tool_parsers):
+    # an embedded and a remote model writing the same text give the client the same events.
+
     def __init__(self, req: MessagesRequest, parser_factory: ParserFactory, *, tools: bool,
                  start_in_thinking: bool):
         schemas = {t.name: t.input_schema for t in req.tools}

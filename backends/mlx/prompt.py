@@ -17,44 +17,18 @@ import orjson
 from jinja2 import TemplateError
 
 from backends.mlx.cache import common_prefix
-from backends.translate import (
-    Dialect,
-    place_system_messages,
-    template_kwargs,
-    to_openai_messages,
-    to_openai_tools,
-)
-from gateway.protocol.anthropic import MessagesRequest, ToolReferenceBlock, ToolResultBlock
+from backends.mlx.messages import chat_messages, template_tools
+from backends.translate import place_system_messages, template_kwargs
+from gateway.protocol.anthropic import MessagesRequest
 from gateway.protocol.errors import invalid
 
 
 @dataclass(slots=True)
 class Prompt:
     tokens: list[int]
-    text: str
     shared_len: int  # tokens of the system+tools prefix (0 when there is none)
     starts_in_thinking: bool  # the template opened <think> itself (generation begins inside it)
     tools: bool  # tools were rendered (tool calls are parsed)
-
-
-def chat_messages(req: MessagesRequest, model: str, system_messages: str = "auto") -> list[dict]:
-    """HF chat-template messages: OpenAI shape, tool-call arguments as objects (templates `tojson` them)."""
-    msgs = to_openai_messages(req, Dialect(vision=False, inline_loaded_tools=True), model, system_messages)
-    for m in msgs:
-        for call in m.get("tool_calls") or ():
-            fn = call["function"]
-            try:
-                fn["arguments"] = orjson.loads(fn["arguments"])
-            except orjson.JSONDecodeError:
-                pass
-    return msgs
-
-
-def inline_loaded(req: MessagesRequest) -> set[str]:
-    """Tools a tool_reference loaded: chat_messages writes their definitions where the reference
-    is, so the template's tool list (at the top of the prompt) never changes on a load."""
-    return {c.loads.name for m in req.messages for b in m.content if type(b) is ToolResultBlock
-            for c in b.content if type(c) is ToolReferenceBlock and c.loads is not None}
 
 
 class PromptRenderer:
@@ -88,8 +62,7 @@ class PromptRenderer:
     def render(self, req: MessagesRequest) -> Prompt:
         """The prompt generation would prefill for `req`."""
         msgs = chat_messages(req, self.model, self.system_messages)
-        use_tools = bool(req.tools) and not (req.tool_choice is not None and req.tool_choice.type == "none")
-        tools = to_openai_tools(req, without=inline_loaded(req)) if use_tools else None
+        tools = template_tools(req)
         thinking = template_kwargs(req)
         try:
             text = self._apply(msgs, tools, thinking, True)
@@ -98,7 +71,7 @@ class PromptRenderer:
                 from None
         tokens = self.encode(text)
         shared = self._shared_prefix(msgs, tools, thinking, tokens)
-        return Prompt(tokens, text, shared, text.rstrip().endswith("<think>"), use_tools)
+        return Prompt(tokens, shared, text.rstrip().endswith("<think>"), tools is not None)
 
     def _shared_prefix(self, msgs: list[dict], tools: list[dict] | None, thinking: dict,
                        tokens: list[int]) -> int:

@@ -22,12 +22,18 @@ class BackendRequest:
     # The client's OpenAI chat-completions body (POST /v1/chat/completions): OpenAI-style backends
     # send it on with minimal change instead of re-translating `request`; others ignore it.
     openai_body: dict | None = None
+    # The prompt as counted for this very request (Backend.counted): not an init field, so a copy
+    # made with dataclasses.replace (an edited request, another model) starts uncounted.
+    count: TokenCount | None = field(default=None, init=False)
 
 
 @dataclass(slots=True)
 class TokenCount:
     tokens: int
     exact: bool  # False: an estimate (the backend has no tokenizer endpoint)
+    # The backend's own rendering of the counted prompt, which its stream() uses instead of
+    # rendering again (the embedded MLX backend: the token ids); None for a remote backend.
+    rendered: object | None = None
 
 
 @dataclass(slots=True)
@@ -96,13 +102,19 @@ class Backend(ABC):
         """Probe or load; raise BackendUnavailable for a server that is not there (yet)."""
 
     @abstractmethod
-    def stream(self, req: BackendRequest) -> AsyncIterator[Event]:
-        """Generate: yields Started first, then content events, usage and Stop; an item may also be a
-        list of events (those of one upstream read), which the gateway writes out in one go."""
+    def stream(self, req: BackendRequest) -> AsyncIterator[list[Event]]:
+        """Generate: yields batches of events, each non-empty and written to the client in one go
+        (e.g. one upstream read's). `[Started()]` alone comes first, then content events, usage, Stop."""
 
     @abstractmethod
     async def count_tokens(self, req: BackendRequest) -> TokenCount:
         """Prompt tokens of `req` as this backend would render it."""
+
+    async def counted(self, req: BackendRequest) -> TokenCount:
+        """count_tokens, once per request: the count stays on `req` for the fit and for stream()."""
+        if req.count is None:
+            req.count = await self.count_tokens(req)
+        return req.count
 
     @abstractmethod
     async def context_window(self, model: str) -> int | None:

@@ -8,6 +8,14 @@ from dataclasses import dataclass, field
 BACKEND_TYPES = ("mlx", "vllm", "llamacpp", "openai")
 
 
+def images_hint(backend_type: str) -> str:
+    """How a client's images could be answered, for the error when a backend of this type refuses them."""
+    if backend_type == "mlx":
+        return ("the embedded MLX backend does not take images; route this model to a vision backend "
+                "(type openai, vllm or llamacpp with vision = true)")
+    return "set vision = true in its [backends.*] table if the model has vision"
+
+
 @dataclass
 class BackendConfig:
     name: str

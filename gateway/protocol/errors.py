@@ -17,6 +17,32 @@ STATUS_TYPES: dict[int, str] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """What went wrong, as Anthropic names it: the `error` object of an error body, of a stream's
+    error event and of the request log line."""
+
+    type: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message}
+
+
+def error_body(info: ErrorInfo, request_id: str | None = None) -> dict:
+    """The Anthropic error body `{"type":"error","error":{type,message}}`; without a request id it is
+    also the data of the `error` event that ends a failed stream."""
+    out: dict = {"type": "error", "error": info.as_dict()}
+    if request_id:
+        out["request_id"] = request_id
+    return out
+
+
+def client_disconnected(message: str) -> ErrorInfo:
+    """Why a request the client abandoned has no answer; only logged and counted, never sent."""
+    return ErrorInfo("client_disconnected", message)
+
+
 @dataclass
 class GatewayError(Exception):
     """An error the client sees as `{"type":"error","error":{type,message}}` with `status`."""
@@ -31,12 +57,13 @@ class GatewayError(Exception):
             self.type = STATUS_TYPES.get(self.status, "api_error")
         super().__init__(self.message)
 
+    @property
+    def info(self) -> ErrorInfo:
+        return ErrorInfo(self.type, self.message)
+
     def body(self, request_id: str | None = None) -> dict:
         """The JSON body of this error, as the Anthropic API shapes it."""
-        out: dict = {"type": "error", "error": {"type": self.type, "message": self.message}}
-        if request_id:
-            out["request_id"] = request_id
-        return out
+        return error_body(self.info, request_id)
 
 
 # Anthropic error types → OpenAI's; `code` is the machine-readable reason OpenAI clients branch on.
@@ -70,23 +97,3 @@ def not_found(message: str) -> GatewayError:
 def prompt_too_long(prompt_tokens: int, context: int) -> GatewayError:
     """The 400 Claude Code recognises as a cue to compact the conversation."""
     return GatewayError(400, f"prompt is too long: {prompt_tokens} tokens > {context} maximum")
-
-
-def from_upstream(status: int, message: str, retry_after: str | None = None) -> GatewayError:
-    """Map an upstream HTTP failure to the Anthropic error a client should see, keeping its message."""
-    headers: dict[str, str] = {}
-    if status == 429:
-        err = GatewayError(429, message, "rate_limit_error", headers)
-    elif status in (503, 529):
-        err = GatewayError(529, message, "overloaded_error", headers)
-    elif status in (400, 413, 422):
-        err = GatewayError(400 if status != 413 else 413, message)
-    elif status == 404:
-        err = GatewayError(404, message)
-    else:
-        err = GatewayError(500, message, "api_error", headers)
-        if status in (401, 403, 501):
-            headers["x-should-retry"] = "false"  # our key or the route is wrong: retrying cannot help
-    if err.status in (429, 529):
-        headers["retry-after"] = retry_after or "1"
-    return err

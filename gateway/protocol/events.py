@@ -31,8 +31,11 @@ class ThinkingSignature:
 
 @dataclass(slots=True)
 class ToolCallStart:
+    """A tool call begins. `id` is the backend's call id: /v1/chat/completions answers keep it when it is
+    unique in the answer; Anthropic answers always get a fresh toolu_ id."""
+
     name: str
-    id: str | None = None  # backend's id; the gateway issues its own toolu_ id when absent
+    id: str | None = None
 
 
 @dataclass(slots=True)
@@ -70,7 +73,6 @@ class EngineStats:
 
     prefill_tps: float | None = None  # prompt tokens computed (not cached) per second
     decode_tps: float | None = None  # generated tokens per second after the first
-    cached_tokens: int | None = None  # prompt tokens served from the prompt cache
     peak_memory_mb: float | None = None  # the engine's peak memory so far
 
 

@@ -16,6 +16,7 @@ from gateway.metrics import Metrics, ModelLabels
 from gateway.reqlog import RequestLog, RequestRecord
 from gateway.router import Router
 from gateway.thinking_store import ThinkingStore
+from gateway.worker import WorkerRole
 
 log = structlog.get_logger("gateway")
 
@@ -23,14 +24,16 @@ log = structlog.get_logger("gateway")
 class Gateway:
     """Config, backends, router and request log of one running server."""
 
-    def __init__(self, config: Config, backends: dict[str, Backend] | None = None):
+    def __init__(self, config: Config, backends: dict[str, Backend] | None = None,
+                 worker: WorkerRole | None = None):
         self.config = config
+        self.worker = worker  # set in each process of `serve --workers N`
         self.backends = backends if backends is not None else {
             name: create_backend(bcfg) for name, bcfg in config.backends.items()}
         self.router = Router(config, self.backends)
         lc = config.log
         self.reqlog = RequestLog(lc.requests or None, lc.bodies, config.secrets(), rotate_bytes=int(lc.rotate_mb * 1024 * 1024),
-                                 keep=lc.keep, compress=lc.gzip)
+                                 keep=lc.keep, compress=lc.gzip, shared=worker is not None)
         self.metrics = Metrics(tuple(self.backends), ModelLabels(config),
                                {name: b.replicas for name, b in self.backends.items()})
         self.health = HealthMonitor(self.backends)

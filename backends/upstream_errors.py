@@ -1,8 +1,11 @@
-"""Reading text an upstream wrote in its errors: bounded, and without regular expressions, since a
-backtracking pattern over attacker-sized text can hold the event loop for seconds."""
+"""Upstream failures as the client sees them: the status → Anthropic error mapping, and the text an
+upstream wrote in its errors, read bounded and without regular expressions, since a backtracking
+pattern over attacker-sized text can hold the event loop for seconds."""
 from __future__ import annotations
 
 import orjson
+
+from gateway.protocol.errors import GatewayError
 
 MAX_MESSAGE_CHARS = 2000  # of upstream text quoted in an error the client sees
 _DIGITS = frozenset("0123456789")
@@ -75,3 +78,23 @@ def context_overflow(message: str) -> tuple[str, str] | None:
     if not found:
         return None
     return min(found)[1], limit
+
+
+def status_error(status: int, message: str, retry_after: str | None = None) -> GatewayError:
+    """Map an upstream HTTP failure to the Anthropic error a client should see, keeping its message."""
+    headers: dict[str, str] = {}
+    if status == 429:
+        err = GatewayError(429, message, "rate_limit_error", headers)
+    elif status in (503, 529):
+        err = GatewayError(529, message, "overloaded_error", headers)
+    elif status in (400, 413, 422):
+        err = GatewayError(400 if status != 413 else 413, message)
+    elif status == 404:
+        err = GatewayError(404, message)
+    else:
+        err = GatewayError(500, message, "api_error", headers)
+        if status in (401, 403, 501):
+            headers["x-should-retry"] = "false"  # our key or the route is wrong: retrying cannot help
+    if err.status in (429, 529):
+        headers["retry-after"] = retry_after or "1"
+    return err

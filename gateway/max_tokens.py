@@ -32,7 +32,7 @@ async def fit_request(backend: Backend, breq: BackendRequest) -> Fit:
     context = await backend.context_window(breq.model)
     if not backend.counts_exactly and (context is None or estimate * ESTIMATE_MARGIN + max_tokens <= context):
         return Fit(max_tokens, estimate, False)
-    count = await backend.count_tokens(breq)
+    count = await backend.counted(breq)
     if context is None:
         return Fit(max_tokens, count.tokens, count.exact)
     prompt = count.tokens if count.exact else int(count.tokens * 1.25)
