@@ -25,7 +25,7 @@ from gateway.protocol.backend import (
 )
 from backends.mlx.cache import PromptCache
 from backends.mlx.engine import Engine, Job, JobResult, LoadedModel, RequestFault
-from backends.mlx.hub import HubModels, ModelUnavailable, resolve_model_path
+from backends.mlx.hub import HubModels, ModelUnavailable, NotLocal, not_local_error, resolve_model_path
 from backends.mlx.hub import context_of as _context_of
 from backends.mlx.output import OutputPipeline
 from backends.mlx.prompt import Prompt, PromptRenderer
@@ -92,8 +92,8 @@ class MLXBackend(HubModels, Backend):
 
     # -- models -------------------------------------------------------------------------------
 
-    async def _model(self, name: str) -> ModelHandle:
-        """The handle of a loaded model, loading (and downloading) it on first use."""
+    async def _model(self, name: str, download: bool = True) -> ModelHandle:
+        """The handle of a loaded model, loading (and, when `download`, downloading) it on first use."""
         handle = self._handles.get(name)
         if handle is not None:
             return handle
@@ -102,7 +102,7 @@ class MLXBackend(HubModels, Backend):
             handle = self._handles.get(name)
             if handle is not None:
                 return handle
-            path = await asyncio.to_thread(resolve_model_path, name, self.name)
+            path = await asyncio.to_thread(resolve_model_path, name, self.name, download)
             t0 = time.perf_counter()
             loader = self._loader(name, path)
             try:
@@ -147,7 +147,9 @@ class MLXBackend(HubModels, Backend):
     async def _require(self, name: str) -> ModelHandle:
         """The model for a request; one that cannot be loaded now is a 500 with the reason."""
         try:
-            return await self._model(name)
+            return await self._model(name, download=self.config.download_on_demand)
+        except NotLocal as exc:
+            raise not_local_error(self.name, name, exc) from None
         except ModelUnavailable as exc:
             raise GatewayError(500, f"backend '{self.name}': {exc}") from None
 

@@ -16,6 +16,7 @@ import orjson
 import structlog
 
 from gateway.protocol.backend import LocalModel, Pulled, PullFailed
+from gateway.protocol.errors import GatewayError
 from gateway.protocol.units import human_size
 
 log = structlog.get_logger("backends.mlx")
@@ -76,6 +77,13 @@ def not_local_paragraph(name: str, backend: str) -> str:
     """What a request for a hub model that is not downloaded yet is told."""
     return (f"model '{name}' of backend '{backend}' is not downloaded yet; run `claude-gateway pull {name}` "
             f"(or set download_on_demand = true in [backends.{backend}] to download on the first request)")
+
+
+def not_local_error(backend: str, name: str, exc: NotLocal) -> GatewayError:
+    """The answer to a request for a model that is not downloaded: a 503 that no retry can fix
+    (x-should-retry: false), and one log line."""
+    log.warning("mlx_model_not_local", backend=backend, model=name, hint=f"claude-gateway pull {name}")
+    return GatewayError(503, str(exc), "overloaded_error", {"x-should-retry": "false"})
 
 
 def resolve_model_path(name: str, backend: str, download: bool = True, out: TextIO | None = None) -> Path:
