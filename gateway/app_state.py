@@ -43,6 +43,7 @@ class Gateway:
         self.stopping = False  # set on SIGTERM/SIGINT: see cut_inflight
         self.inflight: set[asyncio.Task] = set()  # running /v1/messages handlers
         self.thinking = ThinkingStore()  # thinking sent with display "omitted", for the next turn
+        self.preloads: list[asyncio.Task] = []  # each backend's preload, started once the app runs
 
     async def start(self) -> None:
         """Start every backend; one that is not reachable yet is reported, not fatal.
@@ -57,6 +58,13 @@ class Gateway:
                 log.warning("backend_unreachable", backend=name, detail=str(exc),
                             hint="requests routed to it fail with api_error until it answers")
 
+    def begin_preload(self) -> None:
+        """Load the models `preload` names in the background: the server answers (and /health says
+        "loading") meanwhile, and the first request for such a model waits for its load, not a new one."""
+        loop = asyncio.get_running_loop()
+        self.preloads = [loop.create_task(b.preload(), name=f"preload-{n}") for n, b in self.backends.items()
+                         if b.config.preload]
+
     def cut_inflight(self) -> None:
         """The shutdown grace period is over: cancel the /v1/messages handlers still running (each
         answers its client with an overloaded_error before the connection closes)."""
@@ -64,6 +72,9 @@ class Gateway:
             task.cancel()
 
     async def close(self) -> None:
+        for task in self.preloads:
+            task.cancel()
+        await asyncio.gather(*self.preloads, return_exceptions=True)
         await self.health.close()
         for backend in self.backends.values():
             await backend.close()

@@ -146,8 +146,10 @@ async def _serve(cfg: Config, role: WorkerRole | None = None) -> int:
         loop.add_signal_handler(sig, stop.set)
     shared = None
     if role is None:
-        print(f"claude-gateway listening on {url}\n  use it: {shell_line(env)}\n  or run: claude-gateway code",
-              file=sys.stderr, flush=True)
+        print(f"claude-gateway listening on {url}\n  use it: {shell_line(env)}\n  or run: claude-gateway code"
+              + await _resident_lines(gateway), file=sys.stderr, flush=True)
+        if gateway.preloads:
+            loop.create_task(_announce_preloaded(gateway))
     else:  # the supervisor prints the banner and the shutdown line for all workers
         shared = await role.serve_metrics(gateway.metrics.exposition)
         role.watch_supervisor(loop, lambda: _supervisor_gone(role, stop))
@@ -169,6 +171,25 @@ def _supervisor_gone(role: WorkerRole, stop: asyncio.Event) -> None:
         print(f"claude-gateway: worker {role.index}: the supervisor is gone; shutting down", file=sys.stderr,
               flush=True)
         stop.set()
+
+
+async def _resident_lines(gateway: Gateway) -> str:
+    """Banner lines for in-process engines: the models resident now, and those preload is loading."""
+    out = ""
+    for name, backend in gateway.backends.items():
+        h = await backend.health()
+        if h.resident is None:
+            continue
+        out += f"\n  {name}: resident: {', '.join(h.resident) or 'none'}"
+        if h.loading:
+            out += f"; loading: {', '.join(h.loading)} (preload; GET /health says when they are resident)"
+    return out
+
+
+async def _announce_preloaded(gateway: Gateway) -> None:
+    await asyncio.gather(*gateway.preloads, return_exceptions=True)
+    print("claude-gateway: preload finished;" + (await _resident_lines(gateway)).replace("\n ", "", 1),
+          file=sys.stderr, flush=True)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:

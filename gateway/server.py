@@ -205,8 +205,11 @@ async def handle_health(request: web.Request) -> web.Response:
                           "cache": (cache or CacheUse()).to_dict()}
         if (replicas := gw.backends[name].replicas()) is not None:
             backends[name]["replicas"] = replicas  # live: what this process sees of each server now
+        if h.resident is not None:  # an in-process engine: which models are loaded, which preload is loading
+            backends[name]["resident"], backends[name]["loading"] = h.resident, h.loading
     ok = all(b["ok"] for b in backends.values())
-    answer = {"status": "ok" if ok else "degraded", "backends": backends}
+    loading = ok and any(b.get("loading") for b in backends.values())
+    answer = {"status": "loading" if loading else "ok" if ok else "degraded", "backends": backends}
     if gw.worker is not None:  # `serve --workers N`: which process answered
         answer["worker"] = gw.worker.describe()
     return web.json_response(answer, dumps=_dumps)
@@ -281,6 +284,7 @@ def create_app(gateway: Gateway) -> web.Application:
 
     async def on_startup(_app: web.Application) -> None:
         await gateway.start()
+        gateway.begin_preload()
 
     async def on_cleanup(_app: web.Application) -> None:
         await gateway.close()

@@ -25,7 +25,8 @@ from gateway.protocol.backend import (
 )
 from backends.mlx.cache import PromptCache
 from backends.mlx.engine import Engine, Job, JobResult, LoadedModel, RequestFault
-from backends.mlx.hub import HubModels, ModelUnavailable, NotLocal, not_local_error, resolve_model_path
+from backends.mlx.hub import (HubModels, ModelUnavailable, NotLocal, not_local_error, resolve_model_path,
+                              window_on_disk)
 from backends.mlx.hub import context_of as _context_of
 from backends.mlx.output import OutputPipeline
 from backends.mlx.prompt import Prompt, PromptRenderer
@@ -65,6 +66,8 @@ class MLXBackend(HubModels, Backend):
         self.engine: Engine | None = None
         self._handles: dict[str, ModelHandle] = {}
         self._loading: dict[str, asyncio.Lock] = {}
+        self._preloading: set[str] = set()  # preload() is loading these now
+        self._preload_failed: dict[str, str] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -79,11 +82,13 @@ class MLXBackend(HubModels, Backend):
     async def start(self) -> None:
         """Load the default model now: a model that cannot be had stops the server with one paragraph."""
         self._engine()
-        if self.config.model:
-            try:
+        preload = self.preload_names()  # loaded by preload(), once the server listens
+        try:
+            self.check_names(preload)
+            if self.config.model and self.config.model not in preload:
                 await self._model(self.config.model)
-            except ModelUnavailable as exc:
-                raise BackendStartError(str(exc)) from None
+        except ModelUnavailable as exc:
+            raise BackendStartError(str(exc)) from None
 
     async def close(self) -> None:
         if self.engine is not None:
@@ -147,7 +152,7 @@ class MLXBackend(HubModels, Backend):
     async def _require(self, name: str) -> ModelHandle:
         """The model for a request; one that cannot be loaded now is a 500 with the reason."""
         try:
-            return await self._model(name, download=self.config.download_on_demand)
+            return await self._model(name, download=self.config.download_on_demand or name in self._preloading)
         except NotLocal as exc:
             raise not_local_error(self.name, name, exc) from None
         except ModelUnavailable as exc:
@@ -161,8 +166,10 @@ class MLXBackend(HubModels, Backend):
         return TokenCount(len(prompt.tokens), exact=True, rendered=prompt)
 
     async def context_window(self, model: str) -> int | None:
-        handle = self._handles.get(model) or await self._require(model)
-        return handle.context
+        handle = self._handles.get(model)
+        if handle is None and model in self._preloading:  # what its files say, without waiting for the load
+            return self.config.context_window or window_on_disk(model)
+        return (handle or await self._require(model)).context
 
     async def models(self) -> list[ModelInfo]:
         """Configured models; never loads one (a model not loaded yet reports what its local config says)."""
@@ -182,7 +189,11 @@ class MLXBackend(HubModels, Backend):
                                  self.configured_models(), ctx)
         detail = (f"resident: {', '.join(resident) or 'none'}; active requests: {active}; "
                   f"prompt cache: {entries} entries, {nbytes / 1e6:.1f} MB")
-        return BackendHealth(True, detail, self.configured_models(), ctx)
+        if self._preload_failed:
+            return BackendHealth(False, "; ".join(f"preload of {m} failed: {why}" for m, why in
+                                                  self._preload_failed.items()) + f"; {detail}",
+                                 self.configured_models(), ctx, list(resident), self.loading())
+        return BackendHealth(True, detail, self.configured_models(), ctx, list(resident), self.loading())
 
     # -- generation ---------------------------------------------------------------------------
 

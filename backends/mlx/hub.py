@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
@@ -294,6 +295,12 @@ def context_of(cfg: dict) -> int | None:
     return context_of(text) if isinstance(text, dict) else None
 
 
+def window_on_disk(name: str) -> int | None:
+    """The context window config.json states for a model on this machine; None when it is not here."""
+    path = local_model(name)
+    return context_of(read_config(path)) if path is not None else None
+
+
 def _quantization(cfg: dict) -> str | None:
     q = cfg.get("quantization") or cfg.get("quantization_config")
     if not isinstance(q, dict) or "bits" not in q:
@@ -341,6 +348,37 @@ def cached_models(named: set[str]) -> list[LocalModel]:
 
 class HubModels:
     """The model-management part of the Backend interface for the MLX backend (mixed into it)."""
+
+    def preload_names(self) -> list[str]:
+        """The models config `preload` names: true means every configured one."""
+        preload = self.config.preload
+        return self.configured_models() if preload is True else list(preload or [])
+
+    def check_names(self, names: list[str]) -> None:
+        """Raise ModelUnavailable for a name that can be neither a directory here nor a hub id."""
+        for name in names:
+            if local_model(name) is None and (is_path_like(name) or Path(name).expanduser().exists()):
+                raise ModelUnavailable(missing_paragraph(name, self.name))
+
+    def loading(self) -> list[str]:
+        return sorted(self._preloading)
+
+    async def preload(self) -> None:
+        """Load (downloading where needed) each preload model in turn; one that fails is reported
+        in /health and on stderr, the others still load."""
+        names = [n for n in self.preload_names() if n not in self._handles]
+        self._preloading.update(names)
+        for name in names:
+            t0 = time.perf_counter()
+            try:
+                await self._model(name, download=True)
+            except ModelUnavailable as exc:
+                self._preload_failed[name] = str(exc)
+                log.error("mlx_preload_failed", backend=self.name, model=name, error=str(exc))
+            else:
+                log.info("mlx_preloaded", backend=self.name, model=name, seconds=round(time.perf_counter() - t0, 2))
+            finally:
+                self._preloading.discard(name)
 
     def missing_models(self) -> list[str]:
         return [m for m in self.configured_models() if local_model(m) is None]

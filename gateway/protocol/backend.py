@@ -49,6 +49,8 @@ class BackendHealth:
     detail: str = ""
     models: list[str] = field(default_factory=list)
     context_window: int | None = None
+    resident: list[str] | None = None  # models loaded in this process (None: a remote server)
+    loading: list[str] = field(default_factory=list)  # models `preload` is still loading
 
 
 @dataclass
@@ -134,6 +136,9 @@ class Backend(ABC):
     def replicas(self) -> list[dict] | None:
         """Per-replica state of a pool of servers (None: a single server or an in-process engine)."""
         return None
+
+    async def preload(self) -> None:
+        """Load the models config `preload` names; runs once the server listens (a no-op for a remote server)."""
 
     def missing_models(self) -> list[str]:
         """Configured models that need a download before they can serve (none for a remote server)."""
