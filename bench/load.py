@@ -150,7 +150,8 @@ async def amain(args) -> int:
         "req_per_s": round(ok / wall, 1), "ttft_p50_ms": _round(_pct(tally.ttft_ms, 50)),
         "ttft_p95_ms": _round(_pct(tally.ttft_ms, 95)), "ttft_p99_ms": _round(_pct(tally.ttft_ms, 99)),
         "gateway_cpu_pct": round(100 * cpu_s / wall, 1), "gateway_cpu_ms_per_req": _round(1000 * cpu_s / ok if ok else None),
-        "rss_idle_mb": round(rss_idle, 1), "rss_start_mb": round(rss_start, 1), "rss_end_mb": round(rss_end, 1), "rss_peak_mb": round(rss_peak, 1),
+        "rss_idle_mb": round(rss_idle, 1), "rss_start_mb": round(rss_start, 1),
+        "rss_end_mb": round(rss_end, 1), "rss_peak_mb": round(rss_peak, 1),
         "rss_samples": tally.rss_samples, "rss_trend_mb": round(growth, 1), "gateway_survived": alive,
     }
     flat = growth <= max(10.0, RSS_GROWTH_TARGET * rss_start)

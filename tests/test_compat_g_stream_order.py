@@ -247,7 +247,9 @@ async def test_g11_final_usage_with_cache_hits(stack):
     assert final["input_tokens"] == 5 and final["cache_read_input_tokens"] == total - 5  # D4: input excludes cache
     # The cache split is only known at the end, so the per-field input_tokens of message_start
     # (which cannot know it) may be larger; the prompt total never shrinks.
-    prompt = lambda u: u["input_tokens"] + u.get("cache_read_input_tokens", 0) + u.get("cache_creation_input_tokens", 0)
+    def prompt(u: dict) -> int:
+        return u["input_tokens"] + u.get("cache_read_input_tokens", 0) + u.get("cache_creation_input_tokens", 0)
+
     assert prompt(final) >= prompt(start)
     assert final["output_tokens"] >= start["output_tokens"]
 
