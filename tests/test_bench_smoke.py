@@ -9,13 +9,14 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from tests.gateway_process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOAT = r"\d+\.\d+"
@@ -145,14 +146,8 @@ def test_claude_code_request_prints_its_size():
     assert tools > 0 and messages > 0 and 0 < tool_bytes < total
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_fake_upstream_streams_the_tokens_it_was_told():
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fake_upstream.py"), "--port", str(port),
                              "--tokens", "5", "--interval-ms", "0"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
