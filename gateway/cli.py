@@ -14,7 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.protocol.backend import BackendStartError
-from gateway.code_cmd import banner_env, shell_line
+from gateway.code_cmd import banner, banner_env
 from gateway.config import Config, ConfigError, load_config, parse_config, port_problem
 from gateway.protocol.errors import GatewayError
 from gateway.listener import ConnectionCap, ListenerSite, bind, raise_open_files_limit
@@ -146,8 +146,7 @@ async def _serve(cfg: Config, role: WorkerRole | None = None) -> int:
         loop.add_signal_handler(sig, stop.set)
     shared = None
     if role is None:
-        print(f"claude-gateway listening on {url}\n  use it: {shell_line(env)}\n  or run: claude-gateway code"
-              + await _resident_lines(gateway), file=sys.stderr, flush=True)
+        print(banner(url, env) + await _resident_lines(gateway), file=sys.stderr, flush=True)
         if gateway.preloads:
             loop.create_task(_announce_preloaded(gateway))
     else:  # the supervisor prints the banner and the shutdown line for all workers

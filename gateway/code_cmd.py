@@ -91,6 +91,12 @@ def shell_line(env: dict[str, str]) -> str:
     return " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " claude"
 
 
+def banner(url: str, env: dict[str, str], workers: int = 1) -> str:
+    """serve's first lines: where it listens and how to point Claude Code at it."""
+    count = f" ({workers} workers)" if workers > 1 else ""
+    return f"claude-gateway listening on {url}{count}\n  use it: {shell_line(env)}\n  or run: claude-gateway code"
+
+
 async def banner_env(cfg: Config, router: Router) -> dict[str, str]:
     """What serve's banner prints, from the running server's own routes (the token is not printed)."""
     families = await family_routes(router)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from gateway.code_cmd import shell_line
+from gateway.code_cmd import banner
 from gateway.config import Config
 
 BACKOFF_FIRST_S = 0.5
@@ -156,8 +156,7 @@ class Supervisor:
     def _banner(self, ready: dict) -> None:
         scheme = "https" if self.cfg.server.tls_cert else "http"
         url = f"{scheme}://{self.cfg.server.host}:{self.cfg.server.port}"
-        print(f"claude-gateway listening on {url} ({self.count} workers)\n  use it: {shell_line(ready['env'])}\n"
-              "  or run: claude-gateway code", file=sys.stderr, flush=True)
+        print(banner(url, ready["env"], self.count), file=sys.stderr, flush=True)
 
     async def _terminate(self) -> None:
         """SIGTERM every live worker (each drains like a single `serve`), then wait; kill stragglers."""
