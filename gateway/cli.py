@@ -1,4 +1,4 @@
-"""`claude-gateway serve | check | models`."""
+"""`claude-gateway serve | check | models | pull`."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +20,7 @@ from gateway.protocol.errors import GatewayError
 from gateway.listener import ConnectionCap, ListenerSite, bind, raise_open_files_limit
 from gateway.logs import configure_logging
 from gateway.models_api import catalog
+from gateway.models_cmd import model_warnings
 from gateway.server import create_app, runner_options
 from gateway.app_state import Gateway
 from gateway.supervisor import refusal as workers_refusal, supervise
@@ -158,8 +159,8 @@ async def _serve(cfg: Config, role: WorkerRole | None = None) -> int:
     gateway.stopping = True
     loop.call_later(cfg.server.shutdown_grace_s, gateway.cut_inflight)
     await runner.cleanup()  # stops listening at once, waits for in-flight requests, then flushes the log
-    if shared is not None:
-        shared.close()
+    if role is not None and shared is not None:
+        role.cleanup(shared)
     return 0
 
 
@@ -186,6 +187,7 @@ async def _check(cfg: Config) -> int:
             tls_line, tls_ok = f"TLS: FAILED, {exc}", False
     gateway = Gateway(cfg)
     rows, failed = [], False
+    windows: dict[str, int | None] = {}
     try:
         for name, backend in gateway.backends.items():
             try:
@@ -199,6 +201,7 @@ async def _check(cfg: Config) -> int:
                 failed = True
                 continue
             h = await backend.health()
+            windows[name] = h.context_window
             failed |= not h.ok
             models = ", ".join(h.models) or h.detail
             if backend.replicas() is not None:
@@ -209,9 +212,12 @@ async def _check(cfg: Config) -> int:
                 failed |= not replica["ok"]
                 rows.append(["", "replica", replica["url"], "ok" if replica["ok"] else "unreachable", "-",
                              "" if replica["ok"] else replica.get("last_error", "")])
+        warnings = model_warnings(gateway.backends, windows)
     finally:
         await gateway.close()
     print(_table(rows, ["BACKEND", "TYPE", "WHERE", "STATUS", "CONTEXT", "MODELS"]))
+    for warning in warnings:
+        print(f"\nwarning: {warning}")
     if tls_line is not None:
         print(f"\n{tls_line}")
     print(f"\nconfig {cfg.path}: valid; " + ("some backends are not usable" if failed else "all backends answer")
@@ -280,6 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--config", default="config.toml")
     models = sub.add_parser("models", help="list what /v1/models would list")
     models.add_argument("--config", default="config.toml")
+    models.add_argument("--local", action="store_true",
+                        help="list the MLX models on this machine instead (size, quantisation, context, config names)")
+    pull = sub.add_parser("pull", help="download MLX models into the Hugging Face cache (default: every one the "
+                          "config names), a progress bar per file")
+    pull.add_argument("model", nargs="*", metavar="MODEL", help="Hugging Face ids (owner/name)")
+    pull.add_argument("--config", default="config.toml")
     sub.add_parser("code", help="run Claude Code against the gateway, starting one in the background if none "
                    "listens: code [--config PATH] [claude args…]", add_help=False)
     argv = sys.argv[1:] if argv is None else argv
@@ -287,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.code_cmd import main as code_main
         return code_main(argv[1:])
     args = parser.parse_args(argv)
+    if args.command == "pull" and args.model:  # named models need no config
+        from gateway.models_cmd import pull as pull_models
+        return pull_models(args.model, None)
 
     try:
         cfg = _demo_config() if getattr(args, "demo", False) else load_config(args.config)
@@ -304,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers > 1 and (refusal := workers_refusal(cfg, args.workers)) is not None:
             return _fail(refusal)
     configure_logging(cfg.log.level, secrets=cfg.secrets())
+    if args.command == "pull":
+        from gateway.models_cmd import pull as pull_models
+        return pull_models([], cfg)
+    if args.command == "models" and args.local:
+        from gateway.models_cmd import models_local
+        return models_local(cfg)
     if args.command == "serve" and args.workers > 1:
         coro = supervise(cfg, args.workers, _worker_argv(args))
     elif args.command == "serve" and args.worker_dir:

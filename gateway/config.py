@@ -80,7 +80,7 @@ _BACKEND_KEYS = {"type": str, "model": str, "base_url": (str, list), "api_key": 
                  "system_messages": str, "extra_body": dict, "model_mapping": dict, "fallback": str, "tool_parser": str,
                  "context_edits": list, "keep_tool_results": int, "fallback_on_overflow": str}
 _MLX_KEYS = {"max_resident_models": int, "cache_mb": (int, float), "cache_ttl_s": (int, float),
-             "max_batch": int, "cache_across_sessions": bool}
+             "max_batch": int, "cache_across_sessions": bool, "preload": (bool, list), "download_on_demand": bool}
 _BACKEND_KEYS.update(_MLX_KEYS)
 _REMOTE_TYPES = ("vllm", "llamacpp", "openai")
 _TOOL_PARSERS = ("hermes", "qwen3_coder", "llama3_json", "mistral", "auto", "none")  # backends.tool_parsers.PARSERS
@@ -134,7 +134,9 @@ def _check_table(data: dict, allowed: dict, table: tuple[str, ...], loc: _Locato
             known = ", ".join(sorted(allowed))
             raise ConfigError(f"{loc.where(table, key)}: unknown key '{dotted}'. Known keys here: {known}.")
         if not isinstance(value, allowed[key]) or (allowed[key] is int and isinstance(value, bool)):
-            expected = allowed[key].__name__ if isinstance(allowed[key], type) else "number"
+            kinds = allowed[key]
+            expected = (kinds.__name__ if isinstance(kinds, type) else "number" if kinds == (int, float)
+                        else " or a ".join("boolean" if k is bool else k.__name__ for k in kinds))
             raise ConfigError(f"{loc.where(table, key)}: '{dotted}' must be a {expected}, got {value!r}.")
 
 
@@ -324,6 +326,8 @@ def _backend(name: str, table: Any, loc: _Locator) -> BackendConfig:
             if key in table:
                 raise ConfigError(f"{loc.where(where, key)}: 'backends.{name}.{key}' only applies to type = \"mlx\" "
                                   f"backends; backend '{name}' is type {kind}.")
+    if isinstance(table.get("preload"), list):
+        _check_preload(name, table, mapping, loc)
     if "cache_mb" in table and table["cache_mb"] < 0:
         raise ConfigError(f"{loc.where(where, 'cache_mb')}: 'backends.{name}.cache_mb' must be 0 (no cache) or more.")
     if "tool_parser" in table and table["tool_parser"].strip().lower().replace("-", "_") not in _TOOL_PARSERS:
@@ -356,6 +360,20 @@ def _backend(name: str, table: Any, loc: _Locator) -> BackendConfig:
     stripped = [u for u, _ in split]
     return BackendConfig(name=name, model_mapping=dict(mapping), base_url=stripped[0] if stripped else None,
                          base_urls=stripped, url_auths=auths, url_auth=auths[0] if auths else None, **fields)
+
+
+def _check_preload(name: str, table: dict, mapping: dict, loc: _Locator) -> None:
+    """`preload = [...]` names models of this backend: its model or model_mapping values."""
+    where = loc.where(("backends", name), "preload")
+    known = [table.get("model")] + list(mapping.values())
+    for entry in table["preload"]:
+        if not isinstance(entry, str) or not entry:
+            raise ConfigError(f"{where}: 'backends.{name}.preload' entries must be model names (non-empty strings), "
+                              f"got {entry!r}; or set preload = true for every model of the backend.")
+        if entry not in known:
+            raise ConfigError(f"{where}: 'backends.{name}.preload' names {entry!r}, which is neither "
+                              f"'backends.{name}.model' nor a value of its model_mapping; preload loads models "
+                              f"that requests are routed to. Known here: {', '.join(dict.fromkeys(known))}.")
 
 
 def _base_urls(name: str, kind: str, value: Any, loc: _Locator) -> list[str]:

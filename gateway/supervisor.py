@@ -83,6 +83,7 @@ class Supervisor:
         self.rundir = Path(tempfile.mkdtemp(prefix="claude-gateway-"))  # 0700: the workers' metrics sockets
         self.procs: list[asyncio.subprocess.Process | None] = [None] * count
         self.stop = asyncio.Event()
+        self._pumps: set[asyncio.Future] = set()  # copy what workers print after "ready" (a full pipe blocks them)
 
     async def _spawn(self, index: int) -> tuple[asyncio.subprocess.Process, dict | None]:
         """Start worker `index`; its ready message, or None when it exited first."""
@@ -93,9 +94,12 @@ class Supervisor:
         assert proc.stdout is not None
         line = await proc.stdout.readline()
         try:
-            return proc, orjson.loads(line) if line else None
+            ready = orjson.loads(line) if line else None
         except orjson.JSONDecodeError:
-            return proc, None
+            ready = None
+        self._pumps.add(pump := asyncio.ensure_future(_pass_on(proc.stdout)))
+        pump.add_done_callback(self._pumps.discard)
+        return proc, ready
 
     async def _keep(self, index: int, proc: asyncio.subprocess.Process) -> None:
         """Replace worker `index` whenever it dies, until the supervisor stops."""
@@ -140,9 +144,10 @@ class Supervisor:
             await self.stop.wait()
             print("claude-gateway: shutting down (in-flight requests get "
                   f"{self.cfg.server.shutdown_grace_s:g} s to finish)", file=sys.stderr, flush=True)
-            await self._terminate()
-            for keeper in keepers:
+            for keeper in keepers:  # first: none may start a worker while the others are stopped
                 keeper.cancel()
+            await asyncio.gather(*keepers, return_exceptions=True)
+            await self._terminate()
             return 0
         finally:
             await self._terminate()
@@ -171,6 +176,12 @@ class Supervisor:
                 proc.kill()
         if pending:
             await asyncio.wait(pending)
+
+
+async def _pass_on(stream: asyncio.StreamReader) -> None:
+    while line := await stream.readline():
+        sys.stdout.buffer.write(line)
+        sys.stdout.flush()
 
 
 async def supervise(cfg: Config, count: int, argv: list[str]) -> int:

@@ -66,6 +66,15 @@ class WorkerRole:
             os.unlink(path)
         return await asyncio.start_unix_server(answer, path)
 
+    def cleanup(self, server: asyncio.AbstractServer) -> None:
+        """Close this worker's metrics socket and remove it (the run directory too, once it is empty)."""
+        server.close()
+        try:
+            os.unlink(self.socket_path(self.index))
+            os.rmdir(self.rundir)  # the supervisor removes it too; this covers a supervisor that was killed
+        except OSError:
+            pass  # other workers' sockets are still there
+
     async def metrics(self, own: bytes) -> bytes:
         """Every worker's metrics added up (the ones that answer within PEER_TIMEOUT_S)."""
         peers = [self._fetch(i) for i in range(self.count) if i != self.index]

@@ -25,6 +25,8 @@ from gateway.protocol.backend import (
 )
 from backends.mlx.cache import PromptCache
 from backends.mlx.engine import Engine, Job, JobResult, LoadedModel, RequestFault
+from backends.mlx.hub import HubModels, ModelUnavailable, resolve_model_path
+from backends.mlx.hub import context_of as _context_of
 from backends.mlx.output import OutputPipeline
 from backends.mlx.prompt import Prompt, PromptRenderer
 from backends.mlx.structured import json_schema_processor
@@ -37,10 +39,6 @@ log = structlog.get_logger("backends.mlx")
 
 DEFAULT_CONTEXT = 32768  # when neither config nor the model says
 PREFILL_STEP = 512  # prompt tokens per engine step: bounds how long one prefill stalls other decodes
-
-
-class ModelUnavailable(Exception):
-    """A model that is neither local nor downloadable; the message is one paragraph for the user."""
 
 
 @dataclass
@@ -56,33 +54,7 @@ class ModelHandle:
     vocab: int  # logits per step: top_k at or above it keeps every token
 
 
-def resolve_model_path(name: str, backend: str) -> Path:
-    """A local directory for `name`: the path itself, the Hugging Face cache, or a download (with progress)."""
-    path = Path(name).expanduser()
-    if path.exists():
-        return path
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise ModelUnavailable(
-            f"MLX model '{name}' for backend '{backend}' does not exist: it is neither a local directory nor a "
-            f"Hugging Face id (owner/name). Point model = \"...\" in [backends.{backend}] at a directory holding "
-            f"config.json, *.safetensors and the tokenizer, or run `claude-gateway serve --demo` for a generated "
-            f"demo model that needs no download.")
-    from huggingface_hub import snapshot_download
-    from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
-    log.info("mlx_model_fetch", model=name, hint="first use downloads from Hugging Face; progress follows")
-    try:
-        return Path(snapshot_download(name, allow_patterns=DEFAULT_ALLOW_PATTERNS))
-    except Exception as exc:  # noqa: BLE001 — offline, unknown repo, auth: all end the same way
-        raise ModelUnavailable(
-            f"cannot load MLX model '{name}' for backend '{backend}': it is not in the local Hugging Face cache "
-            f"and downloading it failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-            f"Download it once while online (start the gateway with network access, or run "
-            f"`hf download {name}`), or set model = \"/path/to/model\" in [backends.{backend}] to a local copy "
-            f"(a directory with config.json, *.safetensors and the tokenizer), or run "
-            f"`claude-gateway serve --demo` to try the gateway offline with a generated demo model.") from None
-
-
-class MLXBackend(Backend):
+class MLXBackend(HubModels, Backend):
     """Models in this process, on MLX (Apple GPU on macOS, CPU on Linux)."""
 
     local_health = True  # the engine's published status: reading it costs nothing
@@ -304,15 +276,6 @@ def _context_on_disk(name: str) -> int | None:
     except (OSError, orjson.JSONDecodeError):
         return None
     return _context_of(cfg) if isinstance(cfg, dict) else None
-
-
-def _context_of(cfg: dict) -> int | None:
-    for key in ("max_position_embeddings", "max_seq_len", "n_positions", "seq_length"):
-        value = cfg.get(key)
-        if isinstance(value, int) and value > 0:
-            return value
-    text = cfg.get("text_config")
-    return _context_of(text) if isinstance(text, dict) else None
 
 
 def _round(x: float | None) -> float | None:

@@ -51,6 +51,32 @@ class BackendHealth:
     context_window: int | None = None
 
 
+@dataclass
+class LocalModel:
+    """A model on this machine (MLX: in the Hugging Face cache or a local directory)."""
+
+    name: str  # hub id, or the directory as the config names it
+    path: str
+    size_bytes: int
+    quantization: str | None  # "4-bit, group 64"; None: unquantised
+    context: int | None
+
+
+@dataclass
+class Pulled:
+    """What `pull` did for one model."""
+
+    name: str
+    path: str  # where it is now
+    downloaded: list[str]  # files fetched (empty: it was all there, or it is a local directory)
+    bytes: int
+    local_dir: bool = False  # the name is a directory: nothing to download
+
+
+class PullFailed(Exception):
+    """A model that could not be downloaded; the message is one paragraph saying what to do."""
+
+
 class BackendUnavailable(Exception):
     """The backend cannot be reached now; requests will fail until it comes back."""
 
@@ -108,6 +134,19 @@ class Backend(ABC):
     def replicas(self) -> list[dict] | None:
         """Per-replica state of a pool of servers (None: a single server or an in-process engine)."""
         return None
+
+    def missing_models(self) -> list[str]:
+        """Configured models that need a download before they can serve (none for a remote server)."""
+        return []
+
+    def pull(self, model: str, out) -> Pulled:
+        """Download `model` to this machine with progress on the text stream `out`; raises PullFailed."""
+        raise PullFailed(f"backend '{self.name}' (type {self.config.type}) serves models from its server; "
+                         "there is nothing to download here.")
+
+    def local_models(self, named: set[str]) -> list[LocalModel]:
+        """Models present on this machine that this kind of backend can run (`named`: those the config names)."""
+        return []
 
     def configured_models(self) -> list[str]:
         """Backend model names named in config (default model first, then mapping values)."""

@@ -44,6 +44,8 @@ class BackendConfig:
     cache_ttl_s: float = 1800  # prompt-cache entries unused this long are dropped
     max_batch: int = 8  # requests decoded together
     cache_across_sessions: bool = False  # any request may reuse any cached prefix (a gateway with one user)
+    preload: bool | list[str] = False  # models loaded once the server listens: true = every configured one
+    download_on_demand: bool = False  # a request for a hub model not downloaded yet downloads it (else 503)
     fallback: str | None = None  # the backend that answers when this one cannot (every replica down or overloaded)
     # Not keys: base_url as a list of replica URLs (credentials removed), and the user:password@
     # found in each, moved out of it so the URL can be shown (url_auth: the first replica's).

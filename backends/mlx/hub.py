@@ -1,0 +1,354 @@
+"""MLX models on the Hugging Face hub: where a model is on disk, `pull` (one progress bar per file,
+checked against the hub's checksums, into the normal Hugging Face cache) and what the cache holds.
+
+huggingface_hub and mlx-lm are imported on use: `models --local` and `check` stay cheap.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+import orjson
+import structlog
+
+from gateway.protocol.backend import LocalModel, Pulled, PullFailed
+from gateway.protocol.units import human_size
+
+log = structlog.get_logger("backends.mlx")
+
+
+class ModelUnavailable(Exception):
+    """A model that is neither local nor downloadable; the message is one paragraph for the user."""
+
+
+class NotLocal(ModelUnavailable):
+    """A hub model that is not in the local cache, and nothing may download it now."""
+
+
+class PullError(PullFailed):
+    """A download that failed; the message is one paragraph saying what to do."""
+
+
+def is_path_like(name: str) -> bool:
+    """A name that can only be a local directory (a hub id is exactly owner/name)."""
+    return name.startswith((".", "/", "~")) or name.count("/") != 1
+
+
+def allow_patterns() -> list[str]:
+    """The files of a repo that mlx-lm loads (weights, configs, tokenizer, template)."""
+    from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
+    return list(DEFAULT_ALLOW_PATTERNS)
+
+
+def local_model(name: str) -> Path | None:
+    """The directory holding `name` on this machine: the path itself, or a complete snapshot in the
+    Hugging Face cache (config.json and weights present); None when it would need a download."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    if is_path_like(name):
+        return None
+    from huggingface_hub import snapshot_download
+    try:
+        found = Path(snapshot_download(name, allow_patterns=allow_patterns(), local_files_only=True))
+    except Exception:  # noqa: BLE001 — any failure to find it locally means "not local"
+        return None
+    return found if _is_checkpoint(found) else None
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def missing_paragraph(name: str, backend: str) -> str:
+    """Why `name` cannot be a model at all: neither a directory nor an owner/name hub id."""
+    return (f"MLX model '{name}' for backend '{backend}' does not exist: it is neither a local directory nor a "
+            f"Hugging Face id (owner/name). Point model = \"...\" in [backends.{backend}] at a directory holding "
+            f"config.json, *.safetensors and the tokenizer, or run `claude-gateway serve --demo` for a generated "
+            f"demo model that needs no download.")
+
+
+def not_local_paragraph(name: str, backend: str) -> str:
+    """What a request for a hub model that is not downloaded yet is told."""
+    return (f"model '{name}' of backend '{backend}' is not downloaded yet; run `claude-gateway pull {name}` "
+            f"(or set download_on_demand = true in [backends.{backend}] to download on the first request)")
+
+
+def resolve_model_path(name: str, backend: str, download: bool = True, out: TextIO | None = None) -> Path:
+    """A local directory for `name`: the path itself, the Hugging Face cache, or (when `download`)
+    a pull with progress on `out` (stderr). Raises NotLocal when it is not local and may not download."""
+    found = local_model(name)
+    if found is not None:
+        return found
+    if is_path_like(name) or Path(name).expanduser().exists():
+        raise ModelUnavailable(missing_paragraph(name, backend))
+    if not download:
+        raise NotLocal(not_local_paragraph(name, backend))
+    log.info("mlx_model_fetch", model=name, hint="not in the local cache: downloading from Hugging Face")
+    try:
+        return Path(pull(name, out=out if out is not None else sys.stderr).path)
+    except PullError as exc:
+        raise ModelUnavailable(
+            f"cannot load MLX model '{name}' for backend '{backend}': it is not in the local Hugging Face cache "
+            f"and downloading it failed: {exc} Alternatively set model = \"/path/to/model\" in "
+            f"[backends.{backend}] to a local copy (a directory with config.json, *.safetensors and the "
+            f"tokenizer), or run `claude-gateway serve --demo` to try the gateway offline with a generated "
+            f"demo model.") from None
+
+
+# -- pull -------------------------------------------------------------------------------------
+
+def pull(name: str, out: TextIO = sys.stderr,
+         on_file: Callable[[str, int], None] | None = None) -> Pulled:
+    """Download the files mlx-lm needs of hub model `name` into the Hugging Face cache, skipping
+    those already there; a connection that drops mid-file resumes where it stopped. Each new file
+    is checked against the hub's checksum (sha256 for LFS files, the git blob id for others)."""
+    from huggingface_hub import (
+        HfApi,
+        hf_hub_download,
+        snapshot_download,
+        try_to_load_from_cache,
+    )
+    from huggingface_hub.hf_api import RepoFile
+    from huggingface_hub.utils import filter_repo_objects
+
+    api = HfApi()
+    patterns = allow_patterns()
+    try:
+        commit = api.model_info(name).sha
+        tree = {f.path: f for f in api.list_repo_tree(name, recursive=True, revision=commit)
+                if isinstance(f, RepoFile)}
+    except Exception as exc:  # noqa: BLE001 — every hub failure becomes one paragraph
+        raise PullError(explain(name, exc)) from None
+    files = sorted(filter_repo_objects(tree, allow_patterns=patterns))
+    tty = out.isatty()
+    downloaded, nbytes = [], 0
+    for path in files:
+        entry = tree[path]
+        if isinstance(try_to_load_from_cache(name, path, revision=commit), str):
+            continue
+        if on_file is not None:
+            on_file(path, entry.size)
+        if not tty:
+            print(f"  {path} ({human_size(entry.size)})", file=out, flush=True)
+        try:
+            local = Path(hf_hub_download(name, path, revision=commit, tqdm_class=_bar_class(out, path)))
+        except Exception as exc:  # noqa: BLE001
+            raise PullError(explain(name, exc, path)) from None
+        _verify(name, path, local, entry)
+        downloaded.append(path)
+        nbytes += entry.size
+    try:
+        # Every file is in the cache now: this records refs/main and the file list for offline
+        # look-ups (local_model), without downloading anything again.
+        snapshot = Path(snapshot_download(name, allow_patterns=patterns, tqdm_class=_bar_class(out, silent=True)))
+    except Exception as exc:  # noqa: BLE001
+        raise PullError(explain(name, exc)) from None
+    return Pulled(name, str(snapshot), downloaded, nbytes)
+
+
+def _bar_class(out: TextIO, label: str | None = None, silent: bool = False) -> type:
+    """A tqdm class for one file's bar on `out` (name, size, rate, ETA); silent when `out` is not a terminal."""
+    from tqdm import tqdm
+
+    class FileBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs.pop("name", None)
+            if label is not None:
+                kwargs["desc"] = label  # instead of the download URL's tail
+            cols, rows = _terminal_size(out)
+            kwargs.update(file=out, disable=silent or not out.isatty(), ncols=cols, nrows=rows, mininterval=0.2)
+            if kwargs.get("unit") == "B":
+                kwargs.update(unit_scale=True, unit_divisor=1024)
+            super().__init__(*args, **kwargs)
+
+    return FileBar
+
+
+def _terminal_size(out: TextIO) -> tuple[int, int]:
+    """The terminal's columns and rows, 100 x 24 where it says 0 (tqdm hides bars below row 0)."""
+    try:
+        size = os.get_terminal_size(out.fileno())
+    except (OSError, ValueError, AttributeError):
+        return 100, 24
+    return size.columns or 100, size.lines or 24
+
+
+def _verify(name: str, path: str, local: Path, entry) -> None:
+    """The downloaded file has the hub's checksum, else it is removed and the pull fails."""
+    lfs = getattr(entry, "lfs", None)
+    expected = (lfs.sha256 if lfs is not None else entry.blob_id).lower()
+    actual = _sha256(local) if lfs is not None else _git_blob_sha1(local)
+    if actual == expected:
+        return
+    blob = local.resolve()
+    local.unlink(missing_ok=True)
+    blob.unlink(missing_ok=True)
+    raise PullError(f"'{path}' of {name} arrived corrupted: its {'sha256' if lfs is not None else 'git blob id'} "
+                    f"is {actual}, the hub says {expected}. The file was removed; run `claude-gateway pull "
+                    f"{name}` again (a proxy or a full disk can cause this).")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _git_blob_sha1(path: Path) -> str:
+    """What git names a blob: sha1 of "blob <size>\\0" and the content."""
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def explain(name: str, exc: BaseException, path: str | None = None) -> str:
+    """One paragraph for a failed hub call: offline, no such repo, private or gated, or other."""
+    import httpx2
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    endpoint = constants.ENDPOINT
+    local = "or point `model` at a local directory (config.json, *.safetensors, tokenizer)"
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(exc, GatedRepoError):
+        return (f"{name} is a gated repository on {endpoint}: accept its terms on the model's page while logged "
+                f"in, then set HF_TOKEN to a token of that account (or run `hf auth login`), {local}.")
+    if isinstance(exc, RepositoryNotFoundError) and status == 401:
+        refused = (response is not None and response.headers.get("X-Error-Message")
+                   == "Invalid credentials in Authorization header")
+        if refused:
+            return (f"{endpoint} refused the token sent for {name} (HF_TOKEN or the saved login): set HF_TOKEN to "
+                    f"a valid token, {local}.")
+        return (f"{name} was not found on {endpoint} without a token: either the id is misspelled or the "
+                f"repository is private. For a private repository set HF_TOKEN to a token that can read it "
+                f"(or run `hf auth login`), {local}.")
+    if isinstance(exc, RepositoryNotFoundError) or (status == 404 and path is None):
+        return (f"{name} does not exist on {endpoint} (HTTP 404): check the id on the model's page (owner/name, "
+                f"e.g. mlx-community/Qwen3-0.6B-4bit), {local}.")
+    if isinstance(exc, RevisionNotFoundError):
+        return f"{name} has no branch main on {endpoint}: check the id, {local}."
+    if isinstance(exc, (httpx2.ConnectError, httpx2.TimeoutException, OfflineModeIsEnabled,
+                        LocalEntryNotFoundError)):
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"{endpoint} cannot be reached"
+        return (f"cannot download {name}: {why} ({type(exc).__name__}). Connect to the network and run "
+                f"`claude-gateway pull {name}` again (files already downloaded are kept), set HF_ENDPOINT to a "
+                f"reachable mirror, {local}.")
+    if isinstance(exc, HfHubHTTPError):
+        what = f"'{path}' of {name}" if path else name
+        return (f"downloading {what} from {endpoint} failed with HTTP {status}: {str(exc).splitlines()[0]}. "
+                f"Try `claude-gateway pull {name}` again later, {local}.")
+    if isinstance(exc, OSError) and path is not None:
+        return (f"downloading '{path}' of {name} failed: {exc}. Check the disk space of the Hugging Face cache "
+                f"(HF_HOME) and run `claude-gateway pull {name}` again, {local}.")
+    return f"downloading {name} failed: {type(exc).__name__}: {exc}. Run `claude-gateway pull {name}` again, {local}."
+
+
+# -- what is local ----------------------------------------------------------------------------
+
+def describe(name: str, path: Path) -> LocalModel:
+    """Size on disk, quantisation and context window of the model directory `path`."""
+    cfg = read_config(path)
+    return LocalModel(name, str(path), _size_on_disk(path), _quantization(cfg), context_of(cfg))
+
+
+def read_config(path: Path) -> dict:
+    try:
+        cfg = orjson.loads((path / "config.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def context_of(cfg: dict) -> int | None:
+    """The context length a model's config.json states."""
+    for key in ("max_position_embeddings", "max_seq_len", "n_positions", "seq_length"):
+        value = cfg.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    text = cfg.get("text_config")
+    return context_of(text) if isinstance(text, dict) else None
+
+
+def _quantization(cfg: dict) -> str | None:
+    q = cfg.get("quantization") or cfg.get("quantization_config")
+    if not isinstance(q, dict) or "bits" not in q:
+        return None
+    group = f", group {q['group_size']}" if q.get("group_size") else ""
+    mode = f" {q['mode']}" if isinstance(q.get("mode"), str) and q["mode"] != "affine" else ""
+    return f"{q['bits']}-bit{mode}{group}"
+
+
+def _size_on_disk(path: Path) -> int:
+    """Bytes of the files in `path` (the blobs a cache snapshot links to, each counted once)."""
+    seen: set[Path] = set()
+    total = 0
+    for f in path.rglob("*"):
+        try:
+            real = f.resolve()
+            if real in seen or not real.is_file():
+                continue
+            seen.add(real)
+            total += real.stat().st_size
+        except OSError:
+            continue
+    return total
+
+
+def cached_models(named: set[str]) -> list[LocalModel]:
+    """MLX models in the Hugging Face cache: those `named` by the config, any from mlx-community, and
+    any quantised by mlx (config.json `quantization`); each needs config.json and *.safetensors."""
+    from huggingface_hub import scan_cache_dir
+    try:
+        cache = scan_cache_dir()
+    except Exception:  # noqa: BLE001 — no cache directory yet: nothing is local
+        return []
+    out = []
+    for repo in sorted(cache.repos, key=lambda r: r.repo_id.lower()):
+        if repo.repo_type != "model":
+            continue
+        path = local_model(repo.repo_id)
+        if path is None:
+            continue
+        if repo.repo_id in named or repo.repo_id.startswith("mlx-community/") or "quantization" in read_config(path):
+            out.append(describe(repo.repo_id, path))
+    return out
+
+
+class HubModels:
+    """The model-management part of the Backend interface for the MLX backend (mixed into it)."""
+
+    def missing_models(self) -> list[str]:
+        return [m for m in self.configured_models() if local_model(m) is None]
+
+    def pull(self, model: str, out: TextIO) -> Pulled:
+        path = Path(model).expanduser()
+        if path.is_dir():
+            return Pulled(model, str(path), [], 0, local_dir=True)
+        if path.exists() or is_path_like(model):
+            raise PullError(missing_paragraph(model, self.name))
+        return pull(model, out=out)
+
+    def local_models(self, named: set[str]) -> list[LocalModel]:
+        found = {m.name: m for m in cached_models(named)}
+        for name in sorted(named):
+            path = Path(name).expanduser()
+            if name not in found and is_path_like(name) and path.is_dir():
+                found[name] = describe(name, path)
+        return list(found.values())
