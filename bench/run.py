@@ -109,10 +109,20 @@ def _per_req(ticks: int, n: int) -> float | None:
 
 
 def cpu_ticks(pid: int) -> int:
-    """utime + stime of a process (all its threads), in clock ticks."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    """utime + stime of a process and of the processes of its group (`serve --workers N` forks
+    them), all threads, in clock ticks."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended between listdir and open
+        if int(entry) == pid or int(fields[2]) == pid:  # fields[2]: the process group
+            total += int(fields[11]) + int(fields[12])
+    return total
 
 
 def cpu_ns(pid: int) -> int:
