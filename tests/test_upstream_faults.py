@@ -11,7 +11,8 @@ import pytest
 from tests.compat_helpers import assert_error, body, start_stack
 from tests.conftest import gateway_config
 from tests.sse_checks import open_stream
-from tests.upstream import TEXT, Script, wait_for
+from tests.support.poll import wait_for
+from tests.upstream import TEXT, Script
 
 TIMEOUT_S = 1.5  # backend timeout_s; the gateway pings every 0.5 s (conftest), so pings fit before it
 
