@@ -11,7 +11,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import AsyncIterator, TypeVar
+from typing import AsyncGenerator, AsyncIterator, TypeVar
 
 import httpx2
 import openai
@@ -157,7 +157,7 @@ class OpenAIBackend(Backend):
         """Hook for `auto`: servers that expose their chat template find out what it accepts."""
         return "keep"
 
-    async def stream(self, breq: BackendRequest) -> AsyncIterator[list[Event]]:
+    async def stream(self, breq: BackendRequest) -> AsyncGenerator[list[Event], None]:
         try:
             extra = dict(self.config.extra_body)
             extra.update(self.extra_fields(breq))
