@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.claude_code_request import build_request
 from gateway.logfile import RotatingFile
 from gateway.protocol.errors import ErrorInfo
-from gateway.reqlog import LineRenderer, RequestRecord
+from gateway.outcome import RequestOutcome
+from gateway.reqlog import LineRenderer, log_line
 from tools.log_replay import main as log_replay
 from tools.logread import iter_lines, log_files
 
@@ -48,27 +49,24 @@ def write_log(path: Path, megabytes: float, bodies: bool) -> int:
     while written < megabytes * 1024 * 1024:
         n += 1
         kind = rng.random()
-        rec = RequestRecord(request_id=f"req_{n:024d}", method="POST", path="/v1/messages",
-                            ts=(start + timedelta(seconds=n)).isoformat(timespec="milliseconds"))
-        rec.session_id = rng.choice(sessions)
-        rec.user_agent = "claude-cli/2.1.0 (external, cli)"
-        rec.model, rec.backend, rec.backend_model = "claude-opus-4-8", "gpu", "Qwen/Qwen3-Coder-30B-A3B-Instruct"
-        rec.body = rng.choice(templates)
-        rec.status, rec.stream = 200, True
-        rec.duration_ms, rec.ttft_ms = round(rng.uniform(500, 20000), 2), round(rng.uniform(50, 2000), 2)
-        rec.input_tokens, rec.output_tokens = rng.randint(1000, 30000), rng.randint(1, 2000)
-        rec.cache_read_tokens, rec.stop_reason = rng.randint(0, 20000), rng.choice(["end_turn", "tool_use"])
+        rec = dict(request_id=f"req_{n:024d}", method="POST", path="/v1/messages",
+                   ts=(start + timedelta(seconds=n)).isoformat(timespec="milliseconds"),
+                   session_id=rng.choice(sessions), user_agent="claude-cli/2.1.0 (external, cli)",
+                   model="claude-opus-4-8", backend="gpu", backend_model="Qwen/Qwen3-Coder-30B-A3B-Instruct",
+                   body=rng.choice(templates), status=200, stream=True,
+                   duration_ms=round(rng.uniform(500, 20000), 2), ttft_ms=round(rng.uniform(50, 2000), 2),
+                   input_tokens=rng.randint(1000, 30000), output_tokens=rng.randint(1, 2000),
+                   cache_read_tokens=rng.randint(0, 20000), stop_reason=rng.choice(["end_turn", "tool_use"]))
         if kind < 0.2:
-            rec.path, rec.stream, rec.ttft_ms, rec.output_tokens, rec.stop_reason = (
-                "/v1/messages/count_tokens", None, None, None, None)
+            rec.update(path="/v1/messages/count_tokens", stream=None, ttft_ms=None, output_tokens=None,
+                       stop_reason=None)
         elif kind < 0.25:
-            rec.status, rec.stop_reason = 529, None
-            rec.error = ErrorInfo("overloaded_error", "backend 'gpu' answered 503: busy")
+            rec.update(status=529, stop_reason=None,
+                       error=ErrorInfo("overloaded_error", "backend 'gpu' answered 503: busy"))
         elif kind < 0.26:
-            rec.event, rec.method, rec.path, rec.status = "unknown_route", "GET", "/v1/organizations/x", 404
-            rec.body, rec.model, rec.backend, rec.backend_model = None, None, None, None
-            rec.error = ErrorInfo("not_found_error", "no route")
-        line = render(rec.to_dict(bodies)) + b"\n"
+            rec.update(event="unknown_route", method="GET", path="/v1/organizations/x", status=404, body=None,
+                       model=None, backend=None, backend_model=None, error=ErrorInfo("not_found_error", "no route"))
+        line = render(log_line(RequestOutcome(**rec), bodies)) + b"\n"
         out.write(line)
         written += len(line)
     out.close()

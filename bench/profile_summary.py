@@ -16,7 +16,7 @@ from collections import Counter
 
 # (stage, frame-name pattern); the first stage whose pattern matches, leaf upwards, wins.
 STAGES: list[tuple[str, str]] = [
-    ("request log (JSONL line + console line)", r"^(RequestLog\.write|RequestRecord\.to_(json|dict)|LineRenderer|_Enqueue)"),
+    ("request log (JSONL line + console line)", r"^(RequestLog\.(write|_console)|log_line|LineRenderer|_Enqueue)"),
     ("body read + JSON parse", r"^read_body "),
     ("validation (parse_messages_request)", r"^parse_messages_request "),
     ("normalize (billing header, system hoist)", r"^(normalize|session_id) "),
@@ -32,7 +32,7 @@ STAGES: list[tuple[str, str]] = [
     ("SSE write to client (aiohttp StreamResponse)", r"^(_Pinger\.write|StreamResponse\.(write|prepare|write_eof)|StreamWriter)"),
     ("backend stream loop (openai.py glue)", r"^OpenAIBackend\.stream "),
     ("SSE response loop (messages.py glue)", r"^(_respond_sse|handle_messages|_prepare|_Pinger) "),
-    ("middleware (ids, auth, record)", r"^(gateway_middleware|new_id|RequestRecord)"),
+    ("middleware (ids, auth, record)", r"^(gateway_middleware|new_id|RequestRecord|RequestOutcome)"),
     ("aiohttp server (HTTP parse, dispatch)", r"^(RequestHandler|Application\._handle|_fix_request|HttpRequestParser"
                                               r"|BaseRequest|Request\.)"),
     ("asyncio loop + sockets", r"^(BaseEventLoop|_SelectorSocketTransport|EpollSelector|Handle\._run|Task\.|_SelectorTransport)"),

@@ -41,13 +41,12 @@ SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Contro
 async def read_body(request: web.Request, record: RequestRecord) -> object:
     """The decoded JSON body; 413 over the configured limit, 400 for anything not JSON."""
     raw = await request.read()
-    record.body_bytes = len(raw)
     try:
         body = decode_body(raw)
     except GatewayError:
-        record.body = raw.decode("utf-8", "replace")  # logged as text, so even this request can be replayed
+        record.read(len(raw), raw.decode("utf-8", "replace"))  # logged as text, so even this request can be replayed
         raise
-    record.body = body
+    record.read(len(raw), body)
     return body
 
 
@@ -55,16 +54,13 @@ _UNKNOWN_LOGGED: set[str] = set()
 _UNKNOWN_LOG_CAP = 256  # distinct types remembered; a client inventing names cannot grow it without end
 
 
-def _note_unknown(req: MessagesRequest, record: RequestRecord) -> None:
-    """Tolerated unknown block types go on the request's log line; each is logged once per process."""
-    if not req.unknown_blocks:
-        return
-    record.unknown_blocks = req.unknown_blocks
+def _note_unknown(req: MessagesRequest, request_id: str) -> None:
+    """Tolerated unknown block types (which also go on the request's log line) are logged once per process."""
     for label in req.unknown_blocks:
         if label not in _UNKNOWN_LOGGED and len(_UNKNOWN_LOGGED) < _UNKNOWN_LOG_CAP:
             _UNKNOWN_LOGGED.add(label)
             kind, _, where = label.rpartition("@")
-            log.warning("unknown_block_type", type=kind, where=where, request_id=record.request_id,
+            log.warning("unknown_block_type", type=kind, where=where, request_id=request_id,
                         hint="passed on as text when it carries text, dropped otherwise")
 
 
@@ -73,15 +69,15 @@ async def _prepare(request: web.Request, count_only: bool) -> tuple[MessagesRequ
     record = request[RECORD]
     body = await read_body(request, record)
     req = apply_tool_search(gw.thinking.restore(normalize(parse_messages_request(body, count_only=count_only))))
-    _note_unknown(req, record)
+    unknown = req.unknown_blocks or None
+    _note_unknown(req, record.request_id)
     req, applied = apply_context_edits(req)
     request[APPLIED_EDITS] = applied
-    record.model = req.model
-    record.stream = req.stream
-    record.session_id = session_id(request.headers.get("X-Claude-Code-Session-Id"), req)
+    session = session_id(request.headers.get("X-Claude-Code-Session-Id"), req)
+    record.requested(req.model, req.stream, session, unknown)
     route = await gw.router.resolve(req.model)
-    record.backend, record.backend_model = route.backend.name, route.model
-    breq = BackendRequest(req, route.model, req.max_tokens or 1, record.session_id)
+    record.routed(route.backend.name, route.model)
+    breq = BackendRequest(req, route.model, req.max_tokens or 1, session)
     return req, breq, route.backend
 
 
@@ -89,7 +85,7 @@ async def handle_count_tokens(request: web.Request) -> web.Response:
     """Prompt tokens with the backend's tokenizer (or its documented estimate); never generates."""
     _, breq, backend = await _prepare(request, count_only=True)
     count = await backend.count_tokens(breq)
-    request[RECORD].input_tokens = count.tokens
+    request[RECORD].counted(count.tokens)
     return web.json_response({"input_tokens": max(1, count.tokens)}, dumps=_dumps)
 
 
@@ -199,17 +195,9 @@ async def answer(request: web.Request, ms: MessageStream, events: AsyncGenerator
         # A cut stream never reached finish(): count what it delivered, not 0.
         usage = ms.usage if ms.finished else ms.final_usage()
         # What the client was sent (the log writes it with the bodies); nothing when it failed before message_start.
-        record.response = ms.logged_content()
-        record.input_tokens = usage.input_tokens
-        record.output_tokens = usage.output_tokens
-        record.cache_read_tokens = usage.cache_read_input_tokens
-        record.tool_names = ms.tool_names or None
+        record.answered(usage, ms.tool_names or None, ms.logged_content(), ms.engine_stats)
         for signature, thinking in ms.omitted_thinking:
             request.app[GATEWAY].thinking.remember(signature, thinking)
-        if ms.engine_stats is not None:
-            stats = ms.engine_stats
-            record.prefill_tps, record.decode_tps = stats.prefill_tps, stats.decode_tps
-            record.peak_memory_mb = stats.peak_memory_mb
 
 
 # Claude Code appends context-size hints such as "[1m]" to model names (the router's rule).
@@ -242,8 +230,7 @@ async def use_fallback(gw: Gateway, backend: Backend, breq: BackendRequest, reco
     moved = dataclasses.replace(breq, model=model, max_tokens=breq.request.max_tokens or 1, replica=None,
                                 openai_body=None)
     first = record.fallback["from"] if record.fallback else backend.name
-    record.fallback = {"from": first, "to": target.name, "reason": reason, "error": error[:500]}
-    record.backend, record.backend_model = target.name, model
+    record.routed(target.name, model, {"from": first, "to": target.name, "reason": reason, "error": error[:500]})
     log.warning("backend_fallback", request_id=record.request_id, backend=backend.name, fallback=target.name,
                 reason=reason, error=error[:300])
     # If the fallback cannot fit it either, on down its chain (the config forbids loops).
@@ -276,10 +263,9 @@ async def fit_budget(gw: Gateway, backend: Backend, breq: BackendRequest,
             raise
         return switched[0], switched[1]
     if budget.edits:
-        record.context_edits = budget.edits
+        record.edited(budget.edits)
     if budget.fallback is not None:
-        record.fallback = budget.fallback
-        record.backend, record.backend_model = budget.backend.name, budget.request.model
+        record.routed(budget.backend.name, budget.request.model, budget.fallback)
     return budget.backend, budget.request
 
 
@@ -324,7 +310,7 @@ async def events_with_fallback(gw: Gateway, backend: Backend, breq: BackendReque
                 raise
             backend, breq, _ = switched
         finally:
-            record.replica = breq.replica
+            record.served_by(breq.replica)
             await events.aclose()
 
 
@@ -336,7 +322,7 @@ async def _respond_json(ms: MessageStream, events: AsyncIterator[list[Event]], r
         if ms.ttft_seen:
             record.mark_first_token()
     ms.finish()
-    record.stop_reason = ms.stop_reason
+    record.stopped(ms.stop_reason)
     return web.json_response(wire.message(), dumps=_dumps)
 
 
@@ -389,7 +375,7 @@ async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIte
     resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
     resp.headers["request-id"] = record.request_id
     await resp.prepare(request)
-    record.status = 200
+    record.responded(200)  # a stream in flight from here on (the in-flight gauge)
     pinger = _Pinger(resp, interval, wire.ping)
     try:
         await pinger.write(wire.start())
@@ -403,7 +389,7 @@ async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIte
             async for ev in events:
                 frames = _feed(ms, ev)
                 if frames:
-                    if ms.ttft_seen and record.ttft_ms is None:
+                    if ms.ttft_seen:
                         record.mark_first_token()
                     await pinger.write(wire.frames(frames))
         except StopAsyncIteration:
@@ -419,7 +405,7 @@ async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIte
                 with contextlib.suppress(Exception):
                     await _write_error(pinger, wire, _shutting_down(), record)
                 return resp
-            record.error = client_disconnected("the client closed the stream")
+            record.failed(client_disconnected("the client closed the stream"))
             raise
         except Exception as exc:  # a backend bug must still end the stream with an error event
             log.exception("backend_failed_mid_stream", backend=record.backend)
@@ -428,7 +414,7 @@ async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIte
             return resp
         pinger.stop()
         await resp.write(wire.finish(ms.finish()))
-        record.stop_reason = ms.stop_reason
+        record.stopped(ms.stop_reason)
         await resp.write_eof()
         return resp
     finally:
@@ -440,7 +426,7 @@ async def _respond_sse(request: web.Request, ms: MessageStream, events: AsyncIte
 
 async def _write_error(pinger: _Pinger, wire: Wire, err: GatewayError, record: RequestRecord) -> None:
     pinger.stop()
-    record.error = err.info
+    record.failed(err.info)
     await pinger.resp.write(wire.error(err))
     await pinger.resp.write_eof()
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics, derived from the same RequestRecord the request log writes.
+"""Prometheus metrics, derived from the same RequestOutcome the request log writes.
 
 Each Gateway owns a `Metrics` with its own CollectorRegistry (not the process-global one), so
 several gateways in one process — the tests start many — never share or clash on collectors.
@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gateway.config import Config
 from gateway.protocol.errors import STATUS_TYPES
+from gateway.outcome import RequestOutcome
 from gateway.reqlog import RequestRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -69,7 +70,7 @@ class ModelLabels:
 
 
 class Metrics:
-    """The collectors of one gateway, fed one finished RequestRecord at a time."""
+    """The collectors of one gateway, fed one RequestOutcome at a time (in-flight gauges: the live RequestRecords)."""
 
     def __init__(self, backends: tuple[str, ...], labels: ModelLabels,
                  replicas: dict[str, Callable[[], list[dict] | None]] | None = None) -> None:
@@ -116,48 +117,48 @@ class Metrics:
     def untrack(self, record: RequestRecord) -> None:
         self.in_flight.discard(record)
 
-    def observe(self, record: RequestRecord, route: str) -> None:
-        """Count one finished request."""
-        backend = record.backend or ""
-        model = self.labels.label(record.model, record.backend_model) if record.backend else ""
-        self.requests.labels(route, str(record.status), backend, model).inc()
-        if record.event == "unknown_route":
-            self.unknown_routes.labels(record.method if record.method in _METHODS else OTHER).inc()
+    def observe(self, outcome: RequestOutcome, route: str) -> None:
+        """Count one finished request (its outcome, as the log line records it)."""
+        backend = outcome.backend or ""
+        model = self.labels.label(outcome.model, outcome.backend_model) if outcome.backend else ""
+        self.requests.labels(route, str(outcome.status), backend, model).inc()
+        if outcome.event == "unknown_route":
+            self.unknown_routes.labels(outcome.method if outcome.method in _METHODS else OTHER).inc()
             return
-        if record.duration_ms is not None:
-            self.latency.labels(route, backend).observe(record.duration_ms / 1000)
-        if record.ttft_ms is not None:
-            self.ttft.labels(backend, model).observe(record.ttft_ms / 1000)
-        err = record.error
-        if record.backend and err and err.type not in _CLIENT_GONE and (
-                record.status >= 429 or record.status < 400):  # < 400: the stream had begun
+        if outcome.duration_ms is not None:
+            self.latency.labels(route, backend).observe(outcome.duration_ms / 1000)
+        if outcome.ttft_ms is not None:
+            self.ttft.labels(backend, model).observe(outcome.ttft_ms / 1000)
+        err = outcome.error
+        if outcome.backend and err and err.type not in _CLIENT_GONE and (
+                outcome.status >= 429 or outcome.status < 400):  # < 400: the stream had begun
             etype = err.type or "api_error"
             self.upstream_errors.labels(backend, etype if etype in _ERROR_TYPES else OTHER).inc()
-        if record.backend and route in _GENERATING_ROUTES and record.status < 400:
-            self._count_tokens(record, backend, model)
-        if record.replica and record.replica in self.replica_urls.get(backend, ()):
-            self.replica_requests.labels(backend, record.replica, str(record.status)).inc()
-            if record.ttft_ms is not None:
-                self.replica_ttft.labels(backend, record.replica).observe(record.ttft_ms / 1000)
-        if record.fallback:
-            fb = record.fallback
+        if outcome.backend and route in _GENERATING_ROUTES and outcome.status < 400:
+            self._count_tokens(outcome, backend, model)
+        if outcome.replica and outcome.replica in self.replica_urls.get(backend, ()):
+            self.replica_requests.labels(backend, outcome.replica, str(outcome.status)).inc()
+            if outcome.ttft_ms is not None:
+                self.replica_ttft.labels(backend, outcome.replica).observe(outcome.ttft_ms / 1000)
+        if outcome.fallback:
+            fb = outcome.fallback
             known = set(self.backends)
             self.fallbacks.labels(fb["from"] if fb["from"] in known else OTHER, fb["to"] if fb["to"] in known else OTHER,
                                   fb["reason"]).inc()
 
-    def _count_tokens(self, record: RequestRecord, backend: str, model: str) -> None:
-        if record.input_tokens:
-            self.tokens.labels("input", backend, model).inc(record.input_tokens)
-        if record.output_tokens:
-            self.tokens.labels("output", backend, model).inc(record.output_tokens)
+    def _count_tokens(self, outcome: RequestOutcome, backend: str, model: str) -> None:
+        if outcome.input_tokens:
+            self.tokens.labels("input", backend, model).inc(outcome.input_tokens)
+        if outcome.output_tokens:
+            self.tokens.labels("output", backend, model).inc(outcome.output_tokens)
         cache = self.cache.setdefault(backend, CacheUse())
         cache.requests += 1
-        cache.input_tokens += record.input_tokens or 0
-        if record.cache_read_tokens:
+        cache.input_tokens += outcome.input_tokens or 0
+        if outcome.cache_read_tokens:
             cache.hits += 1
-            cache.read_tokens += record.cache_read_tokens
+            cache.read_tokens += outcome.cache_read_tokens
             self.cache_hits.labels(backend).inc()
-            self.cache_read_tokens.labels(backend).inc(record.cache_read_tokens)
+            self.cache_read_tokens.labels(backend).inc(outcome.cache_read_tokens)
 
     def exposition(self) -> bytes:
         """The text exposition format Prometheus scrapes."""

@@ -57,15 +57,15 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     chat = parse_chat_request(body)
     assert isinstance(body, dict)  # parse_chat_request refused any other JSON
     req = to_messages_request(chat)
-    record.model, record.stream = chat.model, chat.stream
-    record.session_id = session_id(request.headers.get("X-Claude-Code-Session-Id"), req)
+    session = session_id(request.headers.get("X-Claude-Code-Session-Id"), req)
+    record.requested(chat.model, chat.stream, session)
     route = await gw.router.resolve(chat.model)
-    record.backend, record.backend_model = route.backend.name, route.model
+    record.routed(route.backend.name, route.model)
     if not route.backend.config.vision and any(type(b) is ImageBlock for m in req.messages for b in m.content):
         # As for Anthropic clients: the operator said this model has no vision; the body is not sent.
         raise invalid(f"model '{chat.model}' does not accept images on this backend; "
                       f"{images_hint(route.backend.config.type)}")
-    breq = BackendRequest(req, route.model, chat.max_tokens or DEFAULT_MAX_TOKENS, record.session_id)
+    breq = BackendRequest(req, route.model, chat.max_tokens or DEFAULT_MAX_TOKENS, session)
     backend, breq = await fit_budget(gw, route.backend, breq, record)
     backend, breq, fit = await fit_with_fallback(gw, backend, breq, record)
     if backend is route.backend:

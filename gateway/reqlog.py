@@ -1,9 +1,11 @@
 """The request log: one JSON object per request (its fields are a contract readers rely on), as JSONL.
 
-`RequestRecord` is the contract; `RequestLog` is the sink. A record goes through a structlog
-logger whose processor renders the line (secrets scrubbed, `body` last so readers can skip
-it); the rendered line is handed to a writer thread (gateway.logfile), so the event loop never
-waits on the disk.
+`RequestRecord` follows a request and freezes into its `RequestOutcome` (gateway.outcome);
+`log_line` renders that into the line, whose fields are the contract (gateway.protocol.log_schema);
+`RequestLog` is the sink, and writes the console line from the same outcome. A line goes through a
+structlog logger whose processor renders it (secrets scrubbed, `body` last so readers can skip it);
+the rendered line is handed to a writer thread (gateway.logfile), so the event loop never waits on
+the disk.
 """
 from __future__ import annotations
 
@@ -11,15 +13,16 @@ import atexit
 import json
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 import structlog
 
 from gateway.logfile import LineWriter, RotatingFile
-from gateway.protocol.errors import ErrorInfo
+from gateway.outcome import RequestOutcome, now_iso
+from gateway.protocol.anthropic import Usage
+from gateway.protocol.errors import ErrorInfo, client_disconnected
+from gateway.protocol.events import EngineStats
 from gateway.protocol.log_schema import OPTIONAL_FIELDS, REQUIRED_FIELDS
 from gateway.protocol.redact import REDACTED, scrub
 
@@ -36,73 +39,135 @@ _FIELDS, _OPTIONAL = REQUIRED_FIELDS, OPTIONAL_FIELDS  # order: gateway.protocol
 _LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
 
 
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-@dataclass(eq=False)
 class RequestRecord:
-    """One request as the log records it."""
+    """A request's outcome while it is learned: each step of the request adds what it found out
+    (one method per step), and `finish` freezes it into the RequestOutcome that is logged."""
 
-    request_id: str
-    method: str
-    path: str
-    query: str = ""
-    event: str = "request"  # request | unknown_route
-    ts: str = field(default_factory=_now_iso)
-    status: int = 0
-    duration_ms: float | None = None
-    ttft_ms: float | None = None
-    model: str | None = None
-    backend: str | None = None
-    backend_model: str | None = None
-    stream: bool | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cache_read_tokens: int | None = None
-    stop_reason: str | None = None
-    tool_names: list[str] | None = None  # tools the answer called or began to call, in order (for replay diffs)
-    error: ErrorInfo | None = None
-    session_id: str | None = None
-    user_agent: str | None = None
-    body: Any = None  # the decoded JSON body; the raw text when it was not JSON
-    response: list[dict] | None = None  # the content blocks the client was sent (written with the body)
-    raw_path: str | None = None  # the request target still percent-encoded, when `path?query` differs from it
-    headers: dict | None = None  # unknown routes only, redacted
-    body_bytes: int | None = None
-    prefill_tps: float | None = None  # in-process engines: prompt tokens computed per second
-    decode_tps: float | None = None  # in-process engines: generated tokens per second
-    peak_memory_mb: float | None = None  # in-process engines: peak engine memory
-    unknown_blocks: list[str] | None = None  # "type@where" of block types passed on as text or dropped
-    replica: str | None = None  # the server of a backend's pool that answered (or was tried last)
-    context_edits: list[dict] | None = None  # what the context budget cut to fit the window, tokens saved
-    # {"from", "to", "reason", …} when another backend answered instead: its pool was down or
-    # overloaded (with "error"), or the prompt overflowed its window (with "context_window")
-    fallback: dict | None = None
-    api: str = "anthropic"  # the client protocol: anthropic | openai (/v1/chat/completions)
-    started: float = field(default_factory=time.perf_counter, repr=False)
+    __slots__ = ("_facts", "started")
 
-    def finish(self, status: int) -> None:
-        self.status = status
-        self.duration_ms = round((time.perf_counter() - self.started) * 1000, 2)
+    def __init__(self, request_id: str, method: str, path: str, query: str = "", *,
+                 user_agent: str | None = None, raw_path: str | None = None, api: str = "anthropic"):
+        self.started = time.perf_counter()
+        # Keyed by RequestOutcome's field names; what no step reported keeps the outcome's default.
+        self._facts: dict[str, Any] = {"request_id": request_id, "method": method, "path": path, "query": query,
+                                       "ts": now_iso(), "user_agent": user_agent, "raw_path": raw_path, "api": api}
+
+    # What is read while the request runs (in-flight gauges, log events, the fallback chain).
+    @property
+    def request_id(self) -> str:
+        return self._facts["request_id"]
+
+    @property
+    def status(self) -> int:
+        return self._facts.get("status", 0)
+
+    @property
+    def backend(self) -> str | None:
+        return self._facts.get("backend")
+
+    @property
+    def stream(self) -> bool | None:
+        return self._facts.get("stream")
+
+    @property
+    def fallback(self) -> dict | None:
+        return self._facts.get("fallback")
+
+    @property
+    def event(self) -> str:
+        return self._facts.get("event", "request")
+
+    def unknown_route(self, headers: dict, body_bytes: int | None) -> None:
+        """A path the gateway does not serve: its (redacted) headers and announced size go on the line."""
+        self._facts.update(event="unknown_route", headers=headers, body_bytes=body_bytes)
+
+    def read(self, body_bytes: int, body: Any) -> None:
+        """The body as read: its size and its decoded JSON (its text when it is not JSON)."""
+        self._facts.update(body_bytes=body_bytes, body=body)
+
+    def requested(self, model: str, stream: bool | None, session_id: str | None,
+                  unknown_blocks: list[str] | None = None) -> None:
+        """What the parsed request asks for."""
+        self._facts.update(model=model, stream=stream, session_id=session_id, unknown_blocks=unknown_blocks)
+
+    def routed(self, backend: str, backend_model: str, fallback: dict | None = None) -> None:
+        """The backend and model that take the request; `fallback` says why when it moved from its route."""
+        self._facts.update(backend=backend, backend_model=backend_model)
+        if fallback is not None:
+            self._facts["fallback"] = fallback
+
+    def edited(self, context_edits: list[dict]) -> None:
+        """What the context budget cut to fit the backend's window."""
+        self._facts["context_edits"] = context_edits
+
+    def served_by(self, replica: str | None) -> None:
+        """The server of the backend's pool that answered (or was tried last)."""
+        self._facts["replica"] = replica
+
+    def counted(self, input_tokens: int) -> None:
+        """A token count's answer."""
+        self._facts["input_tokens"] = input_tokens
 
     def mark_first_token(self) -> None:
-        if self.ttft_ms is None:
-            self.ttft_ms = round((time.perf_counter() - self.started) * 1000, 2)
+        if "ttft_ms" not in self._facts:
+            self._facts["ttft_ms"] = round((time.perf_counter() - self.started) * 1000, 2)
 
-    def to_dict(self, with_body: bool) -> dict:
-        """The log line as a dict (shallow: the body is shared, not copied)."""
-        data = {name: getattr(self, name) for name in _FIELDS}
-        if self.error is not None:
-            data["error"] = self.error.as_dict()
-        for name in _OPTIONAL:
-            value = getattr(self, name)
-            if value is not None:
-                data[name] = value
-        if with_body:
-            data["body"] = self.body
-            data["response"] = self.response
-        return data
+    def answered(self, usage: Usage, tool_names: list[str] | None, response: list[dict] | None,
+                 stats: EngineStats | None) -> None:
+        """What the client was sent, delivered in full or cut: usage, tools called, content blocks, and
+        the engine's measurements when it is in-process."""
+        self._facts.update(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                           cache_read_tokens=usage.cache_read_input_tokens, tool_names=tool_names,
+                           response=response)
+        if stats is not None:
+            self._facts.update(prefill_tps=stats.prefill_tps, decode_tps=stats.decode_tps,
+                               peak_memory_mb=stats.peak_memory_mb)
+
+    def stopped(self, stop_reason: str) -> None:
+        """The answer ended normally, for this reason."""
+        self._facts["stop_reason"] = stop_reason
+
+    def responded(self, status: int) -> None:
+        """The response status, unless one is already known (a stream's 200 is set when it starts)."""
+        if not self._facts.get("status"):
+            self._facts["status"] = status
+
+    def failed(self, error: ErrorInfo, status: int | None = None) -> None:
+        """Why the request failed; with `status` when the answer is an error response (a stream that
+        already began keeps its 200)."""
+        self._facts["error"] = error
+        if status is not None:
+            self._facts["status"] = status
+
+    def client_gone(self) -> None:
+        """The client went away mid-response: nobody is left to answer."""
+        self._facts["status"] = 499
+
+    def finish(self) -> RequestOutcome:
+        """The outcome of the ended request: its status (499 when the client went away before an
+        answer), its duration, and for every failed status a reason (log_replay --errors-only)."""
+        status = self._facts.get("status") or 499
+        error = self._facts.get("error")
+        duration_ms = round((time.perf_counter() - self.started) * 1000, 2)
+        if status >= 400 and error is None:
+            error = (client_disconnected("the client went away before an answer") if status == 499
+                     else ErrorInfo("api_error", f"HTTP {status}"))
+        return RequestOutcome(**{**self._facts, "status": status, "error": error, "duration_ms": duration_ms})
+
+
+def log_line(outcome: RequestOutcome, with_body: bool) -> dict:
+    """The outcome as its log line (shallow: the body is shared, not copied), fields in schema order."""
+    data = {name: getattr(outcome, name) for name in _FIELDS}
+    if outcome.error is not None:
+        data["error"] = outcome.error.as_dict()
+    for name in _OPTIONAL:
+        value = getattr(outcome, name)
+        if value is not None:
+            data[name] = value
+    if with_body:
+        data["body"] = outcome.body
+        data["response"] = outcome.response
+    return data
 
 
 def redact_headers(headers) -> dict[str, str]:
@@ -240,19 +305,25 @@ class RequestLog:
         if self._writer is not None:
             atexit.register(self.close)  # an exit that skips the app's cleanup still flushes
 
-    def write(self, record: RequestRecord) -> None:
-        """Record one finished request (returns at once; the line is written off the event loop)."""
+    def write(self, outcome: RequestOutcome) -> None:
+        """Record one finished request: its log line (returns at once; the line is written off the
+        event loop) and its console line."""
         # Rendered even without a file: the inspector shows the same (scrubbed) lines.
-        self._lines.info(**record.to_dict(self.bodies))
-        message = record.error and record.error.message  # says what to fix; the type alone rarely does
+        self._lines.info(**log_line(outcome, self.bodies))
+        self._console(outcome)
+
+    def _console(self, outcome: RequestOutcome) -> None:
+        """The request's console line: a summary of its log line."""
+        error = outcome.error
+        message = error and error.message  # says what to fix; the type alone rarely does
         # The path, model name and error echo the client's text: a pasted token shows here.
-        path, model = scrub(record.path, self.secrets), record.model and scrub(record.model, self.secrets)
+        path, model = scrub(outcome.path, self.secrets), outcome.model and scrub(outcome.model, self.secrets)
         message = message and scrub(message, self.secrets)
-        log.info(record.event, request_id=record.request_id, method=record.method, path=path,
-                 status=record.status, model=model, backend=record.backend,
-                 duration_ms=record.duration_ms, ttft_ms=record.ttft_ms,
-                 tokens_in=record.input_tokens, tokens_out=record.output_tokens,
-                 stop_reason=record.stop_reason, error=record.error and record.error.type, error_message=message)
+        log.info(outcome.event, request_id=outcome.request_id, method=outcome.method, path=path,
+                 status=outcome.status, model=model, backend=outcome.backend,
+                 duration_ms=outcome.duration_ms, ttft_ms=outcome.ttft_ms,
+                 tokens_in=outcome.input_tokens, tokens_out=outcome.output_tokens,
+                 stop_reason=outcome.stop_reason, error=error and error.type, error_message=message)
 
     def recent(self, after: int = 0) -> list[tuple[int, bytes]]:
         """The latest rendered lines numbered above `after`, oldest first (at most RECENT_LINES)."""

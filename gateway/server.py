@@ -9,13 +9,14 @@ import structlog
 from aiohttp import HttpVersion11, web
 from aiohttp.typedefs import Handler
 
-from gateway.protocol.errors import ErrorInfo, GatewayError, client_disconnected, openai_error_body
+from gateway.protocol.errors import GatewayError, openai_error_body
 from gateway.inspect import add_inspector
 from gateway.message_stream import new_id
 from gateway.messages import handle_count_tokens, handle_messages
 from gateway.metrics import CONTENT_TYPE, CacheUse, loopback
 from gateway.models_api import handle_get_model, handle_list_models
 from gateway.openai_api import handle_chat_completions
+from gateway.outcome import RequestOutcome
 from gateway.reqlog import RequestRecord, redact_headers
 from gateway.app_state import GATEWAY, RECORD, Gateway
 
@@ -116,15 +117,14 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Request id, browser checks, auth on /v1/*, one error shape for every failure, one log line per API call."""
     gw = request.app[GATEWAY]
     request_id = new_id("req_")
-    path = request.path
-    record = RequestRecord(request_id=request_id, method=request.method, path=path, query=request.query_string,
-                           user_agent=request.headers.get("User-Agent"))
-    if request.raw_path != (f"{path}?{record.query}" if record.query else path):  # what `curl ID` re-sends
-        record.raw_path = request.raw_path
-    request[RECORD] = record
+    path, query = request.path, request.query_string
     openai = path in _OPENAI_PATHS
-    if openai:
-        record.api = "openai"
+    record = RequestRecord(request_id, request.method, path, query, user_agent=request.headers.get("User-Agent"),
+                           # what `curl ID` re-sends, when the parsed path and query do not spell it
+                           raw_path=None if request.raw_path == (f"{path}?{query}" if query else path)
+                           else request.raw_path,
+                           api="openai" if openai else "anthropic")
+    request[RECORD] = record
     logged = path.startswith(_LOGGED_PREFIXES)
     if logged:
         gw.metrics.track(record)
@@ -137,47 +137,41 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         resp = await handler(request)
         if not resp.prepared:
             resp.headers["request-id"] = request_id
-        if not record.status:
-            record.status = resp.status
+        record.responded(resp.status)
         return resp
-    except GatewayError as exc:
-        record.status, record.error = exc.status, exc.info
-        return error_response(exc, request_id, openai)
-    except web.HTTPRequestEntityTooLarge:
-        err = _too_large(gw.config.server.max_body_mb)
-        record.status, record.error = 413, err.info
-        return error_response(err, request_id, openai)
-    except web.HTTPException as exc:
-        err = GatewayError(exc.status, exc.reason or "error")
-        record.status, record.error = exc.status, err.info
-        return error_response(err, request_id, openai)
-    except web.RequestPayloadError as exc:  # a broken chunked/compressed body, or the client left mid-body
-        err = GatewayError(400, f"the request body could not be read: {type(exc.__cause__ or exc).__name__}")
-        record.status, record.error = 400, err.info
-        return error_response(err, request_id, openai)
     except ConnectionResetError:
-        record.status = 499  # the client went away mid-response; nobody is left to answer
+        record.client_gone()
         raise
     except Exception as exc:
-        log.exception("unhandled_error", request_id=request_id, path=path)
-        err = GatewayError(500, f"internal error: {type(exc).__name__}")
-        record.status, record.error = 500, err.info
+        err = _as_error(exc, gw, request_id, path)
+        record.failed(err.info, err.status)
         return error_response(err, request_id, openai)
     finally:
         gw.connections.idle(request.protocol)
         if logged or record.event == "unknown_route":
-            record.finish(record.status or 499)  # 499: the client went away before an answer
-            if record.status >= 400 and record.error is None:  # every failed line says why (log_replay --errors-only)
-                record.error = (client_disconnected("the client went away before an answer") if record.status == 499
-                                else ErrorInfo("api_error", f"HTTP {record.status}"))
+            outcome = record.finish()
             gw.metrics.untrack(record)
-            gw.metrics.observe(record, _route_label(request, record))
-            gw.reqlog.write(record)
+            gw.metrics.observe(outcome, _route_label(request, outcome))
+            gw.reqlog.write(outcome)
 
 
-def _route_label(request: web.Request, record: RequestRecord) -> str:
+def _as_error(exc: Exception, gw: Gateway, request_id: str, path: str) -> GatewayError:
+    """The error a failed request answers with, in the gateway's one shape."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return _too_large(gw.config.server.max_body_mb)
+    if isinstance(exc, web.HTTPException):
+        return GatewayError(exc.status, exc.reason or "error")
+    if isinstance(exc, web.RequestPayloadError):  # a broken chunked/compressed body, or the client left mid-body
+        return GatewayError(400, f"the request body could not be read: {type(exc.__cause__ or exc).__name__}")
+    log.exception("unhandled_error", request_id=request_id, path=path)
+    return GatewayError(500, f"internal error: {type(exc).__name__}")
+
+
+def _route_label(request: web.Request, outcome: RequestOutcome) -> str:
     """The route template for metrics labels (bounded: never the raw path of an unknown route)."""
-    if record.event == "unknown_route":
+    if outcome.event == "unknown_route":
         return "unknown"
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else request.path
@@ -236,12 +230,9 @@ async def handle_event_logging(request: web.Request) -> web.Response:
 
 async def handle_unknown(request: web.Request) -> web.Response:
     """Any other route: an Anthropic-shaped 404, recorded as unknown_route so new probes show up."""
-    record = request[RECORD]
-    record.event = "unknown_route"
-    record.headers = redact_headers(request.headers)
-    # Never read: an unauthenticated client must not make the gateway buffer what it will refuse
-    # (see runner_options for what happens to the unread bytes).
-    record.body_bytes = request.content_length
+    # The body is never read: an unauthenticated client must not make the gateway buffer what it
+    # will refuse (see runner_options for what happens to the unread bytes).
+    request[RECORD].unknown_route(redact_headers(request.headers), request.content_length)
     raise GatewayError(404, f"no route for {request.method} {request.path}")
 
 

@@ -84,15 +84,16 @@ def test_the_request_log_writes_exactly_the_shared_schema():
 
     from gateway.protocol.errors import ErrorInfo
     from gateway.protocol.log_schema import FIELDS, REQUIRED_FIELDS, LogLine
-    from gateway.reqlog import RequestRecord
+    from gateway.outcome import RequestOutcome
+    from gateway.reqlog import log_line
 
     assert set(get_type_hints(LogLine)) == set(FIELDS)
-    bare = RequestRecord(request_id="req_1", method="POST", path="/v1/messages")
-    assert tuple(bare.to_dict(with_body=False))[:len(REQUIRED_FIELDS)] == REQUIRED_FIELDS
-    full = RequestRecord(request_id="req_1", method="POST", path="/v1/messages", error=ErrorInfo("api_error", "x"),
-                         raw_path="/x", headers={}, body_bytes=1, prefill_tps=1.0, decode_tps=1.0,
-                         peak_memory_mb=1.0, unknown_blocks=[], replica="r", context_edits=[], fallback={})
-    assert tuple(full.to_dict(with_body=True)) == FIELDS
+    bare = RequestOutcome(request_id="req_1", method="POST", path="/v1/messages")
+    assert tuple(log_line(bare, with_body=False))[:len(REQUIRED_FIELDS)] == REQUIRED_FIELDS
+    full = RequestOutcome(request_id="req_1", method="POST", path="/v1/messages", error=ErrorInfo("api_error", "x"),
+                          raw_path="/x", headers={}, body_bytes=1, prefill_tps=1.0, decode_tps=1.0,
+                          peak_memory_mb=1.0, unknown_blocks=[], replica="r", context_edits=[], fallback={})
+    assert tuple(log_line(full, with_body=True)) == FIELDS
 
 
 def test_the_log_tools_read_only_schema_fields():

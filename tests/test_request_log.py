@@ -273,14 +273,14 @@ async def test_deeply_nested_body_still_gets_its_line(start_upstream, start_gate
 
 
 def test_a_body_too_deep_to_serialize_leaves_the_rest_of_the_line():
-    from gateway.reqlog import LineRenderer, RequestRecord
+    from gateway.outcome import RequestOutcome
+    from gateway.reqlog import LineRenderer, log_line
 
-    rec = RequestRecord(request_id="req_1", method="POST", path="/v1/messages", status=200)
     for depth, expect_body in ((300, True), (1500, False)):  # past orjson's 255 levels; past Python's recursion
         body: list = []
         for _ in range(depth - 1):
             body = [body]
-        rec.body = body
-        line = json.loads(LineRenderer(("sk-x",)).render(rec.to_dict(with_body=True)))
+        rec = RequestOutcome(request_id="req_1", method="POST", path="/v1/messages", status=200, body=body)
+        line = json.loads(LineRenderer(("sk-x",)).render(log_line(rec, with_body=True)))
         assert line["request_id"] == "req_1" and line["status"] == 200
         assert isinstance(line["body"], list) is expect_body

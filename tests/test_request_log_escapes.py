@@ -6,15 +6,15 @@ import json
 import orjson
 import pytest
 
-from gateway.reqlog import LineRenderer, RequestRecord
+from gateway.outcome import RequestOutcome
+from gateway.reqlog import LineRenderer, log_line
 
 SECRET = "sk-ab/c"
 
 
 def _line(raw: bytes, secrets: tuple[str, ...] = (SECRET,)) -> bytes:
-    rec = RequestRecord(request_id="req_1", method="POST", path="/v1/messages", status=200)
-    rec.body = orjson.loads(raw)
-    return LineRenderer(secrets).render(rec.to_dict(with_body=True))
+    rec = RequestOutcome(request_id="req_1", method="POST", path="/v1/messages", status=200, body=orjson.loads(raw))
+    return LineRenderer(secrets).render(log_line(rec, with_body=True))
 
 
 def test_raw_body_is_logged_as_the_same_value_on_one_line():
