@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import structlog
+from structlog.typing import EventDict
 
 from gateway.logfile import LineWriter, RotatingFile
 from gateway.outcome import RequestOutcome, now_iso
@@ -202,8 +203,9 @@ class LineRenderer:
                     line = line.replace(raw, escaped)
         return line
 
-    def __call__(self, _logger: object, _method: str, event_dict: dict) -> bytes:
+    def __call__(self, _logger: object, _method: str, event_dict: EventDict) -> bytes:
         """structlog processor: the final renderer, `body` and `response` moved last."""
+        assert isinstance(event_dict, dict)  # RequestLog wraps its logger with context_class=dict
         for name in ("body", "response"):
             if name in event_dict:
                 event_dict[name] = event_dict.pop(name)
