@@ -30,6 +30,7 @@ from backends.translate import (
     to_openai_tools,
 )
 from backends.upstream_errors import error_message, template_error
+from gateway.protocol.backend_config import BackendConfig
 from gateway.protocol.errors import GatewayError
 from gateway.protocol.redact import scrub
 from gateway.protocol.tokens import estimate_tokens
@@ -41,7 +42,7 @@ class LlamaCppBackend(OpenAIBackend):
     dialect = Dialect(top_k=True, thinking_switch=True, reasoning_history=True, reports_stop_string=True)
     counts_exactly = True
 
-    def __init__(self, config):
+    def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
         self.n_ctx: int | None = None  # per slot: what one request can use
         self.total_slots: int | None = None

@@ -11,7 +11,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import AsyncGenerator, AsyncIterator, TypeVar
+from typing import AsyncGenerator, TypeVar
 
 import httpx2
 import openai
@@ -73,14 +73,14 @@ class OpenAIBackend(Backend):
         self.secrets = config.secrets()
         urls = config.base_urls or [config.base_url or ""]
         auths = config.url_auths or [config.url_auth]
-        self.pool: ReplicaPool[openai.AsyncOpenAI] = ReplicaPool(
+        self.pool: ReplicaPool[openai.AsyncOpenAI, httpx2.AsyncClient] = ReplicaPool(
             self.name, [self._replica(url, auth) for url, auth in zip(urls, auths)], probe=self._probe,
             redact=lambda text: scrub(text, self.secrets))
         self._discovered: list[ModelInfo] = []
         self._discovered_at = 0.0
         self._discovery_lock = asyncio.Lock()
 
-    def _replica(self, url: str, auth: tuple[str, str] | None) -> Replica[openai.AsyncOpenAI]:
+    def _replica(self, url: str, auth: tuple[str, str] | None) -> Replica[openai.AsyncOpenAI, httpx2.AsyncClient]:
         """One server of the pool, with its own client (and its own credentials from its URL)."""
         root, api_base = split_base_url(url)
         headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
@@ -176,7 +176,7 @@ class OpenAIBackend(Backend):
             raise GatewayError(err.status, scrub(err.message, self.secrets), err.type, err.headers) from None
 
     async def _stream_from(self, replica: Replica, breq: BackendRequest,
-                           body: dict) -> AsyncIterator[list[Event]]:
+                           body: dict) -> AsyncGenerator[list[Event], None]:
         """One replica's answer: Started once it accepted, then its events."""
         fields = self.replica_fields(breq, replica)
         try:
@@ -414,7 +414,7 @@ class OpenAIBackend(Backend):
         except BackendUnavailable as exc:
             raise BackendUnavailable(scrub(str(exc), self.secrets), exc.status) from None
 
-    def replica_for(self, url: str) -> Replica:
+    def replica_for(self, url: str) -> Replica[openai.AsyncOpenAI, httpx2.AsyncClient]:
         """The replica `url` points into (each may carry its own user:password@), else the primary."""
         return next((r for r in self.pool.replicas if url.startswith(r.root + "/")), self.pool.primary())
 
@@ -422,7 +422,7 @@ class OpenAIBackend(Backend):
         """(status, at most ok_limit + 1 bytes of the body; MAX_ERROR_BYTES + 1 for an error status)
         of a GET (POST when `body`) to the server, through its replica's own client."""
         replica = self.replica_for(url)
-        http: httpx2.AsyncClient = replica.http
+        http = replica.http
         headers = dict(replica.headers)
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -486,14 +486,13 @@ def _content_chars(events: list[Event]) -> int:
     """How much answer text a chunk's events carry (what a non-streaming answer accumulates)."""
     n = 0
     for ev in events:
-        kind = type(ev)
-        if kind is TextDelta:
+        if type(ev) is TextDelta:
             n += len(ev.text)
-        elif kind is ToolCallDelta:
+        elif type(ev) is ToolCallDelta:
             n += len(ev.partial_json)
-        elif kind is ThinkingDelta:
+        elif type(ev) is ThinkingDelta:
             n += len(ev.thinking)
-        elif kind is ToolCallStart:
+        elif type(ev) is ToolCallStart:
             n += len(ev.name) + 64  # a block of its own, whatever its name
     return n
 

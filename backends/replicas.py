@@ -13,14 +13,14 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import structlog
 
 from gateway.protocol.errors import GatewayError
-from gateway.protocol.events import Started
+from gateway.protocol.events import Event, Started
 
 log = structlog.get_logger("backends.replicas")
 
@@ -28,11 +28,12 @@ BACKOFF_S = 1.0  # first ejection; doubled by each failed probe
 MAX_BACKOFF_S = 8.0
 OVERLOADED = (429, 529)
 
-C = TypeVar("C")
+C = TypeVar("C")  # the SDK client of a replica
+H = TypeVar("H")  # the HTTP client under it
 
 
 @dataclass(eq=False)
-class Replica(Generic[C]):
+class Replica(Generic[C, H]):
     """One server of a pool, and what this gateway process has seen of it."""
 
     url: str  # as configured, credentials removed: the hash key, log field and metrics label
@@ -41,7 +42,7 @@ class Replica(Generic[C]):
     client: C  # the transport to it (an openai.AsyncOpenAI for the OpenAI-style backends)
     # The HTTP client under `client` (its connection pool), for the server's endpoints beyond the
     # SDK's: one stack and one pool per replica.
-    http: object = None
+    http: H
     headers: dict = field(default_factory=dict)
     in_flight: int = 0
     requests: int = 0
@@ -76,11 +77,11 @@ def rendezvous_weight(session_id: str, url: str) -> int:
     return int.from_bytes(digest, "big")
 
 
-class ReplicaPool(Generic[C]):
+class ReplicaPool(Generic[C, H]):
     """The replicas of one backend, their health and the order a request tries them in."""
 
-    def __init__(self, backend: str, replicas: list[Replica[C]],
-                 probe: Callable[[Replica[C]], Awaitable[None]] | None = None,
+    def __init__(self, backend: str, replicas: list[Replica[C, H]],
+                 probe: Callable[[Replica[C, H]], Awaitable[None]] | None = None,
                  redact: Callable[[str], str] = str):
         self.backend = backend
         self.replicas = replicas
@@ -92,7 +93,7 @@ class ReplicaPool(Generic[C]):
     def __len__(self) -> int:
         return len(self.replicas)
 
-    def order(self, session_id: str | None) -> list[Replica[C]]:
+    def order(self, session_id: str | None) -> list[Replica[C, H]]:
         """Replicas in the order a request tries them: admitted ones first (by rendezvous rank for
         a session, else fewest in flight), ejected ones last, as a last resort."""
         if session_id:
@@ -104,16 +105,16 @@ class ReplicaPool(Generic[C]):
             ranked = sorted(self.replicas, key=lambda r: (r.in_flight, (self.replicas.index(r) - turn) % n))
         return [r for r in ranked if r.admitted] + [r for r in ranked if not r.admitted]
 
-    def primary(self) -> Replica[C]:
+    def primary(self) -> Replica[C, H]:
         """The first admitted replica in config order (for calls that need any one server)."""
         return next((r for r in self.replicas if r.admitted), self.replicas[0])
 
-    def succeeded(self, replica: Replica[C]) -> None:
+    def succeeded(self, replica: Replica[C, H]) -> None:
         replica.failures = 0
         if replica.ejected_at is not None:
             self.admit(replica, "a request succeeded")
 
-    def failed(self, replica: Replica[C], error: str, eject: bool) -> None:
+    def failed(self, replica: Replica[C, H], error: str, eject: bool) -> None:
         """A request failed on `replica`; connection failures, timeouts and 5xx eject it (from a
         pool of several: a lone server is tried whatever its state, so ejecting it changes nothing)."""
         replica.failures += 1
@@ -130,7 +131,7 @@ class ReplicaPool(Generic[C]):
                         probe_in_s=replica.backoff_s)
             self._start_prober()
 
-    def admit(self, replica: Replica[C], why: str) -> None:
+    def admit(self, replica: Replica[C, H], why: str) -> None:
         if replica.ejected_at is None:
             return
         replica.ejected_at = None
@@ -173,8 +174,9 @@ class ReplicaPool(Generic[C]):
 
     # -- failover -----------------------------------------------------------------------------
 
-    async def failover(self, session_id: str | None, attempt: Callable[[Replica[C]], AsyncIterator],
-                       chosen: Callable[[Replica[C]], None] | None = None) -> AsyncIterator:
+    async def failover(self, session_id: str | None,
+                       attempt: Callable[[Replica[C, H]], AsyncGenerator[list[Event], None]],
+                       chosen: Callable[[Replica[C, H]], None] | None = None) -> AsyncGenerator[list[Event], None]:
         """The items of `attempt(replica)` for the first replica that delivers content.
 
         A replica failing before any content (Started is not content: it carries nothing the client

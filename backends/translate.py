@@ -12,7 +12,7 @@ import orjson
 from gateway.protocol.backend import BackendRequest
 from backends.text_filters import StopSequenceMatcher, ThinkTagParser
 from gateway.protocol.anthropic import (
-    ImageBlock, Message, MessagesRequest, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock,
+    ImageBlock, Message, MessagesRequest, StopReason, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock,
 )
 from gateway.protocol.backend_config import images_hint
 from gateway.protocol.errors import invalid
@@ -24,7 +24,7 @@ from gateway.protocol.tool_text import loaded_text
 # Anthropic effort levels → the low / medium / high that reasoning_effort and chat templates know.
 EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
 
-FINISH_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
+FINISH_REASONS: dict[str, StopReason] = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                   "function_call": "tool_use", "content_filter": "end_turn"}
 
 
@@ -70,8 +70,8 @@ def _user_content(blocks: list, dialect: Dialect, model: str) -> str | list[dict
 def _tool_message(block: ToolResultBlock) -> tuple[dict, list[ImageBlock]]:
     # A tool_reference is one short line here: the loaded tool is in the tool list (the embedded
     # MLX backend writes its definition in place instead, backends.mlx.messages).
-    texts = [b.text if type(b) is TextBlock else loaded_text(b.tool_name, b.available)
-             for b in block.content if type(b) is not ImageBlock]
+    texts = [b.text if isinstance(b, TextBlock) else loaded_text(b.tool_name, b.available)
+             for b in block.content if not isinstance(b, ImageBlock)]
     images = [b for b in block.content if type(b) is ImageBlock]
     text = "\n".join(texts)
     if block.is_error:
@@ -164,9 +164,10 @@ def to_openai_messages(req: MessagesRequest, dialect: Dialect, model: str, syste
 def thinking_on(req: MessagesRequest) -> bool:
     """The template's thinking switch: thinking requested, except adaptive thinking at low effort,
     where Claude models mostly answer without thinking too."""
-    if not req.thinking_enabled:
+    thinking = req.thinking
+    if thinking is None or not thinking.enabled:  # req.thinking_enabled, spelled out for the narrowing
         return False
-    return not (req.thinking.type == "adaptive" and req.effort == "low")
+    return not (thinking.type == "adaptive" and req.effort == "low")
 
 
 def template_kwargs(req: MessagesRequest) -> dict:
@@ -293,17 +294,17 @@ class ChunkTranslator:
             self._tool_index = None
         for ev in self.think.feed(content):
             if type(ev) is TextDelta and self.stops is not None:
-                self._stop_filtered(ev.text, out)
+                self._stop_filtered(self.stops, ev.text, out)
             else:
                 out.append(ev)
 
-    def _stop_filtered(self, text: str, out: list[Event]) -> None:
+    def _stop_filtered(self, stops: StopSequenceMatcher, text: str, out: list[Event]) -> None:
         if self.done:
             return
-        safe = self.stops.feed(text)
+        safe = stops.feed(text)
         if safe:
             out.append(TextDelta(safe))
-        if self.stops.matched is not None:
+        if stops.matched is not None:
             self.done = True
 
     def _tool_calls(self, calls: list[dict], out: list[Event]) -> None:
@@ -324,7 +325,7 @@ class ChunkTranslator:
         out: list[Event] = []
         for ev in self.think.flush():
             if type(ev) is TextDelta and self.stops is not None:
-                self._stop_filtered(ev.text, out)
+                self._stop_filtered(self.stops, ev.text, out)
             else:
                 out.append(ev)
         if self.stops is not None and not self.done:

@@ -12,6 +12,7 @@ from backends.translate import (
     to_openai_tools,
 )
 from backends.upstream_errors import render_error
+from gateway.protocol.backend_config import BackendConfig
 from gateway.protocol.errors import GatewayError
 
 
@@ -21,7 +22,7 @@ class VLLMBackend(OpenAIBackend):
     dialect = Dialect(top_k=True, thinking_switch=True, reasoning_history=True, reports_stop_string=True)
     counts_exactly = True
 
-    def __init__(self, config):
+    def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
         self._late_system_ok: dict[str, bool] = {}  # per model: its tokenizer's template renders one
 

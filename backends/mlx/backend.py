@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import structlog
@@ -142,7 +143,8 @@ class MLXBackend(HubModels, Backend):
             if existing is not None:
                 return existing
             from mlx_lm import load as mlx_load
-            model, tokenizer, config = mlx_load(str(path), return_config=True)
+            # mlx_lm annotates both return shapes as one union; return_config=True is the 3-tuple.
+            model, tokenizer, config = cast("tuple[Any, Any, dict]", mlx_load(str(path), return_config=True))
             loaded = LoadedModel(name, model, tokenizer, config)
             engine.install(loaded)
             return loaded

@@ -60,6 +60,12 @@ class LoadedModel:
     jobs: dict[int, Job] = field(default_factory=dict)
     broken: str | None = None  # why the last rebuild of the batcher could not generate; None: healthy
 
+    @property
+    def batch(self) -> BatchGenerator:
+        """The continuous batcher: every model in Engine.models has one (install makes it, _unload drops both)."""
+        assert self.generator is not None, f"model {self.key} is not resident"
+        return self.generator
+
 
 @dataclass(slots=True)
 class JobResult:
@@ -327,9 +333,12 @@ class Engine:
                 cached: list[int], max_tokens: int) -> bool:
         """Add `job` to the model's batch; a request the batcher refuses fails alone."""
         try:
-            (uid,) = lm.generator.insert_segments(
-                [segments], max_tokens=[max_tokens], caches=[layers], all_tokens=[list(cached)],
-                samplers=[job.sampler], logits_processors=[job.logits_processors],
+            # None entries mean "the batcher's default" (as its own defaults do), though mlx_lm's
+            # annotations leave None out of the lists.
+            (uid,) = lm.batch.insert_segments(
+                [segments], max_tokens=[max_tokens], caches=[layers],  # type: ignore[list-item]
+                all_tokens=[list(cached)],
+                samplers=[job.sampler], logits_processors=[job.logits_processors],  # type: ignore[list-item]
                 stop_sequences=[lm.stops])
         except Exception as exc:  # noqa: BLE001 — a bad request must not kill the engine
             self._fail(job, EngineFault(f"the batcher refused the request: {_brief(exc)}"))
@@ -344,7 +353,7 @@ class Engine:
         lm = self.models.get(job.model_key)
         if lm is None or job.uid not in lm.jobs:
             return
-        caches = lm.generator.remove([job.uid], return_prompt_caches=True)
+        caches = lm.batch.remove([job.uid], return_prompt_caches=True)
         del lm.jobs[job.uid]
         got = caches.get(job.uid)
         if got is not None:
@@ -355,17 +364,17 @@ class Engine:
 
     def _step(self, lm: LoadedModel) -> None:
         """One batch step. An exception out of here has no request to blame: _run hands it to _recover."""
-        prompt_resps, gen_resps = lm.generator.next()
-        for job in [job for job in lm.jobs.values() if job.fault is not None]:
+        prompt_resps, gen_resps = lm.batch.next()
+        for faulty, fault in [(j, j.fault) for j in lm.jobs.values() if j.fault is not None]:
             # Its guard stood in for the failed call, so the step of the others is sound.
-            log.warning("mlx_request_fault", model=lm.key, error=str(job.fault))
-            self._drop(job)
-            self._fail(job, job.fault)
+            log.warning("mlx_request_fault", model=lm.key, error=str(fault))
+            self._drop(faulty)
+            self._fail(faulty, fault)
         for r in prompt_resps:
             job = lm.jobs.get(r.uid)
             if job is not None and job.snapshot_pending and r.end_of_segment and not r.end_of_prompt:
                 job.snapshot_pending = False
-                got = lm.generator.extract_cache([r.uid]).get(r.uid)
+                got = lm.batch.extract_cache([r.uid]).get(r.uid)
                 if got is not None:
                     self._store(lm, list(got[1]), got[0], None, shared=True)
         for r in gen_resps:
@@ -459,7 +468,7 @@ class Engine:
         if lm is not None and job.uid is not None and lm.jobs.get(job.uid) is job:
             del lm.jobs[job.uid]
             try:
-                lm.generator.remove([job.uid])
+                lm.batch.remove([job.uid])
             except Exception:  # noqa: BLE001, S110 — the next step's failure, if any, rebuilds the batch
                 pass
 

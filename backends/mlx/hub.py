@@ -9,14 +9,15 @@ import hashlib
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import orjson
 import structlog
 
 from gateway.protocol.backend import LocalModel, Pulled, PullFailed
+from gateway.protocol.backend_config import BackendConfig
 from gateway.protocol.errors import GatewayError
 from gateway.protocol.units import human_size
 
@@ -346,24 +347,46 @@ def cached_models(named: set[str]) -> list[LocalModel]:
     return out
 
 
+class _HubHost(Protocol):
+    """What HubModels needs from the Backend it is mixed into (MLXBackend)."""
+
+    config: BackendConfig
+    name: str
+
+    @property
+    def _handles(self) -> Mapping[str, object]: ...  # loaded models by name
+
+    @property
+    def _preloading(self) -> set[str]: ...
+
+    @property
+    def _preload_failed(self) -> dict[str, str]: ...
+
+    async def _model(self, name: str, download: bool = True) -> object: ...
+
+    def configured_models(self) -> list[str]: ...
+
+    def preload_names(self) -> list[str]: ...
+
+
 class HubModels:
     """The model-management part of the Backend interface for the MLX backend (mixed into it)."""
 
-    def preload_names(self) -> list[str]:
+    def preload_names(self: _HubHost) -> list[str]:
         """The models config `preload` names: true means every configured one."""
         preload = self.config.preload
         return self.configured_models() if preload is True else list(preload or [])
 
-    def check_names(self, names: list[str]) -> None:
+    def check_names(self: _HubHost, names: list[str]) -> None:
         """Raise ModelUnavailable for a name that can be neither a directory here nor a hub id."""
         for name in names:
             if local_model(name) is None and (is_path_like(name) or Path(name).expanduser().exists()):
                 raise ModelUnavailable(missing_paragraph(name, self.name))
 
-    def loading(self) -> list[str]:
+    def loading(self: _HubHost) -> list[str]:
         return sorted(self._preloading)
 
-    async def preload(self) -> None:
+    async def preload(self: _HubHost) -> None:
         """Load (downloading where needed) each preload model in turn; one that fails is reported
         in /health and on stderr, the others still load."""
         names = [n for n in self.preload_names() if n not in self._handles]
@@ -380,10 +403,10 @@ class HubModels:
             finally:
                 self._preloading.discard(name)
 
-    def missing_models(self) -> list[str]:
+    def missing_models(self: _HubHost) -> list[str]:
         return [m for m in self.configured_models() if local_model(m) is None]
 
-    def pull(self, model: str, out: TextIO) -> Pulled:
+    def pull(self: _HubHost, model: str, out: TextIO) -> Pulled:
         path = Path(model).expanduser()
         if path.is_dir():
             return Pulled(model, str(path), [], 0, local_dir=True)

@@ -87,9 +87,9 @@ def _user(msg: Message, model: str, out: list[dict]) -> None:
 def _result_text(block: ToolResultBlock, model: str) -> str:
     texts = []
     for c in block.content:
-        if type(c) is ImageBlock:
+        if isinstance(c, ImageBlock):
             raise _no_images(model)
-        texts.append(c.text if type(c) is TextBlock else _reference_text(c))
+        texts.append(c.text if isinstance(c, TextBlock) else _reference_text(c))
     text = "\n".join(texts)
     if block.is_error:
         return "Error: " + text if text else "Error"

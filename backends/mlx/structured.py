@@ -9,7 +9,7 @@ mlx ops here and runs on CPU too.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, cast
 
 import llguidance
 import llguidance.hf
@@ -48,7 +48,8 @@ class JsonSchemaProcessor:
         if self._seen is None:
             self._seen = n  # the first call sees the prompt only
         elif n > self._seen:
-            for t in tokens[self._seen:].tolist():
+            # mx.array.tolist is typed for any shape; the token history is 1-D, so a list of ids.
+            for t in cast("list[int]", tokens[self._seen:].tolist()):
                 self.matcher.consume_token(t)
             self._seen = n
         if self.matcher.is_error():
