@@ -277,6 +277,7 @@ default = "demo"
 type = "mlx"
 model = {json.dumps(path)}
 max_output_tokens = 2048  # backstop: a sampled demo answer that never ends stops here
+eos_bias = {{ start = 256, factor = 1.01 }}  # sampled noise ends within a few hundred tokens instead
 [backends.demo.model_mapping]
 "claude-*" = {json.dumps(path)}
 """)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from gateway.protocol.backend_config import BACKEND_TYPES, BackendConfig
+from gateway.protocol.backend_config import BACKEND_TYPES, BackendConfig, EosBias
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,7 +81,8 @@ _BACKEND_KEYS = {"type": str, "model": str, "base_url": (str, list), "api_key": 
                  "system_messages": str, "extra_body": dict, "model_mapping": dict, "fallback": str, "tool_parser": str,
                  "context_edits": list, "keep_tool_results": int, "fallback_on_overflow": str}
 _MLX_KEYS = {"max_resident_models": int, "cache_mb": (int, float), "cache_ttl_s": (int, float),
-             "max_batch": int, "cache_across_sessions": bool, "preload": (bool, list), "download_on_demand": bool}
+             "max_batch": int, "cache_across_sessions": bool, "preload": (bool, list), "download_on_demand": bool,
+             "eos_bias": dict}
 _BACKEND_KEYS.update(_MLX_KEYS)
 _REMOTE_TYPES = ("vllm", "llamacpp", "openai")
 _TOOL_PARSERS = ("hermes", "qwen3_coder", "llama3_json", "mistral", "auto", "none")  # backends.tool_parsers.PARSERS
@@ -127,6 +129,9 @@ def _key_pattern(key: str) -> str:
     return rf"(?:{escaped}|\"{escaped}\"|'{escaped}')"
 
 
+_TOML_NAMES = {bool: "boolean", dict: "table", list: "list"}  # what a config error calls a value's type
+
+
 def _check_table(data: dict, allowed: dict, table: tuple[str, ...], loc: _Locator) -> None:
     for key, value in data.items():
         dotted = ".".join(table + (key,))
@@ -135,8 +140,9 @@ def _check_table(data: dict, allowed: dict, table: tuple[str, ...], loc: _Locato
             raise ConfigError(f"{loc.where(table, key)}: unknown key '{dotted}'. Known keys here: {known}.")
         if not isinstance(value, allowed[key]) or (allowed[key] is int and isinstance(value, bool)):
             kinds = allowed[key]
-            expected = (kinds.__name__ if isinstance(kinds, type) else "number" if kinds == (int, float)
-                        else " or a ".join("boolean" if k is bool else k.__name__ for k in kinds))
+            expected = (_TOML_NAMES.get(kinds, kinds.__name__) if isinstance(kinds, type)
+                        else "number" if kinds == (int, float)
+                        else " or a ".join(_TOML_NAMES.get(k, k.__name__) for k in kinds))
             raise ConfigError(f"{loc.where(table, key)}: '{dotted}' must be a {expected}, got {value!r}.")
 
 
@@ -352,6 +358,8 @@ def _backend(name: str, table: Any, loc: _Locator) -> BackendConfig:
         raise ConfigError(f"{loc.where(where, 'fallback')}: 'backends.{name}.fallback' names the backend itself; "
                           "name another backend.")
     fields = {k: v for k, v in table.items() if k not in ("model_mapping", "base_url")}
+    if "eos_bias" in table:
+        fields["eos_bias"] = _eos_bias(name, table["eos_bias"], loc)
     split = [_split_credentials(u) for u in urls]
     auths = [auth for _, auth in split]
     if any(a is not None for a in auths) and (table.get("api_key") or table.get("api_key_env")):
@@ -361,6 +369,24 @@ def _backend(name: str, table: Any, loc: _Locator) -> BackendConfig:
     stripped = [u for u, _ in split]
     return BackendConfig(name=name, model_mapping=dict(mapping), base_url=stripped[0] if stripped else None,
                          base_urls=stripped, url_auths=auths, url_auth=auths[0] if auths else None, **fields)
+
+
+def _eos_bias(name: str, value: dict, loc: _Locator) -> EosBias:
+    """`eos_bias = { start = N, factor = F }`: N generated tokens (0 or more), then EOS grows by F (> 1) a token."""
+    where = loc.where(("backends", name), "eos_bias")
+    example = "e.g. eos_bias = { start = 256, factor = 1.01 }"
+    unknown = sorted(set(value) - {"start", "factor"})
+    if unknown or len(value) != 2:
+        what = f"has unknown key(s) {', '.join(unknown)}" if unknown else "needs both 'start' and 'factor'"
+        raise ConfigError(f"{where}: 'backends.{name}.eos_bias' {what}; {example}.")
+    start, factor = value["start"], value["factor"]
+    if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+        raise ConfigError(f"{where}: 'backends.{name}.eos_bias.start' must be a whole number of generated tokens, "
+                          f"0 or more; got {start!r} ({example}).")
+    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not 1.0 < factor < math.inf:
+        raise ConfigError(f"{where}: 'backends.{name}.eos_bias.factor' must be a number above 1 (the bias grows by "
+                          f"this factor per token past 'start'); got {factor!r} ({example}).")
+    return EosBias(start=start, factor=float(factor))
 
 
 def _check_preload(name: str, table: dict, mapping: dict, loc: _Locator) -> None:

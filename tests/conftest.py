@@ -57,6 +57,15 @@ class RunningGateway:
         return anthropic.AsyncAnthropic(base_url=self.url, api_key=self.token or "none", max_retries=0, **kw)
 
 
+def _toml_value(value) -> str:
+    """A value as TOML: JSON's strings, numbers, booleans and lists are TOML too; a dict is an inline table."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
 def gateway_config(backends: dict[str, dict], *, token: str | None = TOKEN, default: str | None = None,
                    log_path: str = "", extra: str = "") -> str:
     """TOML text for a gateway in front of the given backends."""
@@ -70,7 +79,7 @@ def gateway_config(backends: dict[str, dict], *, token: str | None = TOKEN, defa
         lines.append(f"[backends.{name}]")
         mapping = b.pop("model_mapping", {})
         for k, v in b.items():
-            lines.append(f"{k} = {json.dumps(v)}")
+            lines.append(f"{k} = {_toml_value(v)}")
         if mapping:
             lines.append(f"[backends.{name}.model_mapping]")
             for k, v in mapping.items():

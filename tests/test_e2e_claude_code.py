@@ -464,19 +464,15 @@ async def test_plain_claude_code_on_serve_demo(claude_bin, tmp_path):
         lines = await _log_lines(work / "logs" / "requests.jsonl", at_least=1)
         api = [ln for ln in lines if ln["path"].endswith("/messages")]
         assert api and all(ln["status"] == 200 and ln["error"] is None for ln in api), api
-        if cli.returncode != 0:
-            # Sampled noise can run to the demo's output cap on every try: the CLI (2.1.328) continues a
-            # cut answer and then gives up on its own verdict. Every request it made was answered whole.
-            assert "output token maximum" in out.decode() and api[-1]["stop_reason"] == "max_tokens", (out, err)
-        else:
-            assert out.decode().strip() and not out.decode().startswith("API Error"), out  # noise, but an answer
+        assert cli.returncode == 0, (out, err)
+        assert out.decode().strip() and not out.decode().startswith("API Error"), out  # noise, but an answer
         main = max(api, key=lambda ln: ln["input_tokens"])
         # Claude Code's own system prompt and tool definitions, whole (2.1.328 defers most tools, so its
         # prompt is the smaller one), in a small share of the window.
-        assert 10_000 < main["input_tokens"] < 40_000, main
-        # The answer itself is the demo model's sampled noise: it may end (end_turn) or run into the
-        # demo's output cap (max_tokens); either way the CLI got a whole, well-formed answer.
-        assert main["stop_reason"] in ("end_turn", "max_tokens") and main["ttft_ms"] < 30_000, main
+        assert 10_000 < main["input_tokens"] < 40_000 and main["ttft_ms"] < 30_000, main
+        # The answers are the demo model's sampled noise, and each one ends by itself (the demo's
+        # eos_bias) before the demo's output cap: none was cut, so the CLI had nothing to continue.
+        assert all(ln["stop_reason"] == "end_turn" for ln in api), api
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import shutil
 import signal
@@ -328,6 +329,38 @@ async def test_client_disconnect_cancels_generation(mlx_gw):
     assert status == 200 and _text(msg) == SCRIPTS["hello"].answer
 
 
+EOS_BIAS = {"start": 24, "factor": 1.25}
+# Tokens past `start` by which the EOS token outweighs all others together (factor^n ≥ 2).
+EOS_HORIZON = math.ceil(math.log(2) / math.log(EOS_BIAS["factor"]))
+
+
+async def test_eos_bias_ends_an_answer_that_would_run_to_max_tokens(mlx_gw):
+    """`eos_bias`: SCRIPTS["forever"] never ends by itself and runs to max_tokens; with the bias the
+    same answer ends (end_turn) soon after `start`, and up to there it is the same text."""
+    body = SCRIPTS["forever"].request(max_tokens=300)
+    status, unbiased = await (await mlx_gw()).messages(body)
+    assert status == 200 and unbiased["stop_reason"] == "max_tokens", unbiased
+    assert unbiased["usage"]["output_tokens"] == 300
+
+    gw = await mlx_gw(eos_bias=EOS_BIAS)
+    status, msg = await gw.messages(body)
+    assert status == 200 and msg["stop_reason"] == "end_turn", msg
+    # Greedy: nothing changes before `start`, and EOS is the most likely token by the horizon.
+    assert EOS_BIAS["start"] < msg["usage"]["output_tokens"] <= EOS_BIAS["start"] + EOS_HORIZON, msg["usage"]
+    assert _text(msg) and _text(unbiased).startswith(_text(msg))
+
+    # Sampled and streamed (what Claude Code sends): the answer ends within a few tokens of the horizon.
+    frames = await gw.stream(dict(body, temperature=1.0))
+    delta = next(d for n, d in frames if n == "message_delta")
+    assert delta["delta"]["stop_reason"] == "end_turn", delta
+    assert delta["usage"]["output_tokens"] <= EOS_BIAS["start"] + EOS_HORIZON + 16, delta
+    # An answer that ends before `start` is left alone.
+    status, hello = await gw.messages(SCRIPTS["hello"].request())
+    assert status == 200 and _text(hello) == SCRIPTS["hello"].answer and hello["stop_reason"] == "end_turn"
+    records = await wait_records(gw.log_path, 4)  # both gateways write this log
+    assert [r["stop_reason"] for r in records] == ["max_tokens", "end_turn", "end_turn", "end_turn"]
+
+
 async def test_mapped_second_model_loads_on_first_use_and_lru_unloads(mlx_gw, demo_model, tmp_path):
     other = tmp_path / "other-model"
     shutil.copytree(demo_model, other)
@@ -387,10 +420,39 @@ def test_serve_demo_answers_over_http(demo_model, tmp_path):
         proc.wait(timeout=30)
 
 
+@pytest.mark.parametrize("value, message", [
+    ("{ start = 256 }", "'backends.l.eos_bias' needs both 'start' and 'factor'"),
+    ("{ start = 256, factor = 1.01, limit = 9 }", "'backends.l.eos_bias' has unknown key(s) limit"),
+    ("{ start = -1, factor = 1.01 }", "'backends.l.eos_bias.start' must be a whole number"),
+    ("{ start = 2.5, factor = 1.01 }", "'backends.l.eos_bias.start' must be a whole number"),
+    ("{ start = 256, factor = 1 }", "'backends.l.eos_bias.factor' must be a number above 1"),
+    ("{ start = 256, factor = 0.9 }", "'backends.l.eos_bias.factor' must be a number above 1"),
+    ("{ start = 256, factor = inf }", "'backends.l.eos_bias.factor' must be a number above 1"),
+    ("{ start = 256, factor = \"fast\" }", "'backends.l.eos_bias.factor' must be a number above 1"),
+    ("[256, 1.01]", "'backends.l.eos_bias' must be a table"),
+])
+def test_invalid_eos_bias_is_rejected_at_load(value, message):
+    from gateway.config import ConfigError, parse_config
+    with pytest.raises(ConfigError) as err:
+        parse_config(f'[backends.l]\ntype = "mlx"\nmodel = "x/y"\neos_bias = {value}\n')
+    assert str(err.value).startswith("config:4: " + message), err.value  # the file line, the key, the rule
+
+
+def test_eos_bias_is_off_unless_configured():
+    from gateway.config import parse_config
+    cfg = parse_config('[backends.l]\ntype = "mlx"\nmodel = "x/y"\n'
+                       '[backends.b]\ntype = "mlx"\nmodel = "x/y"\neos_bias = { start = 0, factor = 2 }\n')
+    assert cfg.backends["l"].eos_bias is None
+    assert (cfg.backends["b"].eos_bias.start, cfg.backends["b"].eos_bias.factor) == (0, 2.0)
+
+
 def test_mlx_only_keys_are_rejected_on_remote_backends():
     from gateway.config import ConfigError, parse_config
     with pytest.raises(ConfigError, match="max_batch' only applies to type = \"mlx\""):
         parse_config('[backends.r]\ntype = "openai"\nbase_url = "http://127.0.0.1:1"\nmax_batch = 4\n')
+    with pytest.raises(ConfigError, match="eos_bias' only applies to type = \"mlx\""):
+        parse_config('[backends.r]\ntype = "openai"\nbase_url = "http://127.0.0.1:1"\n'
+                     'eos_bias = { start = 256, factor = 1.01 }\n')
     with pytest.raises(ConfigError, match="tool_parser' must be one of"):
         parse_config('[backends.l]\ntype = "mlx"\nmodel = "x/y"\ntool_parser = "nope"\n')
 

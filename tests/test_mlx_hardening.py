@@ -17,6 +17,7 @@ from mlx_lm import load
 from mlx_lm.sample_utils import make_sampler
 
 from backends.mlx.cache import PromptCache
+from backends.mlx.eos_bias import EosBiasProcessor
 from demo_model.generate import DEMO_SYSTEM, SCRIPTS
 from backends.mlx.engine import (
     Engine,
@@ -26,6 +27,7 @@ from backends.mlx.engine import (
     LoadedModel,
     RequestFault,
 )
+from gateway.protocol.backend_config import EosBias
 from tests.conftest import gateway_config
 from tests.support.sse import parse_frames, read_until_event
 
@@ -233,6 +235,28 @@ async def test_a_step_nobody_is_blamed_for_resumes_the_others(demo_model):
         engine.submit(again)
         _, end = await _drain(again)
         assert isinstance(end, JobResult) and end.generated_tokens == 5
+    finally:
+        await asyncio.to_thread(engine.close)
+
+
+async def test_a_request_with_an_eos_bias_resumes_after_a_failed_step(demo_model):
+    """The EOS bias is stateless (it counts the tokens after the prompt), so unlike a schema matcher
+    it lets a rebuilt batch resume the request, and the resumed answer still ends where it should."""
+    loop = asyncio.get_running_loop()
+    engine, lm, prompt = await _engine_with_demo(demo_model)
+    bias = EosBias(start=20, factor=1.25)  # EOS outweighs everything else 4 tokens past start
+    try:
+        biased = Job("m", prompt, 200, None, "biased", 0, loop,
+                     logits_processors=[EosBiasProcessor(lm.tokenizer.eos_token_ids, len(prompt), bias)])
+        bad = Job("m", prompt, 60, None, "bad", 0, loop, logits_processors=[lambda _tokens, logits: logits[:, :-1]])
+        engine.submit(biased)
+        engine.submit(bad)
+        (text, end), (_, bad_end) = await asyncio.gather(_drain(biased), _drain(bad))
+        assert isinstance(bad_end, EngineFault), bad_end
+        assert isinstance(end, JobResult) and biased.resumed, end
+        # Greedy, the prompt never ends by itself: only the bias, counted from the original prompt, ends it.
+        assert end.finish_reason == "stop" and bias.start < end.generated_tokens <= bias.start + 4, end
+        assert text
     finally:
         await asyncio.to_thread(engine.close)
 

@@ -25,6 +25,7 @@ from gateway.protocol.backend import (
     TokenCount,
 )
 from backends.mlx.cache import PromptCache
+from backends.mlx.eos_bias import EosBiasProcessor
 from backends.mlx.engine import Engine, Job, JobResult, LoadedModel, RequestFault
 from backends.mlx.hub import (HubModels, ModelUnavailable, NotLocal, not_local_error, resolve_model_path,
                               window_on_disk)
@@ -54,6 +55,7 @@ class ModelHandle:
     context: int
     tokenizer: object
     vocab: int  # logits per step: top_k at or above it keeps every token
+    eos_ids: frozenset[int]  # the tokens that end an answer (the engine stops on each)
 
 
 class MLXBackend(HubModels, Backend):
@@ -128,7 +130,8 @@ class MLXBackend(HubModels, Backend):
                 raise ModelUnavailable(str(exc)) from None
             context = self.config.context_window or _context_of(cfg) or DEFAULT_CONTEXT
             handle = ModelHandle(name, path, PromptRenderer(tokenizer, name, self.config.system_messages), parsers,
-                                 context, tokenizer, _vocab_of(cfg, tokenizer))
+                                 context, tokenizer, _vocab_of(cfg, tokenizer),
+                                 frozenset(getattr(tokenizer, "eos_token_ids", None) or ()))
             self._handles[name] = handle
             log.info("mlx_model_loaded", backend=self.name, model=name, path=str(path), context=context,
                      tool_parser=getattr(parsers, "name", None), seconds=round(time.perf_counter() - t0, 2))
@@ -209,12 +212,15 @@ class MLXBackend(HubModels, Backend):
         engine = self._engine()
         if not engine.alive:
             raise GatewayError(500, f"backend '{self.name}': the MLX engine stopped ({engine.failed})")
-        processors = None
+        processors: list[Callable] = []
+        if self.config.eos_bias is not None:
+            # Ahead of the schema mask, so an EOS the schema forbids stays forbidden.
+            processors.append(EosBiasProcessor(handle.eos_ids, len(prompt.tokens), self.config.eos_bias))
         if req.json_schema is not None:
-            processors = [await asyncio.to_thread(json_schema_processor, handle.tokenizer, req.json_schema)]
+            processors.append(await asyncio.to_thread(json_schema_processor, handle.tokenizer, req.json_schema))
         job = Job(model_key=handle.name, prompt=prompt.tokens, max_tokens=breq.max_tokens,
                   sampler=_sampler(req, handle.vocab), session=breq.session_id, shared_len=prompt.shared_len,
-                  loop=asyncio.get_running_loop(), logits_processors=processors,
+                  loop=asyncio.get_running_loop(), logits_processors=processors or None,
                   reload=self._loader(handle.name, handle.path))
         engine.submit(job)
         try:

@@ -424,7 +424,7 @@ class Engine:
                 continue
             remaining = job.max_tokens - job.generated
             # A second failure, or a processor whose state cannot be replayed: end it, not the batch.
-            if job.resumed or job.logits_processors or remaining <= 0:
+            if job.resumed or not _replayable(job) or remaining <= 0:
                 self._fail(job, EngineFault(f"generation failed: {_brief(exc)}"))
                 continue
             job.resumed = True
@@ -532,6 +532,12 @@ class _Guard:
                 self.job.fault = RequestFault(_first_line(exc))
                 _repair_random_state()  # an exception inside an mx.compile trace leaves a placeholder there
         return self.fallback(*args)
+
+
+def _replayable(job: Job) -> bool:
+    """Can a rebuilt batch resume `job`? Only if each of its logits processors says so (`replayable`):
+    one that keeps state across calls, such as a schema matcher, would start over mid-answer."""
+    return all(getattr(getattr(p, "fn", p), "replayable", False) for p in job.logits_processors or ())
 
 
 def _unchanged(_tokens: mx.array, logits: mx.array) -> mx.array:

@@ -16,6 +16,15 @@ def images_hint(backend_type: str) -> str:
     return "set vision = true in its [backends.*] table if the model has vision"
 
 
+@dataclass(frozen=True)
+class EosBias:
+    """`eos_bias = { start, factor }`: after `start` generated tokens the end-of-sequence logits grow
+    by factor per token (Hugging Face's exponential_decay_length_penalty; backends.mlx.eos_bias)."""
+
+    start: int
+    factor: float
+
+
 @dataclass
 class BackendConfig:
     name: str
@@ -46,6 +55,7 @@ class BackendConfig:
     cache_across_sessions: bool = False  # any request may reuse any cached prefix (a gateway with one user)
     preload: bool | list[str] = False  # models loaded once the server listens: true = every configured one
     download_on_demand: bool = False  # a request for a hub model not downloaded yet downloads it (else 503)
+    eos_bias: EosBias | None = None  # a sampled answer ends instead of rambling to max_tokens; None: off
     fallback: str | None = None  # the backend that answers when this one cannot (every replica down or overloaded)
     # Not keys: base_url as a list of replica URLs (credentials removed), and the user:password@
     # found in each, moved out of it so the URL can be shown (url_auth: the first replica's).
