@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.protocol.units import human_size
 from tests.fake_hub import FakeHub
 from tests.gateway_process import ROOT, free_port
 
@@ -94,6 +96,51 @@ def test_a_connection_dropped_mid_file_resumes_where_it_stopped(hub, tmp_path):
     assert re.fullmatch(r"bytes=\d+-", resumed) and 0 < int(resumed[6:-1]) <= cut, resumed  # not from the start
     assert (snapshot(tmp_path, hub, "test-org/big") / "model.safetensors").read_bytes() == \
         hub.repos["test-org/big"].files["model.safetensors"]
+
+
+def _wait_for_partial(blobs: Path, proc: subprocess.Popen, timeout: float = 60) -> Path:
+    """The partial file a running pull is writing, once some of its bytes are on disk."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        partial = next((p for p in blobs.glob("*.incomplete") if p.stat().st_size > 0), None) \
+            if blobs.is_dir() else None
+        if partial is not None:
+            return partial
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("no partial file appeared")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_a_pull_killed_mid_file_continues_from_the_bytes_on_disk(hub, tmp_path, sig):
+    src = make_model_dir(tmp_path / "big")
+    (src / "model.safetensors").write_bytes(os.urandom(24 << 20))
+    hub.add_dir("test-org/big", src)
+    hub.stall_after["model.safetensors"] = 15 << 20  # then a hub that sends nothing more
+    env = hub_env(tmp_path, hub.url)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "pull", "test-org/big"], env=env, cwd=ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = _wait_for_partial(tmp_path / "hf" / "hub" / "models--test-org--big" / "blobs", proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=30)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, stderr
+        assert "Traceback" not in stderr, stderr
+        said = [line for line in stderr.splitlines() if "interrupted" in line]
+        assert said == [stderr.rstrip().splitlines()[-1]], stderr  # one line, the last
+        assert "claude-gateway pull test-org/big" in said[0]
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    kept = partial.stat().st_size
+    assert 0 < kept < 24 << 20
+
+    again = run_pull(env, "test-org/big")
+    assert again.returncode == 0, again.stderr
+    assert hub.ranges("model.safetensors") == ["", f"bytes={kept}-"]  # the rest, not the whole file again
+    assert f"model.safetensors: resuming at {human_size(kept)} of 24.0 MB" in again.stderr
+    assert (snapshot(tmp_path, hub, "test-org/big") / "model.safetensors").read_bytes() == \
+        hub.repos["test-org/big"].files["model.safetensors"]
+    assert not partial.exists()
 
 
 def test_a_corrupted_file_is_removed_and_the_next_pull_fetches_it_again(hub, tmp_path):
