@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 
+import aiohttp
 import pytest
 
 from tests.conftest import gateway_config
 from tests.fake_hub import FakeHub
+from tests.gateway_process import env_without_token, free_port, start_serve
 
 HUB_REPO = "test-org/demo"
 
@@ -95,3 +98,63 @@ async def test_preload_loads_after_the_port_listens_and_health_says_loading_then
     status, msg = await gw.messages(hello("claude-haiku-4-5"))  # no download and no load left for the request
     assert status == 200, msg
     assert len(hub.gets()) == gets
+
+
+async def test_serve_says_what_preload_is_loading_then_what_is_resident(hub, demo_model, tmp_path):
+    """A real `serve`: the banner names the models preload is loading, a later line the ones now
+    resident, and /health says the same at each step."""
+    gate = hub.gates["model.safetensors"] = threading.Event()
+    port = free_port()
+    path = tmp_path / "config.toml"
+    path.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\n[log]\nrequests = ""\n[routing]\ndefault = "m"\n'
+                    f'[backends.m]\ntype = "mlx"\nmodel = {json.dumps(str(demo_model))}\npreload = true\n'
+                    f'max_resident_models = 2\n[backends.m.model_mapping]\n"claude-haiku-*" = "{HUB_REPO}"\n')
+    env = {k: v for k, v in env_without_token().items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
+    gp = await start_serve(path, env=env, timeout=120)
+    try:
+        banner = await _stderr_line(gp, "  m: ")
+        said = re.fullmatch(r"  m: resident: (.*); loading: (.*) \(preload; GET /health says when they are resident\)\n",
+                            banner)
+        assert said, gp.stderr
+        resident, loading = _names(said[1]), _names(said[2])
+        assert HUB_REPO in loading and not resident & loading, banner  # each model in one state
+        assert resident | loading == {str(demo_model), HUB_REPO}
+        health = await _health_of(gp.url)
+        m = health["backends"]["m"]
+        assert health["status"] == "loading" and HUB_REPO in m["loading"], health
+        assert not set(m["resident"]) & set(m["loading"]), health
+        gate.set()
+        done = await _stderr_line(gp, "preload finished")
+        assert "loading" not in done, gp.stderr
+        resident = _names(done.split("m: resident: ", 1)[1].strip())
+        assert resident == {str(demo_model), HUB_REPO}, gp.stderr
+        health = await _health_of(gp.url)
+        assert health["status"] == "ok", health
+        assert set(health["backends"]["m"]["resident"]) == resident
+        assert health["backends"]["m"]["loading"] == []
+    finally:
+        gate.set()
+        await gp.stop()
+
+
+async def _stderr_line(gp, text: str, timeout: float = 120) -> str:
+    """The first line of serve's stderr holding `text`, waiting for it to be printed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        line = next((line for line in gp.stderr_lines if text in line), None)
+        if line is not None:
+            return line
+        assert gp.proc.returncode is None, gp.stderr
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"serve never printed {text!r}:\n{gp.stderr}")
+
+
+def _names(listed: str) -> set[str]:
+    return set() if listed == "none" else set(listed.split(", "))
+
+
+async def _health_of(url: str) -> dict:
+    async with aiohttp.ClientSession() as session, session.get(url + "/health") as resp:
+        return await resp.json()

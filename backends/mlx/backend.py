@@ -189,11 +189,14 @@ class MLXBackend(HubModels, Backend):
                                  self.configured_models(), ctx)
         detail = (f"resident: {', '.join(resident) or 'none'}; active requests: {active}; "
                   f"prompt cache: {entries} entries, {nbytes / 1e6:.1f} MB")
+        # A model the engine thread has just installed is resident, though preload has not yet
+        # resumed to take it off its list.
+        loading = [m for m in self.loading() if m not in resident]
         if self._preload_failed:
             return BackendHealth(False, "; ".join(f"preload of {m} failed: {why}" for m, why in
                                                   self._preload_failed.items()) + f"; {detail}",
-                                 self.configured_models(), ctx, list(resident), self.loading())
-        return BackendHealth(True, detail, self.configured_models(), ctx, list(resident), self.loading())
+                                 self.configured_models(), ctx, list(resident), loading)
+        return BackendHealth(True, detail, self.configured_models(), ctx, list(resident), loading)
 
     # -- generation ---------------------------------------------------------------------------
 
