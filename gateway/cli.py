@@ -182,6 +182,8 @@ async def _resident_lines(gateway: Gateway) -> str:
         out += f"\n  {name}: resident: {', '.join(h.resident) or 'none'}"
         if h.loading:
             out += f"; loading: {', '.join(h.loading)} (preload; GET /health says when they are resident)"
+        if h.preload_failed:
+            out += f"; preload failed: {', '.join(h.preload_failed)} (GET /health says why)"
     return out
 
 

@@ -158,3 +158,26 @@ def _names(listed: str) -> set[str]:
 async def _health_of(url: str) -> dict:
     async with aiohttp.ClientSession() as session, session.get(url + "/health") as resp:
         return await resp.json()
+
+
+async def test_serve_says_which_preload_failed_and_health_says_why(hub, demo_model, tmp_path):
+    missing = "test-org/no-such-model"
+    port = free_port()
+    path = tmp_path / "config.toml"
+    path.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\n[log]\nrequests = ""\n[routing]\ndefault = "m"\n'
+                    f'[backends.m]\ntype = "mlx"\nmodel = {json.dumps(str(demo_model))}\npreload = true\n'
+                    f'max_resident_models = 2\n[backends.m.model_mapping]\n"claude-haiku-*" = "{missing}"\n')
+    env = {k: v for k, v in env_without_token().items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
+    gp = await start_serve(path, env=env, timeout=120)
+    try:
+        done = await _stderr_line(gp, "preload finished")
+        assert done == (f"claude-gateway: preload finished; m: resident: {demo_model}; preload failed: {missing} "
+                        f"(GET /health says why)\n"), gp.stderr
+        health = await _health_of(gp.url)
+        m = health["backends"]["m"]
+        assert health["status"] == "degraded" and m["loading"] == [] and m["resident"] == [str(demo_model)]
+        assert m["preload_failed"] == [missing]
+        assert f"preload of {missing} failed" in m["detail"] and "does not exist" in m["detail"], health
+    finally:
+        await gp.stop()

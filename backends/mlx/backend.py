@@ -195,7 +195,7 @@ class MLXBackend(HubModels, Backend):
         if self._preload_failed:
             return BackendHealth(False, "; ".join(f"preload of {m} failed: {why}" for m, why in
                                                   self._preload_failed.items()) + f"; {detail}",
-                                 self.configured_models(), ctx, list(resident), loading)
+                                 self.configured_models(), ctx, list(resident), loading, list(self._preload_failed))
         return BackendHealth(True, detail, self.configured_models(), ctx, list(resident), loading)
 
     # -- generation ---------------------------------------------------------------------------
