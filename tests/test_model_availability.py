@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 import threading
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -104,14 +105,8 @@ async def test_serve_says_what_preload_is_loading_then_what_is_resident(hub, dem
     """A real `serve`: the banner names the models preload is loading, a later line the ones now
     resident, and /health says the same at each step."""
     gate = hub.gates["model.safetensors"] = threading.Event()
-    port = free_port()
-    path = tmp_path / "config.toml"
-    path.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\n[log]\nrequests = ""\n[routing]\ndefault = "m"\n'
-                    f'[backends.m]\ntype = "mlx"\nmodel = {json.dumps(str(demo_model))}\npreload = true\n'
-                    f'max_resident_models = 2\n[backends.m.model_mapping]\n"claude-haiku-*" = "{HUB_REPO}"\n')
-    env = {k: v for k, v in env_without_token().items() if not k.startswith(("HF_", "HUGGING"))}
-    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
-    gp = await start_serve(path, env=env, timeout=120)
+    path = _serve_config(tmp_path, str(demo_model), {"claude-haiku-*": HUB_REPO})
+    gp = await start_serve(path, env=_hub_env(hub, tmp_path), timeout=120)
     try:
         banner = await _stderr_line(gp, "  m: ")
         said = re.fullmatch(r"  m: resident: (.*); loading: (.*) \(preload; GET /health says when they are resident\)\n",
@@ -162,14 +157,8 @@ async def _health_of(url: str) -> dict:
 
 async def test_serve_says_which_preload_failed_and_health_says_why(hub, demo_model, tmp_path):
     missing = "test-org/no-such-model"
-    port = free_port()
-    path = tmp_path / "config.toml"
-    path.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\n[log]\nrequests = ""\n[routing]\ndefault = "m"\n'
-                    f'[backends.m]\ntype = "mlx"\nmodel = {json.dumps(str(demo_model))}\npreload = true\n'
-                    f'max_resident_models = 2\n[backends.m.model_mapping]\n"claude-haiku-*" = "{missing}"\n')
-    env = {k: v for k, v in env_without_token().items() if not k.startswith(("HF_", "HUGGING"))}
-    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
-    gp = await start_serve(path, env=env, timeout=120)
+    path = _serve_config(tmp_path, str(demo_model), {"claude-haiku-*": missing})
+    gp = await start_serve(path, env=_hub_env(hub, tmp_path), timeout=120)
     try:
         done = await _stderr_line(gp, "preload finished")
         assert done == (f"claude-gateway: preload finished; m: resident: {demo_model}; preload failed: {missing} "
@@ -180,4 +169,40 @@ async def test_serve_says_which_preload_failed_and_health_says_why(hub, demo_mod
         assert m["preload_failed"] == [missing]
         assert f"preload of {missing} failed" in m["detail"] and "does not exist" in m["detail"], health
     finally:
+        await gp.stop()
+
+
+def _serve_config(tmp_path, model: str, mapping: dict[str, str] | None = None, routing: bool = True) -> Path:
+    path = tmp_path / "config.toml"
+    lines = [f'[server]\nhost = "127.0.0.1"\nport = {free_port()}\n[log]\nrequests = ""\n'
+             + ('[routing]\ndefault = "m"' if routing else ""),
+             f'[backends.m]\ntype = "mlx"\nmodel = {json.dumps(model)}\npreload = true\nmax_resident_models = 2']
+    if mapping:
+        lines.append("[backends.m.model_mapping]\n" + "".join(f"{json.dumps(k)} = {json.dumps(v)}\n"
+                                                          for k, v in mapping.items()))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _hub_env(hub: FakeHub, tmp_path, **extra: str) -> dict:
+    env = {k: v for k, v in env_without_token().items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1", **extra)
+    return env
+
+
+async def test_the_banner_says_loading_for_a_default_model_preload_is_still_downloading(hub, tmp_path):
+    gate = hub.gates["model.safetensors"] = threading.Event()
+    # No route for Claude Code's model families: the banner asks the backend nothing before it prints.
+    gp = await start_serve(_serve_config(tmp_path, HUB_REPO, routing=False), env=_hub_env(hub, tmp_path),
+                           timeout=120)
+    try:
+        banner = await _stderr_line(gp, "  m: ")
+        assert banner == f"  m: resident: none; loading: {HUB_REPO} (preload; GET /health says when they are resident)\n"
+        health = await _health_of(gp.url)
+        assert health["status"] == "loading" and health["backends"]["m"]["loading"] == [HUB_REPO], health
+        gate.set()
+        done = await _stderr_line(gp, "preload finished")
+        assert done == f"claude-gateway: preload finished; m: resident: {HUB_REPO}\n", gp.stderr
+    finally:
+        gate.set()
         await gp.stop()

@@ -66,7 +66,7 @@ class MLXBackend(HubModels, Backend):
         self.engine: Engine | None = None
         self._handles: dict[str, ModelHandle] = {}
         self._loading: dict[str, asyncio.Lock] = {}
-        self._preloading: set[str] = set()  # preload() is loading these now
+        self._preloading: set[str] = set()  # preload() is loading these, or will once the server listens
         self._preload_failed: dict[str, str] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -85,6 +85,9 @@ class MLXBackend(HubModels, Backend):
         preload = self.preload_names()  # loaded by preload(), once the server listens
         try:
             self.check_names(preload)
+            # Loading from now on, not from when the preload task first runs: the banner, printed
+            # as soon as the port listens, already says so.
+            self._preloading.update(preload)
             if self.config.model and self.config.model not in preload:
                 await self._model(self.config.model)
         except ModelUnavailable as exc:
