@@ -189,6 +189,8 @@ async def _resident_lines(gateway: Gateway) -> str:
 
 async def _announce_preloaded(gateway: Gateway) -> None:
     await asyncio.gather(*gateway.preloads, return_exceptions=True)
+    if any(task.cancelled() for task in gateway.preloads):  # the server is shutting down: nothing finished
+        return
     print("claude-gateway: preload finished;" + (await _resident_lines(gateway)).replace("\n ", "", 1),
           file=sys.stderr, flush=True)
 

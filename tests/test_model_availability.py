@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -15,7 +20,7 @@ import pytest
 
 from tests.conftest import gateway_config
 from tests.fake_hub import FakeHub
-from tests.gateway_process import env_without_token, free_port, start_serve
+from tests.gateway_process import ROOT, env_without_token, free_port, start_serve
 
 HUB_REPO = "test-org/demo"
 
@@ -206,3 +211,37 @@ async def test_the_banner_says_loading_for_a_default_model_preload_is_still_down
     finally:
         gate.set()
         await gp.stop()
+
+
+async def test_ctrl_c_during_a_preload_download_stops_serve_at_once_and_pull_continues_the_file(
+        hub, demo_model, tmp_path):
+    src = tmp_path / "big"
+    shutil.copytree(demo_model, src)
+    (src / "model.safetensors").write_bytes(os.urandom(24 << 20))  # never loaded: serve stops first
+    hub.add_dir("test-org/big", src)
+    hub.stall_after["model.safetensors"] = 15 << 20
+    # A read timeout far beyond the test's bound: only a download that is left behind lets serve exit in time.
+    env = _hub_env(hub, tmp_path, HF_HUB_DOWNLOAD_TIMEOUT="120")
+    gp = await start_serve(_serve_config(tmp_path, "test-org/big", routing=False), env=env, timeout=120)
+    try:
+        blobs = tmp_path / "hf" / "hub" / "models--test-org--big" / "blobs"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while not (partial := next((p for p in blobs.glob("*.incomplete") if p.stat().st_size), None)):
+            assert loop.time() < deadline and gp.proc.returncode is None, gp.stderr
+            await asyncio.sleep(0.05)
+        gp.signal(signal.SIGINT)
+        t0 = loop.time()
+        assert await gp.wait_exit(30) == 0, gp.stderr
+        assert loop.time() - t0 < 10, gp.stderr
+    finally:
+        await gp.stop()
+    assert "Traceback" not in gp.stderr and "preload finished" not in gp.stderr, gp.stderr
+    kept = partial.stat().st_size
+    assert 0 < kept < 24 << 20
+
+    pull = subprocess.run([sys.executable, "-m", "gateway.cli", "pull", "test-org/big"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert pull.returncode == 0, pull.stderr
+    assert "model.safetensors: resuming at" in pull.stderr
+    assert hub.ranges("model.safetensors") == ["", f"bytes={kept}-"]

@@ -25,7 +25,7 @@ from gateway.protocol.backend import (
 )
 from backends.mlx.cache import PromptCache
 from backends.mlx.engine import Engine, Job, JobResult, LoadedModel, RequestFault
-from backends.mlx.hub import (HubModels, ModelUnavailable, NotLocal, not_local_error, resolve_model_path,
+from backends.mlx.hub import (HubModels, ModelUnavailable, NotLocal, not_local_error, resolve_in_background,
                               window_on_disk)
 from backends.mlx.hub import context_of as _context_of
 from backends.mlx.output import OutputPipeline
@@ -110,7 +110,7 @@ class MLXBackend(HubModels, Backend):
             handle = self._handles.get(name)
             if handle is not None:
                 return handle
-            path = await asyncio.to_thread(resolve_model_path, name, self.name, download)
+            path = await resolve_in_background(name, self.name, download)
             t0 = time.perf_counter()
             loader = self._loader(name, path)
             try:

@@ -5,7 +5,9 @@ huggingface_hub and mlx-lm are imported on use: `models --local` and `check` sta
 """
 from __future__ import annotations
 
+import asyncio
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -105,6 +107,35 @@ def resolve_model_path(name: str, backend: str, download: bool = True, out: Text
             f"[backends.{backend}] to a local copy (a directory with config.json, *.safetensors and the "
             f"tokenizer), or run `claude-gateway serve --demo` to try the gateway offline with a generated "
             f"demo model.") from None
+
+
+def resolve_in_background(name: str, backend: str, download: bool) -> asyncio.Future[Path]:
+    """resolve_model_path on a daemon thread. A download under way when the server shuts down does
+    not hold the process until it ends (a worker of asyncio.to_thread would); the bytes it wrote
+    stay for `claude-gateway pull` to continue from."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Path] = loop.create_future()
+
+    def settle(result: Path | None, error: BaseException | None) -> None:
+        if future.done():  # the caller was cancelled
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = resolve_model_path(name, backend, download), None
+        except BaseException as exc:  # noqa: BLE001 — handed to the awaiting coroutine
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    threading.Thread(target=run, name=f"mlx-model-{name}", daemon=True).start()
+    return future
 
 
 # -- pull -------------------------------------------------------------------------------------
