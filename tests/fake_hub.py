@@ -50,6 +50,7 @@ class FakeHub:
     # path → an event a GET of that file waits for before sending its body
     gates: dict[str, threading.Event] = field(default_factory=dict)
     corrupt: set[str] = field(default_factory=set)  # files served with one byte flipped
+    ignore_range: bool = False  # answer a Range GET with the whole file (200), as some proxies do
     url: str = ""
 
     def add_dir(self, repo_id: str, directory: Path, private: bool = False) -> Repo:
@@ -140,7 +141,7 @@ class FakeHub:
         if request.method == "HEAD":
             return web.Response(headers={**headers, "Content-Length": str(len(data))})
         start = 0
-        if (rng := request.headers.get("Range", "")).startswith("bytes="):
+        if (rng := request.headers.get("Range", "")).startswith("bytes=") and not self.ignore_range:
             start = int(rng[6:].split("-", 1)[0])
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         body = data[start:]

@@ -143,6 +143,20 @@ def test_a_pull_killed_mid_file_continues_from_the_bytes_on_disk(hub, tmp_path, 
     assert not partial.exists()
 
 
+def test_a_partial_file_from_an_earlier_run_is_fetched_whole_when_the_hub_ignores_range(hub, tmp_path):
+    data = hub.repos[REPO].files["model.safetensors"]
+    blobs = tmp_path / "hf" / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / f"{hashlib.sha256(data).hexdigest()}.incomplete").write_bytes(data[:1000])
+    hub.ignore_range = True
+    proc = run_pull(hub_env(tmp_path, hub.url), REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "model.safetensors: resuming at 1000 B" in proc.stderr
+    assert hub.ranges("model.safetensors") == ["bytes=1000-"]  # answered with 200 and the whole file
+    assert (snapshot(tmp_path, hub) / "model.safetensors").read_bytes() == data
+    assert not list(blobs.glob("*.incomplete"))
+
+
 def test_a_corrupted_file_is_removed_and_the_next_pull_fetches_it_again(hub, tmp_path):
     env = hub_env(tmp_path, hub.url)
     hub.corrupt.add("model.safetensors")
