@@ -29,6 +29,13 @@ class Repo:
             self.commit = h.hexdigest()
 
 
+def partial_download(blobs: Path) -> Path | None:
+    """The partial file a pull is writing into a cache's blobs directory, once it holds some bytes."""
+    if not blobs.is_dir():
+        return None
+    return next((p for p in blobs.glob("*.incomplete") if p.stat().st_size > 0), None)
+
+
 def git_blob_id(data: bytes) -> str:
     return hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()
 

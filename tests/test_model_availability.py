@@ -19,8 +19,10 @@ import aiohttp
 import pytest
 
 from tests.conftest import gateway_config
-from tests.fake_hub import FakeHub
-from tests.gateway_process import ROOT, env_without_token, free_port, start_serve
+from tests.fake_hub import FakeHub, partial_download
+from tests.gateway_process import ROOT, env_without_token, start_serve
+from tests.support.net import free_port
+from tests.support.poll import wait_for
 
 HUB_REPO = "test-org/demo"
 
@@ -93,10 +95,7 @@ async def test_preload_loads_after_the_port_listens_and_health_says_loading_then
     assert health["status"] == "loading"
     assert HUB_REPO in health["backends"]["m"]["loading"]
     gate.set()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 120
-    while (health := await _health(gw))["status"] == "loading" and loop.time() < deadline:
-        await asyncio.sleep(0.1)
+    health = await wait_for(lambda: _health(gw), 120, until=lambda h: h["status"] != "loading", interval=0.1)
     assert health["status"] == "ok", health
     m = health["backends"]["m"]
     assert m["loading"] == [] and set(m["resident"]) == {str(demo_model), HUB_REPO}
@@ -140,15 +139,12 @@ async def test_serve_says_what_preload_is_loading_then_what_is_resident(hub, dem
 
 async def _stderr_line(gp, text: str, timeout: float = 120) -> str:
     """The first line of serve's stderr holding `text`, waiting for it to be printed."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        line = next((line for line in gp.stderr_lines if text in line), None)
-        if line is not None:
-            return line
-        assert gp.proc.returncode is None, gp.stderr
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"serve never printed {text!r}:\n{gp.stderr}")
+    def probe() -> str | int | None:
+        return next((line for line in gp.stderr_lines if text in line), None) or gp.proc.returncode
+
+    line = await wait_for(probe, timeout, until=lambda v: v is not None, interval=0.05)
+    assert isinstance(line, str), f"serve never printed {text!r}:\n{gp.stderr}"
+    return line
 
 
 def _names(listed: str) -> set[str]:
@@ -225,12 +221,10 @@ async def test_ctrl_c_during_a_preload_download_stops_serve_at_once_and_pull_con
     gp = await start_serve(_serve_config(tmp_path, "test-org/big", routing=False), env=env, timeout=120)
     try:
         blobs = tmp_path / "hf" / "hub" / "models--test-org--big" / "blobs"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        while not (partial := next((p for p in blobs.glob("*.incomplete") if p.stat().st_size), None)):
-            assert loop.time() < deadline and gp.proc.returncode is None, gp.stderr
-            await asyncio.sleep(0.05)
+        partial = await wait_for(lambda: partial_download(blobs) or gp.proc.returncode, 60, interval=0.05)
+        assert isinstance(partial, Path), gp.stderr  # else serve exited, or nothing appeared
         gp.signal(signal.SIGINT)
+        loop = asyncio.get_running_loop()
         t0 = loop.time()
         assert await gp.wait_exit(30) == 0, gp.stderr
         assert loop.time() - t0 < 10, gp.stderr

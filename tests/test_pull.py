@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from gateway.protocol.units import human_size
-from tests.fake_hub import FakeHub
-from tests.gateway_process import ROOT, free_port
+from tests.fake_hub import FakeHub, partial_download
+from tests.gateway_process import ROOT
+from tests.support.net import free_port
+from tests.support.poll import wait_for_sync
 
 REPO = "test-org/tiny"
 WEIGHTS = 3_000_000
@@ -100,15 +102,9 @@ def test_a_connection_dropped_mid_file_resumes_where_it_stopped(hub, tmp_path):
 
 def _wait_for_partial(blobs: Path, proc: subprocess.Popen, timeout: float = 60) -> Path:
     """The partial file a running pull is writing, once some of its bytes are on disk."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        partial = next((p for p in blobs.glob("*.incomplete") if p.stat().st_size > 0), None) \
-            if blobs.is_dir() else None
-        if partial is not None:
-            return partial
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    raise AssertionError("no partial file appeared")
+    partial = wait_for_sync(lambda: partial_download(blobs) or proc.poll(), timeout, interval=0.05)
+    assert isinstance(partial, Path), proc.communicate()  # else the pull exited, or nothing appeared
+    return partial
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
