@@ -182,11 +182,15 @@ async def _resident_lines(gateway: Gateway) -> str:
         out += f"\n  {name}: resident: {', '.join(h.resident) or 'none'}"
         if h.loading:
             out += f"; loading: {', '.join(h.loading)} (preload; GET /health says when they are resident)"
+        if h.preload_failed:
+            out += f"; preload failed: {', '.join(h.preload_failed)} (GET /health says why)"
     return out
 
 
 async def _announce_preloaded(gateway: Gateway) -> None:
     await asyncio.gather(*gateway.preloads, return_exceptions=True)
+    if any(task.cancelled() for task in gateway.preloads):  # the server is shutting down: nothing finished
+        return
     print("claude-gateway: preload finished;" + (await _resident_lines(gateway)).replace("\n ", "", 1),
           file=sys.stderr, flush=True)
 

@@ -55,6 +55,11 @@ def pull(models: list[str], cfg: Config | None) -> int:
             print(f"claude-gateway: pulling {name}", file=sys.stderr, flush=True)
         try:
             result = backend.pull(name, sys.stderr)
+        except KeyboardInterrupt:
+            end_bar = "\n" if sys.stderr.isatty() else ""
+            print(f"{end_bar}claude-gateway: pull of {name} interrupted; the bytes downloaded so far are kept, and "
+                  f"`claude-gateway pull {name}` continues from them", file=sys.stderr, flush=True)
+            return 130
         except PullFailed as exc:
             print(f"claude-gateway: {exc}", file=sys.stderr, flush=True)
             failed += 1

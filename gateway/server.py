@@ -202,6 +202,8 @@ async def handle_health(request: web.Request) -> web.Response:
             backends[name]["replicas"] = replicas  # live: what this process sees of each server now
         if h.resident is not None:  # an in-process engine: which models are loaded, which preload is loading
             backends[name]["resident"], backends[name]["loading"] = h.resident, h.loading
+            if h.preload_failed:
+                backends[name]["preload_failed"] = h.preload_failed
     ok = all(b["ok"] for b in backends.values())
     loading = ok and any(b.get("loading") for b in backends.values())
     answer = {"status": "loading" if loading else "ok" if ok else "degraded", "backends": backends}

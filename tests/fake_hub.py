@@ -29,6 +29,13 @@ class Repo:
             self.commit = h.hexdigest()
 
 
+def partial_download(blobs: Path) -> Path | None:
+    """The partial file a pull is writing into a cache's blobs directory, once it holds some bytes."""
+    if not blobs.is_dir():
+        return None
+    return next((p for p in blobs.glob("*.incomplete") if p.stat().st_size > 0), None)
+
+
 def git_blob_id(data: bytes) -> str:
     return hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()
 
@@ -44,9 +51,13 @@ class FakeHub:
     requests: list[tuple[str, str, dict]] = field(default_factory=list)  # (method, path, headers)
     # path → bytes after which the first GET of that file drops its connection
     drop_after: dict[str, int] = field(default_factory=dict)
+    # path → bytes after which the first GET of that file sends nothing more until the client goes
+    # away (a slow hub, for killing a pull mid-file)
+    stall_after: dict[str, int] = field(default_factory=dict)
     # path → an event a GET of that file waits for before sending its body
     gates: dict[str, threading.Event] = field(default_factory=dict)
     corrupt: set[str] = field(default_factory=set)  # files served with one byte flipped
+    ignore_range: bool = False  # answer a Range GET with the whole file (200), as some proxies do
     url: str = ""
 
     def add_dir(self, repo_id: str, directory: Path, private: bool = False) -> Repo:
@@ -57,6 +68,10 @@ class FakeHub:
     def gets(self, suffix: str = "") -> list[tuple[str, dict]]:
         """(path, headers) of every GET of a file (the /resolve/ route) ending with `suffix`."""
         return [(p, h) for m, p, h in self.requests if m == "GET" and "/resolve/" in p and p.endswith(suffix)]
+
+    def ranges(self, suffix: str) -> list[str]:
+        """The Range header of each GET of a file ending with `suffix` ("" for a whole-file GET)."""
+        return [next((v for k, v in h.items() if k.lower() == "range"), "") for _, h in self.gets(suffix)]
 
     # -- server -------------------------------------------------------------------------------
 
@@ -133,7 +148,7 @@ class FakeHub:
         if request.method == "HEAD":
             return web.Response(headers={**headers, "Content-Length": str(len(data))})
         start = 0
-        if (rng := request.headers.get("Range", "")).startswith("bytes="):
+        if (rng := request.headers.get("Range", "")).startswith("bytes=") and not self.ignore_range:
             start = int(rng[6:].split("-", 1)[0])
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         body = data[start:]
@@ -147,6 +162,14 @@ class FakeHub:
         if cut is not None:
             await resp.write(body[:cut])
             request.transport.close()  # the client sees a body cut short, as when a connection drops
+            return resp
+        stall = self.stall_after.pop(name, None)
+        if stall is not None:
+            await resp.write(body[:stall])
+            for _ in range(1200):  # until the client disconnects, at most a minute
+                if request.transport is None or request.transport.is_closing():
+                    break
+                await asyncio.sleep(0.05)
             return resp
         await resp.write(body)
         await resp.write_eof()

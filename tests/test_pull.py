@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_hub import FakeHub
+from gateway.protocol.units import human_size
+from tests.fake_hub import FakeHub, partial_download
 from tests.gateway_process import ROOT
 from tests.support.net import free_port
+from tests.support.poll import wait_for_sync
 
 REPO = "test-org/tiny"
 WEIGHTS = 3_000_000
@@ -95,6 +98,59 @@ def test_a_connection_dropped_mid_file_resumes_where_it_stopped(hub, tmp_path):
     assert re.fullmatch(r"bytes=\d+-", resumed) and 0 < int(resumed[6:-1]) <= cut, resumed  # not from the start
     assert (snapshot(tmp_path, hub, "test-org/big") / "model.safetensors").read_bytes() == \
         hub.repos["test-org/big"].files["model.safetensors"]
+
+
+def _wait_for_partial(blobs: Path, proc: subprocess.Popen, timeout: float = 60) -> Path:
+    """The partial file a running pull is writing, once some of its bytes are on disk."""
+    partial = wait_for_sync(lambda: partial_download(blobs) or proc.poll(), timeout, interval=0.05)
+    assert isinstance(partial, Path), proc.communicate()  # else the pull exited, or nothing appeared
+    return partial
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_a_pull_killed_mid_file_continues_from_the_bytes_on_disk(hub, tmp_path, sig):
+    src = make_model_dir(tmp_path / "big")
+    (src / "model.safetensors").write_bytes(os.urandom(24 << 20))
+    hub.add_dir("test-org/big", src)
+    hub.stall_after["model.safetensors"] = 15 << 20  # then a hub that sends nothing more
+    env = hub_env(tmp_path, hub.url)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "pull", "test-org/big"], env=env, cwd=ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = _wait_for_partial(tmp_path / "hf" / "hub" / "models--test-org--big" / "blobs", proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=30)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, stderr
+        assert "Traceback" not in stderr, stderr
+        said = [line for line in stderr.splitlines() if "interrupted" in line]
+        assert said == [stderr.rstrip().splitlines()[-1]], stderr  # one line, the last
+        assert "claude-gateway pull test-org/big" in said[0]
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    kept = partial.stat().st_size
+    assert 0 < kept < 24 << 20
+
+    again = run_pull(env, "test-org/big")
+    assert again.returncode == 0, again.stderr
+    assert hub.ranges("model.safetensors") == ["", f"bytes={kept}-"]  # the rest, not the whole file again
+    assert f"model.safetensors: resuming at {human_size(kept)} of 24.0 MB" in again.stderr
+    assert (snapshot(tmp_path, hub, "test-org/big") / "model.safetensors").read_bytes() == \
+        hub.repos["test-org/big"].files["model.safetensors"]
+    assert not partial.exists()
+
+
+def test_a_partial_file_from_an_earlier_run_is_fetched_whole_when_the_hub_ignores_range(hub, tmp_path):
+    data = hub.repos[REPO].files["model.safetensors"]
+    blobs = tmp_path / "hf" / "hub" / f"models--{REPO.replace('/', '--')}" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / f"{hashlib.sha256(data).hexdigest()}.incomplete").write_bytes(data[:1000])
+    hub.ignore_range = True
+    proc = run_pull(hub_env(tmp_path, hub.url), REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "model.safetensors: resuming at 1000 B" in proc.stderr
+    assert hub.ranges("model.safetensors") == ["bytes=1000-"]  # answered with 200 and the whole file
+    assert (snapshot(tmp_path, hub) / "model.safetensors").read_bytes() == data
+    assert not list(blobs.glob("*.incomplete"))
 
 
 def test_a_corrupted_file_is_removed_and_the_next_pull_fetches_it_again(hub, tmp_path):

@@ -27,7 +27,7 @@ from gateway.protocol.backend import (
 from backends.mlx.cache import PromptCache
 from backends.mlx.eos_bias import EosBiasProcessor
 from backends.mlx.engine import Engine, Job, JobResult, LoadedModel, RequestFault
-from backends.mlx.hub import (HubModels, ModelUnavailable, NotLocal, not_local_error, resolve_model_path,
+from backends.mlx.hub import (HubModels, ModelUnavailable, NotLocal, not_local_error, resolve_in_background,
                               window_on_disk)
 from backends.mlx.hub import context_of as _context_of
 from backends.mlx.output import OutputPipeline
@@ -69,7 +69,7 @@ class MLXBackend(HubModels, Backend):
         self.engine: Engine | None = None
         self._handles: dict[str, ModelHandle] = {}
         self._loading: dict[str, asyncio.Lock] = {}
-        self._preloading: set[str] = set()  # preload() is loading these now
+        self._preloading: set[str] = set()  # preload() is loading these, or will once the server listens
         self._preload_failed: dict[str, str] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -88,6 +88,9 @@ class MLXBackend(HubModels, Backend):
         preload = self.preload_names()  # loaded by preload(), once the server listens
         try:
             self.check_names(preload)
+            # Loading from now on, not from when the preload task first runs: the banner, printed
+            # as soon as the port listens, already says so.
+            self._preloading.update(preload)
             if self.config.model and self.config.model not in preload:
                 await self._model(self.config.model)
         except ModelUnavailable as exc:
@@ -110,7 +113,7 @@ class MLXBackend(HubModels, Backend):
             handle = self._handles.get(name)
             if handle is not None:
                 return handle
-            path = await asyncio.to_thread(resolve_model_path, name, self.name, download)
+            path = await resolve_in_background(name, self.name, download)
             t0 = time.perf_counter()
             loader = self._loader(name, path)
             try:
@@ -194,11 +197,14 @@ class MLXBackend(HubModels, Backend):
                                  self.configured_models(), ctx)
         detail = (f"resident: {', '.join(resident) or 'none'}; active requests: {active}; "
                   f"prompt cache: {entries} entries, {nbytes / 1e6:.1f} MB")
+        # A model the engine thread has just installed is resident, though preload has not yet
+        # resumed to take it off its list.
+        loading = [m for m in self.loading() if m not in resident]
         if self._preload_failed:
             return BackendHealth(False, "; ".join(f"preload of {m} failed: {why}" for m, why in
                                                   self._preload_failed.items()) + f"; {detail}",
-                                 self.configured_models(), ctx, list(resident), self.loading())
-        return BackendHealth(True, detail, self.configured_models(), ctx, list(resident), self.loading())
+                                 self.configured_models(), ctx, list(resident), loading, list(self._preload_failed))
+        return BackendHealth(True, detail, self.configured_models(), ctx, list(resident), loading)
 
     # -- generation ---------------------------------------------------------------------------
 

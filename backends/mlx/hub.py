@@ -5,9 +5,9 @@ huggingface_hub and mlx-lm are imported on use: `models --local` and `check` sta
 """
 from __future__ import annotations
 
-import hashlib
-import os
+import asyncio
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,10 +16,10 @@ from typing import Protocol, TextIO
 import orjson
 import structlog
 
+from backends.mlx import hub_file
 from gateway.protocol.backend import LocalModel, Pulled, PullFailed
 from gateway.protocol.backend_config import BackendConfig
 from gateway.protocol.errors import GatewayError
-from gateway.protocol.units import human_size
 
 log = structlog.get_logger("backends.mlx")
 
@@ -110,19 +110,43 @@ def resolve_model_path(name: str, backend: str, download: bool = True, out: Text
             f"demo model.") from None
 
 
+def resolve_in_background(name: str, backend: str, download: bool) -> asyncio.Future[Path]:
+    """resolve_model_path on a daemon thread. A download under way when the server shuts down does
+    not hold the process until it ends (a worker of asyncio.to_thread would); the bytes it wrote
+    stay for `claude-gateway pull` to continue from."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Path] = loop.create_future()
+
+    def settle(result: Path | None, error: BaseException | None) -> None:
+        if future.done():  # the caller was cancelled
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = resolve_model_path(name, backend, download), None
+        except BaseException as exc:  # noqa: BLE001 — handed to the awaiting coroutine
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    threading.Thread(target=run, name=f"mlx-model-{name}", daemon=True).start()
+    return future
+
+
 # -- pull -------------------------------------------------------------------------------------
 
 def pull(name: str, out: TextIO = sys.stderr,
          on_file: Callable[[str, int], None] | None = None) -> Pulled:
     """Download the files mlx-lm needs of hub model `name` into the Hugging Face cache, skipping
-    those already there; a connection that drops mid-file resumes where it stopped. Each new file
-    is checked against the hub's checksum (sha256 for LFS files, the git blob id for others)."""
-    from huggingface_hub import (
-        HfApi,
-        hf_hub_download,
-        snapshot_download,
-        try_to_load_from_cache,
-    )
+    those already there; a connection that drops mid-file, or a pull that was killed mid-file,
+    continues where it stopped. Each new file is checked against the hub's checksum."""
+    from huggingface_hub import HfApi, snapshot_download, try_to_load_from_cache
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.utils import filter_repo_objects
 
@@ -135,7 +159,6 @@ def pull(name: str, out: TextIO = sys.stderr,
     except Exception as exc:  # noqa: BLE001 — every hub failure becomes one paragraph
         raise PullError(explain(name, exc)) from None
     files = sorted(filter_repo_objects(tree, allow_patterns=patterns))
-    tty = out.isatty()
     downloaded, nbytes = [], 0
     for path in files:
         entry = tree[path]
@@ -143,81 +166,22 @@ def pull(name: str, out: TextIO = sys.stderr,
             continue
         if on_file is not None:
             on_file(path, entry.size)
-        if not tty:
-            print(f"  {path} ({human_size(entry.size)})", file=out, flush=True)
         try:
-            local = Path(hf_hub_download(name, path, revision=commit, tqdm_class=_bar_class(out, path)))
+            hub_file.fetch(name, path, str(commit), hub_file.Expected.of(entry), out)
+        except PullFailed:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise PullError(explain(name, exc, path)) from None
-        _verify(name, path, local, entry)
         downloaded.append(path)
         nbytes += entry.size
     try:
         # Every file is in the cache now: this records refs/main and the file list for offline
         # look-ups (local_model), without downloading anything again.
-        snapshot = Path(snapshot_download(name, allow_patterns=patterns, tqdm_class=_bar_class(out, silent=True)))
+        snapshot = Path(snapshot_download(name, allow_patterns=patterns,
+                                          tqdm_class=hub_file.bar_class(out, silent=True)))
     except Exception as exc:  # noqa: BLE001
         raise PullError(explain(name, exc)) from None
     return Pulled(name, str(snapshot), downloaded, nbytes)
-
-
-def _bar_class(out: TextIO, label: str | None = None, silent: bool = False) -> type:
-    """A tqdm class for one file's bar on `out` (name, size, rate, ETA); silent when `out` is not a terminal."""
-    from tqdm import tqdm
-
-    class FileBar(tqdm):
-        def __init__(self, *args, **kwargs):
-            kwargs.pop("name", None)
-            if label is not None:
-                kwargs["desc"] = label  # instead of the download URL's tail
-            cols, rows = _terminal_size(out)
-            kwargs.update(file=out, disable=silent or not out.isatty(), ncols=cols, nrows=rows, mininterval=0.2)
-            if kwargs.get("unit") == "B":
-                kwargs.update(unit_scale=True, unit_divisor=1024)
-            super().__init__(*args, **kwargs)
-
-    return FileBar
-
-
-def _terminal_size(out: TextIO) -> tuple[int, int]:
-    """The terminal's columns and rows, 100 x 24 where it says 0 (tqdm hides bars below row 0)."""
-    try:
-        size = os.get_terminal_size(out.fileno())
-    except (OSError, ValueError, AttributeError):
-        return 100, 24
-    return size.columns or 100, size.lines or 24
-
-
-def _verify(name: str, path: str, local: Path, entry) -> None:
-    """The downloaded file has the hub's checksum, else it is removed and the pull fails."""
-    lfs = getattr(entry, "lfs", None)
-    expected = (lfs.sha256 if lfs is not None else entry.blob_id).lower()
-    actual = _sha256(local) if lfs is not None else _git_blob_sha1(local)
-    if actual == expected:
-        return
-    blob = local.resolve()
-    local.unlink(missing_ok=True)
-    blob.unlink(missing_ok=True)
-    raise PullError(f"'{path}' of {name} arrived corrupted: its {'sha256' if lfs is not None else 'git blob id'} "
-                    f"is {actual}, the hub says {expected}. The file was removed; run `claude-gateway pull "
-                    f"{name}` again (a proxy or a full disk can cause this).")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _git_blob_sha1(path: Path) -> str:
-    """What git names a blob: sha1 of "blob <size>\\0" and the content."""
-    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def explain(name: str, exc: BaseException, path: str | None = None) -> str:

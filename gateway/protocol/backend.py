@@ -51,6 +51,7 @@ class BackendHealth:
     context_window: int | None = None
     resident: list[str] | None = None  # models loaded in this process (None: a remote server)
     loading: list[str] = field(default_factory=list)  # models `preload` is still loading
+    preload_failed: list[str] = field(default_factory=list)  # models `preload` could not load (detail says why)
 
 
 @dataclass
