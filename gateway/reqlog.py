@@ -80,6 +80,8 @@ class RequestRecord:
     # overloaded (with "error"), or the prompt overflowed its window (with "context_window")
     fallback: dict | None = None
     api: str = "anthropic"  # the client protocol: anthropic | openai (/v1/chat/completions)
+    # The backend's answer came in one piece (Started.whole): no first token to time, ttft_ms stays null.
+    whole_answer: bool = field(default=False, repr=False)
     started: float = field(default_factory=time.perf_counter, repr=False)
 
     def finish(self, status: int) -> None:
@@ -87,7 +89,7 @@ class RequestRecord:
         self.duration_ms = round((time.perf_counter() - self.started) * 1000, 2)
 
     def mark_first_token(self) -> None:
-        if self.ttft_ms is None:
+        if self.ttft_ms is None and not self.whole_answer:
             self.ttft_ms = round((time.perf_counter() - self.started) * 1000, 2)
 
     def to_dict(self, with_body: bool) -> dict:
