@@ -129,7 +129,7 @@ class Upstream:
         self.scripts: list[Script] = []
         self.default: Script | Callable[[dict], Script] = TEXT("Hello there!")
         self.received: list[dict] = []
-        self.streams: list[bool] = []  # per answered chat request: was it asked for a stream
+        self.streams: list[bool] = []  # per chat request: was it asked for a stream
         self.whole_answers = 0
         self.headers: list[dict] = []
         self.cancelled = 0
@@ -233,6 +233,7 @@ class Upstream:
             return resp
         body = await request.json()
         self.received.append(body)
+        self.streams.append(bool(body.get("stream")))
         self.headers.append(dict(request.headers))
         self.started.set()
         if (refused := self._template_refuses(body)) is not None:
@@ -262,7 +263,6 @@ class Upstream:
         usage = script.usage or {"prompt_tokens": prompt_tokens,
                                  "completion_tokens": max(1, len(script.deltas)) if script.deltas else 0,
                                  "total_tokens": prompt_tokens + len(script.deltas)}
-        self.streams.append(bool(body.get("stream")))
         if not body.get("stream"):
             return await self._answer_whole(request, script, body, usage)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **script.stream_headers})
