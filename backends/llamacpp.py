@@ -20,7 +20,6 @@ from backends.openai import (
     MAX_JSON_BYTES,
     OpenAIBackend,
     _int,
-    template_error,
 )
 from backends.replicas import Replica
 from backends.translate import (
@@ -30,7 +29,7 @@ from backends.translate import (
     to_openai_messages,
     to_openai_tools,
 )
-from backends.upstream_errors import error_message
+from backends.upstream_errors import error_message, template_error
 from gateway.protocol.errors import GatewayError
 from gateway.protocol.redact import scrub
 from gateway.protocol.tokens import estimate_tokens

@@ -8,11 +8,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import re
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import AsyncIterator, TypeVar
+from typing import AsyncGenerator, AsyncIterator, TypeVar
 
 import httpx2
 import openai
@@ -26,7 +25,7 @@ from backends.replicas import Replica, ReplicaPool, all_failed
 from backends.sse_reader import LineTooLong, sse_reads
 from backends.text_tool_calls import ToolCallTranslator
 from backends.translate import ChunkTranslator, Dialect, UpstreamStreamError, to_openai
-from backends.upstream_errors import context_overflow, error_message, shorten, status_error
+from backends.upstream_errors import answered_error, error_message, shorten, stream_error
 from gateway.protocol.anthropic import MessagesRequest
 from gateway.protocol.backend_config import BackendConfig
 from gateway.protocol.errors import GatewayError
@@ -53,9 +52,6 @@ MAX_ERROR_BYTES = 64 * 1024  # of an error response body
 MAX_JSON_BYTES = 8 * 1024 * 1024  # of a /models, /props or /tokenize answer (token lists are long)
 # Of a non-streamed answer: its text as JSON escapes it, and llama.cpp's `__verbose` repeats it.
 MAX_COMPLETION_BYTES = 4 * MAX_ANSWER_CHARS + MAX_LINE_BYTES
-# A chat template that raised while rendering (llama.cpp's "Jinja Exception: …", Python's
-# jinja2 TemplateError): the same request fails the same way every time, so it is not retryable.
-_TEMPLATE_ERROR_RE = re.compile(r"jinja|template ?error|chat template|raise_exception", re.IGNORECASE)
 
 
 def split_base_url(url: str) -> tuple[str, str]:
@@ -164,7 +160,7 @@ class OpenAIBackend(Backend):
         """Hook for `auto`: servers that expose their chat template find out what it accepts."""
         return "keep"
 
-    async def stream(self, breq: BackendRequest) -> AsyncIterator[list[Event]]:
+    async def stream(self, breq: BackendRequest) -> AsyncGenerator[list[Event], None]:
         try:
             extra = dict(self.config.extra_body)
             extra.update(self.extra_fields(breq))
@@ -254,8 +250,7 @@ class OpenAIBackend(Backend):
         except LineTooLong as exc:
             raise GatewayError(500, f"backend '{self.name}' sent {exc}; the answer was cut off there") from None
         except UpstreamStreamError as exc:
-            raise self._context_error(status_error(exc.status or 500,
-                                                    f"backend '{self.name}': {shorten(str(exc))}")) from None
+            raise stream_error(self.name, exc.status, str(exc)) from None
         except httpx2.TimeoutException:
             raise GatewayError(500, f"backend '{self.name}' stopped sending for "
                                     f"{self.config.timeout_s:g} s") from None
@@ -332,24 +327,7 @@ class OpenAIBackend(Backend):
                        "does not follow: set base_url to the final address")
         else:
             message = error_message(bytes(raw[:MAX_ERROR_BYTES]))
-        if status == 500 and _TEMPLATE_ERROR_RE.search(message):
-            raise _Refused(template_error(self.name, message))
-        err = status_error(status, f"backend '{self.name}' answered {status}: {message}",
-                            response.headers.get("retry-after"))
-        raise _Refused(self._context_error(err))
-
-    @staticmethod
-    def _context_error(err: GatewayError) -> GatewayError:
-        """Upstream context-overflow messages become the text Claude Code reacts to."""
-        text = err.message.lower()
-        if err.status == 400 and any(s in text for s in ("context length", "context size", "context window",
-                                                           "maximum context", "too long")):
-            found = context_overflow(err.message)
-            if found:
-                prompt, limit = found
-                return GatewayError(400, f"prompt is too long: {prompt} tokens > {limit} maximum")
-            return GatewayError(400, f"prompt is too long for the backend's context window ({err.message})")
-        return err
+        raise _Refused(answered_error(self.name, status, message, response.headers.get("retry-after")))
 
     # -- tokens and models --------------------------------------------------------------------
 
@@ -549,12 +527,6 @@ def _content_chars(events: list[Event]) -> int:
         elif kind is ToolCallStart:
             n += len(ev.name) + 64  # a block of its own, whatever its name
     return n
-
-
-def template_error(backend: str, message: str) -> GatewayError:
-    """A 400 for a conversation the backend's chat template refuses to render."""
-    return GatewayError(400, f"backend '{backend}' cannot render this conversation with its chat template: "
-                             f"{message}")
 
 
 def _int(value: object) -> int | None:

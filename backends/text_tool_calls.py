@@ -152,23 +152,22 @@ class ToolCallTranslator:
     def _filter(self, events: list[Event]) -> list[Event]:
         out: list[Event] = []
         for ev in events:
-            kind = type(ev)
-            if kind is TextDelta:
+            if type(ev) is TextDelta:
                 self._add(out, self.parser.feed(ev.text))
-            elif kind is ToolCallStart:
+            elif type(ev) is ToolCallStart:
                 self._end_call(out)
                 # Text the parser holds (a partial marker, trailing space) goes out before the call.
                 self._add(out, self.parser.finish())
                 self.parser = text_parser(self.tool_parser, self.schemas)
                 self._call = (ev.name, ev.id, [])
                 out.append(ev)  # the message stream holds a call until its end, where it is checked
-            elif kind is ToolCallDelta:
+            elif type(ev) is ToolCallDelta:
                 if self._call is not None:
                     self._call[2].append(ev.partial_json)
                     out.append(ev)
-            elif kind is ToolCallEnd:
+            elif type(ev) is ToolCallEnd:
                 self._end_call(out)
-            elif kind is Stop:
+            elif type(ev) is Stop:
                 if ev.reason in ("max_tokens", "model_context_window_exceeded"):
                     # Generation ended inside the call: it stays unfinished, for the message stream
                     # to leave out (a cut call is neither a call nor text).

@@ -202,12 +202,14 @@ class ArgumentChecker:
                 return fixed
             return None
         except (jsonschema.exceptions.SchemaError, jsonschema.exceptions.UnknownType,
-                jsonschema.exceptions._WrappedReferencingError, RecursionError) as exc:
+                jsonschema.exceptions._WrappedReferencingError,  # type: ignore[attr-defined]  # private (bad $ref): no stub
+                RecursionError) as exc:
             # A schema we cannot evaluate is the client's problem, not the model's: accept the object.
             log.warning("tool_schema_unusable", detail=str(exc)[:200])
             return value
 
     def _valid(self, value: Any, schema: Any) -> bool:
+        assert self._validator is not None, "only _coerce calls this, and conform runs it only with a schema"
         return self._validator.evolve(schema=schema).is_valid(value)
 
     def _deref(self, schema: dict, depth: int) -> dict:
@@ -251,8 +253,12 @@ class ArgumentChecker:
         return value
 
     def _coerce_object(self, value: dict, schema: dict, depth: int) -> dict:
-        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
-        required = schema.get("required") if isinstance(schema.get("required"), list) else []
+        props = schema.get("properties")
+        if not isinstance(props, dict):
+            props = {}
+        required = schema.get("required")
+        if not isinstance(required, list):
+            required = []
         extra = schema.get("additionalProperties")
         out = {}
         for key, item in value.items():

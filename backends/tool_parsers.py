@@ -41,6 +41,13 @@ _WS = " \t\r\n"
 _LEADING_WS = re.compile(r"\s*")
 
 
+def _match_end(pattern: re.Pattern[str], text: str) -> int:
+    """Where `pattern` stops matching at the start of `text`, for a pattern that also matches ''."""
+    m = pattern.match(text)
+    assert m is not None, "the pattern matches the empty string, so it matches at the start of any text"
+    return m.end()
+
+
 @dataclass(slots=True)
 class ParsedCall:
     name: str
@@ -132,8 +139,8 @@ def _json_calls(body: str, close_open: bool) -> list[ParsedCall] | None:
             if end is None:
                 break
             pos = end
-    calls = [_call_from_obj(v) for v in values]
-    return calls if calls and all(calls) else None
+    calls = [call for v in values if (call := _call_from_obj(v)) is not None]
+    return calls if calls and len(calls) == len(values) else None
 
 
 class ToolCallParser(ABC):
@@ -390,7 +397,7 @@ class Qwen3CoderParser(_MarkerParser):
     """
 
     name = "qwen3_coder"
-    starts = ("<tool_call>", "<function=")
+    starts: tuple[str, ...] = ("<tool_call>", "<function=")
 
     def _close(self, body: str, final: bool, cut: bool) -> tuple[int, Any] | None:
         wrapped = self._marker == "<tool_call>"
@@ -530,7 +537,7 @@ class Llama3JsonParser(_MarkerParser):
             self._at_start = False
 
     def _close(self, body: str, final: bool, cut: bool) -> tuple[int, Any] | None:
-        start = _LEADING_WS.match(body).end()  # no copy of a growing body
+        start = _match_end(_LEADING_WS, body)  # no copy of a growing body
         if start == len(body):
             return (len(body), None if self._marker else _NOT_A_CALL) if final else None
         if not self._marker and not _looks_like_call(body[start:start + 40]):
@@ -561,7 +568,7 @@ class MistralParser(_MarkerParser):
     starts = ("[TOOL_CALLS]",)
 
     def _close(self, body: str, final: bool, cut: bool) -> tuple[int, Any] | None:
-        start = _LEADING_WS.match(body).end()  # no copy of a growing body
+        start = _match_end(_LEADING_WS, body)  # no copy of a growing body
         if start == len(body):
             return (len(body), None) if final else None
         if body[start] == "[":
@@ -572,7 +579,7 @@ class MistralParser(_MarkerParser):
                                                     close_open=end is not None or not cut)
         head = _MISTRAL_HEAD.match(body)
         if head is None:
-            rest = body[_MISTRAL_PENDING.match(body).end():]
+            rest = body[_match_end(_MISTRAL_PENDING, body):]
             pending = not rest or any(tag.startswith(rest) for tag in ("[ARGS]", "[CALL_ID]"))
             if pending and not final and len(body) < 256:
                 return None

@@ -1,6 +1,7 @@
-"""Upstream failures as the client sees them: the status → Anthropic error mapping, and the text an
-upstream wrote in its errors, read bounded and without regular expressions, since a backtracking
-pattern over attacker-sized text can hold the event loop for seconds."""
+"""Upstream failures as the client sees them: the status → Anthropic error mapping, the rewrites
+Claude Code reacts to (context overflow, a chat template that refuses the conversation), and the
+text an upstream wrote in its errors, read bounded and without regular expressions, since a
+backtracking pattern over attacker-sized text can hold the event loop for seconds."""
 from __future__ import annotations
 
 import orjson
@@ -98,3 +99,60 @@ def status_error(status: int, message: str, retry_after: str | None = None) -> G
     if err.status in (429, 529):
         headers["retry-after"] = retry_after or "1"
     return err
+
+
+# Words of an upstream message saying the request does not fit the model's context.
+_OVERFLOW_WORDS = ("context length", "context size", "context window", "maximum context", "too long")
+# Words of a chat template that raised while rendering (llama.cpp's "Jinja Exception: …", Python's
+# jinja2 TemplateError): the same request fails the same way every time, so it is not retryable.
+_TEMPLATE_WORDS = ("jinja", "template error", "templateerror", "chat template", "raise_exception")
+
+
+def context_error(err: GatewayError) -> GatewayError:
+    """Upstream context-overflow messages become the text Claude Code reacts to; others pass as they are."""
+    text = err.message.lower()
+    if err.status == 400 and any(s in text for s in _OVERFLOW_WORDS):
+        found = context_overflow(err.message)
+        if found:
+            prompt, limit = found
+            return GatewayError(400, f"prompt is too long: {prompt} tokens > {limit} maximum")
+        return GatewayError(400, f"prompt is too long for the backend's context window ({err.message})")
+    return err
+
+
+def is_template_failure(message: str) -> bool:
+    """Does an upstream message say its chat template raised?"""
+    text = message.lower()
+    return any(s in text for s in _TEMPLATE_WORDS)
+
+
+def template_error(backend: str, message: str) -> GatewayError:
+    """A 400 for a conversation the backend's chat template refuses to render."""
+    return GatewayError(400, f"backend '{backend}' cannot render this conversation with its chat template: "
+                             f"{message}")
+
+
+def upstream_error(status: int, message: str, retry_after: str | None = None) -> GatewayError:
+    """The one mapping every upstream failure goes through: its status to the Anthropic error, then
+    the context-overflow rewrite."""
+    return context_error(status_error(status, message, retry_after))
+
+
+def answered_error(backend: str, status: int, message: str, retry_after: str | None = None) -> GatewayError:
+    """The client's error for an error status the upstream answered the request with."""
+    if status == 500 and is_template_failure(message):
+        return template_error(backend, message)
+    return upstream_error(status, f"backend '{backend}' answered {status}: {message}", retry_after)
+
+
+def stream_error(backend: str, status: int | None, message: str) -> GatewayError:
+    """The client's error for an error object inside the upstream's event stream (status from its
+    `code`, when it gave one)."""
+    return upstream_error(status or 500, f"backend '{backend}': {shorten(message)}")
+
+
+def render_error(backend: str, message: str) -> GatewayError:
+    """A 400 from an endpoint that only renders the chat template (vLLM's /tokenize): a context
+    overflow when it says so, else the template's refusal."""
+    err = context_error(GatewayError(400, message))
+    return err if err.message != message else template_error(backend, message)

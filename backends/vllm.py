@@ -3,7 +3,7 @@ string it reports (`stop_reason`)."""
 from __future__ import annotations
 
 from gateway.protocol.backend import BackendRequest, BackendUnavailable, TokenCount
-from backends.openai import OpenAIBackend, template_error
+from backends.openai import OpenAIBackend
 from backends.translate import (
     LATE_SYSTEM_PROBE,
     Dialect,
@@ -11,6 +11,7 @@ from backends.translate import (
     to_openai_messages,
     to_openai_tools,
 )
+from backends.upstream_errors import render_error
 from gateway.protocol.errors import GatewayError
 
 
@@ -55,8 +56,7 @@ class VLLMBackend(OpenAIBackend):
             data = await self.get_json(self.root + "/tokenize", body=body, timeout=self.config.timeout_s)
         except BackendUnavailable as exc:
             if exc.status == 400:  # vLLM answers 400 when the chat template refuses the conversation
-                err = self._context_error(GatewayError(400, str(exc)))
-                raise (err if err.message != str(exc) else template_error(self.name, str(exc))) from None
+                raise render_error(self.name, str(exc)) from None
             raise self.count_failed(exc) from None
         count = data.get("count")
         if not isinstance(count, int):

@@ -27,8 +27,8 @@ sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
 from claude_code_request import build_request, claude_code_headers  # noqa: E402
 from fake_upstream import fewest_deltas  # noqa: E402
-from run import (TOKEN, Proc, _pct, run_main, cpu_ticks, free_port, gateway_argv, gateway_toml,  # noqa: E402
-                 rss_mb, wait_http)
+from run import TOKEN, Proc, _pct, run_main, cpu_ticks, gateway_argv, gateway_toml, rss_mb  # noqa: E402
+from tests.support.net import free_port, wait_http  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 FIRST = b"event: content_block_delta"
@@ -91,11 +91,11 @@ async def amain(args) -> int:
         upstream = Proc("fake upstream", [sys.executable, str(BENCH / "fake_upstream.py"), "--port", str(up_port),
                                           "--tokens", str(args.tokens), "--interval-ms", str(args.interval_ms)],
                         tmp / "upstream.log")
-        await wait_http(f"http://127.0.0.1:{up_port}/v1/models", upstream)
+        await wait_http(f"http://127.0.0.1:{up_port}/v1/models", upstream.p, log=upstream.tail)
         cfg = tmp / "gateway.toml"
         cfg.write_text(gateway_toml(gw_port, up_port, tmp / "requests.jsonl"))
         gateway = Proc("gateway", gateway_argv() + ["serve", "--config", str(cfg)], tmp / "gateway.log")
-        await wait_http(f"http://127.0.0.1:{gw_port}/", gateway)
+        await wait_http(f"http://127.0.0.1:{gw_port}/", gateway.p, log=gateway.tail)
         url = f"http://127.0.0.1:{gw_port}/v1/messages?beta=true"
         print(f"load: {args.streams} concurrent streams for {args.seconds:g} s, {len(body)}-byte requests, "
               f"{args.tokens} tokens at {args.interval_ms:g} ms/token", file=sys.stderr, flush=True)

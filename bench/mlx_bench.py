@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.claude_code_request import _tool_round, build_request  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
+from tests.support.sse import iter_frames  # noqa: E402
 
 OPENBLAS = ("/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3",
             "/usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3")
@@ -51,12 +52,6 @@ def _maybe_openblas(args: argparse.Namespace) -> None:
     for lib in OPENBLAS:
         if Path(lib).exists():
             os.execve(sys.executable, [sys.executable] + sys.argv, dict(os.environ, LD_PRELOAD=lib))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- raw mlx-lm ---------------------------------------------------------------------------------
@@ -92,7 +87,7 @@ class Gateway:
     """`claude-gateway serve` in a subprocess, on a free port."""
 
     def __init__(self, model_dir: Path, workdir: Path):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cfg = workdir / "bench-config.toml"
         cfg.write_text(f'[server]\nhost = "127.0.0.1"\nport = {self.port}\n[log]\nrequests = "{workdir}/req.jsonl"\n'
@@ -120,9 +115,9 @@ async def _stream(session: aiohttp.ClientSession, url: str, body: dict, sid: str
         if resp.status != 200:
             raise SystemExit(f"gateway answered {resp.status}: {await resp.text()}")
         output = 0
-        async for line in resp.content:
-            if line.startswith(b"data: ") and b'"message_delta"' in line:
-                output = orjson.loads(line[6:])["usage"]["output_tokens"]
+        async for name, data in iter_frames(resp.content):
+            if name == "message_delta":
+                output = data["usage"]["output_tokens"]
     return time.perf_counter() - t0, output
 
 

@@ -28,7 +28,9 @@ import aiohttp
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
-from run import TOKEN, Proc, _pct, free_port, gateway_argv, run_main, wait_http
+from run import TOKEN, Proc, _pct, gateway_argv, run_main
+from tests.support.net import free_port, wait_http
+from tests.support.sse import FramingError, iter_frames
 
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 64, "stream": True,
         "messages": [{"role": "user", "content": "hi"}]}
@@ -67,17 +69,16 @@ async def one(session: aiohttp.ClientSession, url: str, sid: str, phase: Phase) 
                 phase.examples.append(f"HTTP {resp.status}: {(await resp.read())[:200]!r}")
                 return None
             ended = False
-            async for raw in resp.content:
-                line = raw.decode()
-                if line.startswith("data: ") and '"content_block_delta"' in line:
+            async for name, data in iter_frames(resp.content):
+                if name == "content_block_delta":
                     if ttft is None:
                         ttft = time.perf_counter()
-                    text += json.loads(line[6:])["delta"].get("text", "")
-                elif line.startswith("event: message_stop"):
+                    text += data["delta"].get("text", "")
+                elif name == "message_stop":
                     ended = True
-                elif line.startswith("event: error"):
+                elif name == "error":
                     break
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, FramingError) as exc:
         ended = False
         phase.examples.append(f"{type(exc).__name__}: {exc}")
     if not ended:
@@ -119,10 +120,10 @@ base_url = {json.dumps(urls)}
 model = "test-model"
 """)
     for proc, url in zip(ups, urls):
-        await wait_http(url + "/v1/models", proc)
+        await wait_http(url + "/v1/models", proc.p, log=proc.tail)
     gw = Proc("gateway", gateway_argv() + ["serve", "--config", str(tmp / "config.toml")], tmp / "gateway.log")
     base = f"http://127.0.0.1:{gw_port}"
-    await wait_http(base + "/health", gw)
+    await wait_http(base + "/health", gw.p, log=gw.tail)
 
     sessions = [f"bench-session-{i}" for i in range(args.sessions)]
     home: dict[str, str] = {}

@@ -26,7 +26,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from claude_code_request import build_request, claude_code_headers  # noqa: E402
 from fake_upstream import MODEL, fewest_deltas  # noqa: E402
 from gateway.protocol.anthropic import parse_messages_request  # noqa: E402
 from gateway.normalize import normalize  # noqa: E402
+from tests.support.net import free_port, wait_http  # noqa: E402
 
 TOKEN = "sk-bench-local"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -145,12 +145,6 @@ def rss_mb(pid: int, key: str = "VmRSS") -> float:
     return 0.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # -- processes --------------------------------------------------------------------------------------
 
 _RUNNING: list["Proc"] = []
@@ -184,22 +178,6 @@ class Proc:
 
     def tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-2000:]
-
-
-async def wait_http(url: str, proc: Proc, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as s:
-        while time.monotonic() < deadline:
-            if proc.p.poll() is not None:
-                raise RuntimeError(f"{proc.name} exited with {proc.p.returncode}:\n{proc.tail()}")
-            try:
-                async with s.get(url) as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"{proc.name} did not answer {url} within {timeout:g} s:\n{proc.tail()}")
 
 
 def gateway_argv(src: str | None = None) -> list[str]:
@@ -316,7 +294,7 @@ async def run_scenario(sc: Scenario, args, tmp: Path, anthropic_body: bytes, ope
                     tmp / f"upstream-{sc.name}.log")
     procs = [upstream]  # stopped in reverse order: profiler, gateway, upstream
     try:
-        await wait_http(f"http://127.0.0.1:{up_port}/v1/models", upstream)
+        await wait_http(f"http://127.0.0.1:{up_port}/v1/models", upstream.p, log=upstream.tail)
         cfg = tmp / f"gateway-{sc.name}.toml"
         cfg.write_text(gateway_toml(gw_port, up_port, tmp / f"requests-{sc.name}.jsonl"))
         workers = ["--workers", str(sc.workers)] if sc.workers > 1 else []
@@ -324,7 +302,7 @@ async def run_scenario(sc: Scenario, args, tmp: Path, anthropic_body: bytes, ope
                        tmp / f"gateway-{sc.name}.log", cwd=Path(args.gateway_src or ROOT),
                        env=gateway_env(args.gateway_src))
         procs.append(gateway)
-        await wait_http(f"http://127.0.0.1:{gw_port}/", gateway)
+        await wait_http(f"http://127.0.0.1:{gw_port}/", gateway.p, log=gateway.tail)
         rss_idle = rss_mb(gateway.pid)
 
         conn = dict(limit=0, force_close=False)

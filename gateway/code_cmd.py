@@ -205,7 +205,7 @@ async def _env_from_running(cfg: Config, url: str, token: str | None) -> dict[st
         health = json.loads(body).get("backends", {}) if status == 200 else {}
     except (OSError, ValueError, KeyError, TypeError):
         health = {}
-    contexts = {}
+    contexts: dict[str, int | None] = {}
     for f in families:
         backend = f.route.backend
         if f.name in windows and f.name != f.route.model:  # a config name: the server resolved its window

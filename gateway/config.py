@@ -238,7 +238,8 @@ def _check_fallbacks(cfg: Config, loc: _Locator) -> None:
         if b.fallback not in cfg.backends:
             raise ConfigError(f"{where}: 'backends.{name}.fallback' names backend '{b.fallback}', which is not "
                               f"defined. Defined: {', '.join(cfg.backends)}.")
-        chain, at = [name], b.fallback
+        chain: list[str] = [name]
+        at: str | None = b.fallback
         while at is not None:
             if at in chain:
                 raise ConfigError(f"{where}: the fallback chain {' -> '.join(chain + [at])} is a loop; "
@@ -365,7 +366,7 @@ def _backend(name: str, table: Any, loc: _Locator) -> BackendConfig:
 def _check_preload(name: str, table: dict, mapping: dict, loc: _Locator) -> None:
     """`preload = [...]` names models of this backend: its model or model_mapping values."""
     where = loc.where(("backends", name), "preload")
-    known = [table.get("model")] + list(mapping.values())
+    known: list[str] = [table["model"], *mapping.values()]  # preload is mlx-only, and mlx requires model
     for entry in table["preload"]:
         if not isinstance(entry, str) or not entry:
             raise ConfigError(f"{where}: 'backends.{name}.preload' entries must be model names (non-empty strings), "

@@ -10,12 +10,13 @@ from typing import Any
 
 import structlog
 from aiohttp import http_exceptions
+from structlog.typing import EventDict
 
 from gateway.protocol.redact import scrub
 from gateway.terminal import escape_controls
 
 
-def _escape_for_terminal(_logger: object, _method: str, event_dict: dict) -> dict:
+def _escape_for_terminal(_logger: object, _method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: the console renderer prints str values raw (others via repr(), which
     escapes controls), so escape them."""
     return {escape_controls(k): escape_controls(v) if isinstance(v, str) else v for k, v in event_dict.items()}
@@ -28,7 +29,7 @@ class SecretScrubber:
     def __init__(self, secrets: tuple[str, ...]):
         self.secrets = tuple(s for s in secrets if s)
 
-    def __call__(self, _logger: object, _method: str, event_dict: dict) -> dict:
+    def __call__(self, _logger: object, _method: str, event_dict: EventDict) -> EventDict:
         if not self.secrets:
             return event_dict
         return {k: self._value(v) for k, v in event_dict.items()}
@@ -79,7 +80,7 @@ def _thread_crashed(args: threading.ExceptHookArgs) -> None:
                                           exc_info=args.exc_value)
 
 
-def one_line_exc_info(_logger: Any, _method: str, event: dict) -> dict:
+def one_line_exc_info(_logger: Any, _method: str, event: EventDict) -> EventDict:
     """structlog processor: an exception becomes `error` ("Type: message") and `where` (its innermost
     frame) instead of a multi-line traceback."""
     exc = _exception(event.pop("exc_info", None))
@@ -131,7 +132,7 @@ class StdlibToStructlog(logging.Handler):
             exc = record.exc_info[1] if record.exc_info else None
             if record.name == "aiohttp.server" and record.msg == "Error handling request from %s":
                 event = _aiohttp_event(exc)
-                fields["peer"] = str(record.args[0]) if record.args else None
+                fields["peer"] = str(record.args[0]) if isinstance(record.args, tuple) and record.args else None
             else:
                 event = record.getMessage().splitlines()[0][:300] if record.getMessage() else record.name
             if exc is not None:

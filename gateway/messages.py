@@ -7,7 +7,7 @@ import dataclasses
 import fnmatch
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Protocol
 
 import orjson
@@ -68,7 +68,7 @@ def _note_unknown(req: MessagesRequest, record: RequestRecord) -> None:
                         hint="passed on as text when it carries text, dropped otherwise")
 
 
-async def _prepare(request: web.Request, count_only: bool) -> tuple[MessagesRequest, BackendRequest, object]:
+async def _prepare(request: web.Request, count_only: bool) -> tuple[MessagesRequest, BackendRequest, Backend]:
     gw = request.app[GATEWAY]
     record = request[RECORD]
     body = await read_body(request, record)
@@ -113,6 +113,7 @@ async def guarded(request: web.Request, generate) -> web.StreamResponse:
     it makes it answer `overloaded_error` instead of vanishing."""
     gw = request.app[GATEWAY]
     task = asyncio.current_task()
+    assert task is not None  # aiohttp runs every handler in a task of its own
     gw.inflight.add(task)
     try:
         return await generate(request)
@@ -185,7 +186,7 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     return await answer(request, ms, events, AnthropicWire(ms), req.stream)
 
 
-async def answer(request: web.Request, ms: MessageStream, events: AsyncIterator[list[Event]], wire: Wire,
+async def answer(request: web.Request, ms: MessageStream, events: AsyncGenerator[list[Event], None], wire: Wire,
                  stream: bool) -> web.StreamResponse:
     """Answer from a backend's events, streamed or as JSON, and record what the client was sent."""
     record = request[RECORD]
@@ -299,7 +300,7 @@ async def fit_with_fallback(gw: Gateway, backend: Backend, breq: BackendRequest,
 
 
 async def events_with_fallback(gw: Gateway, backend: Backend, breq: BackendRequest,
-                               record: RequestRecord) -> AsyncIterator[list[Event]]:
+                               record: RequestRecord) -> AsyncGenerator[list[Event], None]:
     """The backend's events; when it fails before any content (Started carries none), its fallback's,
     down the chain. Started goes out once, so a client never sees the switch."""
     started = False

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TypeGuard
 
 import orjson
 
@@ -32,7 +33,7 @@ def normalize(req: MessagesRequest) -> MessagesRequest:
     return dataclasses.replace(req, system=system, messages=messages)
 
 
-def _is_billing(block: object) -> bool:
+def _is_billing(block: object) -> TypeGuard[TextBlock]:
     return type(block) is TextBlock and block.text.lstrip().startswith(BILLING_HEADER)
 
 

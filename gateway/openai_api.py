@@ -55,6 +55,7 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     record = request[RECORD]
     body = await read_body(request, record)
     chat = parse_chat_request(body)
+    assert isinstance(body, dict)  # parse_chat_request refused any other JSON
     req = to_messages_request(chat)
     record.model, record.stream = chat.model, chat.stream
     record.session_id = session_id(request.headers.get("X-Claude-Code-Session-Id"), req)

@@ -74,7 +74,8 @@ class ChatRequest:
 def _image(part: dict, at: str) -> ImageBlock:
     image = part.get("image_url")
     url = image.get("url") if isinstance(image, dict) else image
-    expect(isinstance(url, str) and url != "", f"{at}.image_url.url: expected a URL string")
+    if not isinstance(url, str) or url == "":
+        raise invalid(f"{at}.image_url.url: expected a URL string")
     if url.startswith("data:"):
         header, sep, data = url[5:].partition(",")
         expect(sep == "," and header.endswith(";base64"), f"{at}.image_url.url: expected a base64 data URL")
@@ -172,6 +173,10 @@ def _tools(value: Any) -> list[Tool]:
     return out
 
 
+# OpenAI's tool_choice strings → Anthropic's ToolChoice types.
+_TOOL_CHOICES: dict[str, Literal["none", "auto", "any"]] = {"none": "none", "auto": "auto", "required": "any"}
+
+
 def _tool_choice(value: Any, names: list[str]) -> ToolChoice | None:
     if value is None:
         return None
@@ -179,7 +184,7 @@ def _tool_choice(value: Any, names: list[str]) -> ToolChoice | None:
         expect(value != "required" or bool(names), "tool_choice: 'required' needs at least one of `tools`")
         expect(value in ("none", "auto", "required"), "tool_choice: expected 'none', 'auto', 'required' or "
                                                       "{type: 'function', function: {name}}")
-        return ToolChoice({"none": "none", "auto": "auto", "required": "any"}[value])
+        return ToolChoice(_TOOL_CHOICES[value])
     expect(isinstance(value, dict) and value.get("type") == "function",
             "tool_choice: expected 'none', 'auto', 'required' or {type: 'function', function: {name}}")
     fn = value.get("function")

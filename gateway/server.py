@@ -7,6 +7,7 @@ import hmac
 import orjson
 import structlog
 from aiohttp import HttpVersion11, web
+from aiohttp.typedefs import Handler
 
 from gateway.protocol.errors import ErrorInfo, GatewayError, client_disconnected, openai_error_body
 from gateway.inspect import add_inspector
@@ -111,7 +112,7 @@ async def expect_handler(request: web.Request) -> None:
 
 
 @web.middleware
-async def gateway_middleware(request: web.Request, handler) -> web.StreamResponse:
+async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, browser checks, auth on /v1/*, one error shape for every failure, one log line per API call."""
     gw = request.app[GATEWAY]
     request_id = new_id("req_")
@@ -139,9 +140,9 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
         if not record.status:
             record.status = resp.status
         return resp
-    except GatewayError as err:
-        record.status, record.error = err.status, err.info
-        return error_response(err, request_id, openai)
+    except GatewayError as exc:
+        record.status, record.error = exc.status, exc.info
+        return error_response(exc, request_id, openai)
     except web.HTTPRequestEntityTooLarge:
         err = _too_large(gw.config.server.max_body_mb)
         record.status, record.error = 413, err.info
@@ -263,8 +264,9 @@ def create_app(gateway: Gateway) -> web.Application:
     app = web.Application(middlewares=[gateway_middleware],
                           client_max_size=int(gateway.config.server.max_body_mb * 1024 * 1024))
     app[GATEWAY] = gateway
-    routes = [("GET", "/", handle_root), ("GET", "/api/hello", handle_hello), ("GET", "/health", handle_health),
-              ("GET", "/metrics", handle_metrics)]
+    routes: list[tuple[str, str, Handler]] = [
+        ("GET", "/", handle_root), ("GET", "/api/hello", handle_hello), ("GET", "/health", handle_health),
+        ("GET", "/metrics", handle_metrics)]
     # A base URL that ends in /v1 makes SDKs call /v1/v1/…: serve both.
     for prefix in ("/v1", "/v1/v1"):
         routes += [("POST", f"{prefix}/messages", handle_messages),

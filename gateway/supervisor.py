@@ -139,6 +139,7 @@ class Supervisor:
                 self.stop.set()
                 await self._terminate()
                 return await failed.wait() or 1
+            assert ready is not None  # worker 0 is in `started`: had it failed, `failed` would say so
             self._banner(ready)
             keepers = [asyncio.ensure_future(self._keep(i, p)) for i, (p, _r) in enumerate(started)]
             await self.stop.wait()

@@ -30,14 +30,15 @@ def apply_tool_search(req: MessagesRequest) -> MessagesRequest:
     deferred = any(t.defer_loading for t in req.tools)
     if not deferred and not _has_search_blocks(req.messages):
         return req
-    defined = {}
+    defined: dict[str, Tool] = {}
     for t in req.tools:
         defined.setdefault(t.name, t)
     active: dict[str, Tool] = {t.name: t for t in req.tools if not t.defer_loading}
     messages = [_walk(msg, defined, active) for msg in req.messages]
     choice = req.tool_choice
-    if choice is not None and choice.type == "tool" and choice.name in defined and choice.name not in active:
-        active[choice.name] = defined[choice.name]  # a forced tool must be one the model can see
+    forced = choice.name if choice is not None and choice.type == "tool" else None
+    if forced is not None and forced in defined and forced not in active:
+        active[forced] = defined[forced]  # a forced tool must be one the model can see
     tools = [dataclasses.replace(t, defer_loading=False) if t.defer_loading else t for t in active.values()]
     return dataclasses.replace(req, tools=tools, messages=messages)
 

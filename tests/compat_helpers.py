@@ -1,4 +1,4 @@
-"""Shared pieces of the anthropic-compat conformance tests (tests/test_compat_*.py)."""
+"""Shared pieces of the anthropic-compat conformance tests (the ones that import this module)."""
 from __future__ import annotations
 
 import json

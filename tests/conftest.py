@@ -1,7 +1,6 @@
 """Fixtures: scripted upstreams and a real gateway, both listening on 127.0.0.1."""
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,8 @@ from aiohttp import web
 from gateway.config import parse_config
 from gateway.server import create_app, runner_options
 from gateway.app_state import Gateway
+from tests.support.poll import wait_for
+from tests.support.sse import parse_frames
 from tests.upstream import Upstream
 
 TOKEN = "sk-test-token"
@@ -49,27 +50,11 @@ class RunningGateway:
         """POST a streaming request; returns (event name, data) for every SSE frame."""
         resp = await self.post("/v1/messages", {**body, "stream": True}, **headers)
         assert resp.status == 200, await resp.text()
-        return parse_sse(await resp.text())
+        return parse_frames(await resp.text())
 
     def anthropic(self, **kw):
         import anthropic
         return anthropic.AsyncAnthropic(base_url=self.url, api_key=self.token or "none", max_retries=0, **kw)
-
-
-def parse_sse(text: str) -> list[tuple[str, dict]]:
-    """Split an SSE body into (event, data) pairs, asserting the Anthropic framing on the way."""
-    frames = []
-    for raw in text.split("\n\n"):
-        if not raw.strip():
-            continue
-        lines = raw.split("\n")
-        assert lines[0].startswith("event: "), f"frame without event line: {raw!r}"
-        assert lines[1].startswith("data: "), f"frame without data line: {raw!r}"
-        assert len(lines) == 2, f"multi-line frame: {raw!r}"
-        name, data = lines[0][7:], json.loads(lines[1][6:])
-        assert data["type"] == name
-        frames.append((name, data))
-    return frames
 
 
 def gateway_config(backends: dict[str, dict], *, token: str | None = TOKEN, default: str | None = None,
@@ -156,13 +141,10 @@ def demo_model() -> Path:
 async def engine_idle(gw: RunningGateway, backend: str = "m", timeout: float = 5.0) -> str:
     """The MLX backend's /health detail once it says no request is active (a cancelled generation
     has stopped), or the last one seen when `timeout` passed first."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        detail = (await (await gw.get("/health")).json())["backends"][backend]["detail"]
-        if "active requests: 0" in detail or loop.time() > deadline:
-            return detail
-        await asyncio.sleep(0.05)
+    async def detail() -> str:
+        return (await (await gw.get("/health")).json())["backends"][backend]["detail"]
+
+    return await wait_for(detail, timeout, until=lambda d: "active requests: 0" in d, interval=0.05)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from tests.upstream import wait_for
+from tests.support.poll import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,17 +30,15 @@ def read_records(path: Path) -> list[dict]:
 
 async def wait_records(path: Path, n: int, timeout: float = 5.0) -> list[dict]:
     """The log's records once it holds at least `n` (the writer thread appends shortly after a response)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:  # while waiting, a line still being written (or a file being rotated) is not an error
-            whole = sum(1 for line in read_lines(path) if line.endswith(b"\n"))
+    def whole() -> int:  # while waiting, a line still being written (or a file being rotated) is not an error
+        try:
+            return sum(1 for line in read_lines(path) if line.endswith(b"\n"))
         except FileNotFoundError:
-            whole = 0
-        if whole >= n:
-            return read_records(path)
-        assert loop.time() < deadline, f"{path} holds {whole} records, expected {n}"
-        await asyncio.sleep(0.02)
+            return 0
+
+    count = await wait_for(whole, timeout, until=lambda c: c >= n)
+    assert count >= n, f"{path} holds {count} records, expected {n}"
+    return read_records(path)
 
 
 async def run_cli(*args: str, cwd: Path = ROOT, env: dict | None = None) -> tuple[int, str, str]:

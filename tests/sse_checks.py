@@ -1,9 +1,10 @@
 """One reusable validator for Anthropic Messages SSE streams.
 
-`check_stream` asserts the framing (F2, F3, F4) and G1–G10 of anthropic-compat.md on any parsed
-stream, and returns a `CheckedStream` with the blocks folded the way the SDK folds them, so tests
-can compare a stream with a non-streaming answer. `open_stream` does the HTTP side: it posts a
-`stream:true` request, reads the body to its clean end and validates it.
+`check_stream` asserts F4 and G1–G10 of anthropic-compat.md on a stream that
+tests.support.sse.parse_frames split (which checks F2 and F3), and returns a `CheckedStream` with
+the blocks folded the way the SDK folds them, so tests can compare a stream with a non-streaming
+answer. `open_stream` does the HTTP side: it posts a `stream:true` request, reads the body to its
+clean end and validates it.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+
+from tests.support.sse import Frames, parse_frames
 
 EVENT_TYPES = {"message_start", "content_block_start", "content_block_delta", "content_block_stop",
                "message_delta", "message_stop", "ping", "error"}
@@ -22,9 +25,6 @@ ERROR_TYPES = {"invalid_request_error", "authentication_error", "permission_erro
                "request_too_large", "rate_limit_error", "api_error", "overloaded_error"}
 STOP_REASONS = {"end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal",
                 "model_context_window_exceeded"}
-
-Frames = list[tuple[str, dict]]
-
 
 @dataclass
 class Block:
@@ -92,27 +92,6 @@ class CheckedStream:
     @property
     def usage(self) -> dict:
         return self.message_delta["usage"] if self.message_delta else {}
-
-
-# -- framing ---------------------------------------------------------------------------------
-
-def parse_frames(body: str) -> Frames:
-    """Split an SSE body into (event, data): F2 (event line = data.type) and F3 (one-line JSON, no [DONE])."""
-    assert body.endswith("\n\n") or not body, f"F2: stream does not end on a frame boundary: {body[-80:]!r}"
-    frames: Frames = []
-    for raw in body.split("\n\n"):
-        if not raw:
-            continue
-        lines = raw.split("\n")
-        assert len(lines) == 2, f"F2/F3: frame is not exactly an event line and a data line: {raw!r}"
-        assert lines[0].startswith("event: "), f"F2: frame without `event:` line: {raw!r}"
-        assert lines[1].startswith("data: "), f"F2: frame without `data:` line: {raw!r}"
-        assert lines[1] != "data: [DONE]", "F3: OpenAI [DONE] sentinel in an Anthropic stream"
-        name, data = lines[0][len("event: "):], json.loads(lines[1][len("data: "):])
-        assert isinstance(data, dict), f"F3: data is not a JSON object: {raw!r}"
-        assert data.get("type") == name, f"F2: event name {name!r} != data.type {data.get('type')!r}"
-        frames.append((name, data))
-    return frames
 
 
 # -- G1–G10, one function each so a test can point at the item it is about ---------------------

@@ -6,7 +6,8 @@ import asyncio
 from tests.conftest import gateway_config
 from tests.logtools import read_records, wait_records
 from tests.sse_checks import check_stream
-from tests.upstream import FAIL_MID, THINK, TOOL, Script, wait_for
+from tests.support.poll import wait_for
+from tests.upstream import FAIL_MID, THINK, TOOL, Script
 
 CONTENT_ONLY = ("type", "text", "thinking", "id", "name", "input")
 

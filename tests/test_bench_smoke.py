@@ -11,12 +11,10 @@ import json
 import re
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.gateway_process import free_port
+from tests.support.net import free_port, wait_http_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOAT = r"\d+\.\d+"
@@ -152,15 +150,10 @@ def test_fake_upstream_streams_the_tokens_it_was_told():
                              "--tokens", "5", "--interval-ms", "0"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as resp:
-                    assert json.load(resp)["data"][0]["id"] == "bench-model"
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-                time.sleep(0.05)
+        models = f"http://127.0.0.1:{port}/v1/models"
+        wait_http_sync(models, proc, timeout=20, log=lambda: proc.stderr.read().decode() if proc.poll() is not None else "")
+        with urllib.request.urlopen(models, timeout=2) as resp:
+            assert json.load(resp)["data"][0]["id"] == "bench-model"
         body = json.dumps({"model": "bench-model", "stream": True, "stream_options": {"include_usage": True},
                            "messages": [{"role": "user", "content": "hi"}]}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,

@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import TOKEN
+from tests.support.net import free_port
 from tests.test_e2e_claude_code import RUN_TIMEOUT_S, claude_bin  # noqa: F401 — the CLI fixture
 from tests.upstream import TEXT
 
@@ -27,12 +27,6 @@ import json, os, sys
 with open({out!r}, "w") as f:
     json.dump({{"argv": sys.argv[1:], "env": dict(os.environ)}}, f)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(tmp: Path, port: int, upstream: str) -> Path:
@@ -104,7 +98,7 @@ async def _get_root(port: int) -> str:
 
 async def test_code_starts_a_gateway_then_reuses_it_and_passes_the_routed_environment(start_upstream, tmp_path):
     up = await start_upstream("openai", models=["big-model", "small-model"])
-    port = _free_port()
+    port = free_port()
     cfg = _config(tmp_path, port, up.url)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -146,7 +140,7 @@ async def test_code_with_the_real_claude_code(claude_bin, start_upstream, tmp_pa
     `code` gave it, with Claude Code's own headers, to the gateway `code` started."""
     up = await start_upstream("openai", models=["big-model", "small-model"])
     up.default = lambda body: TEXT('{"title": "Greeting"}' if body.get("response_format") else "Hello from big-model.")
-    port = _free_port()
+    port = free_port()
     cfg = _config(tmp_path, port, up.url)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -177,7 +171,7 @@ async def test_code_with_the_real_claude_code(claude_bin, start_upstream, tmp_pa
 
 
 async def test_code_without_claude_says_how_to_install_it(tmp_path):
-    port = _free_port()
+    port = free_port()
     cfg = _config(tmp_path, port, "http://127.0.0.1:9")
     env = _env(tmp_path, None)
     env["PATH"] = str(tmp_path / "empty")  # no claude anywhere

@@ -20,7 +20,7 @@ import pytest
 
 from gateway.config import parse_config
 from tests.conftest import TOKEN, gateway_config
-from tests.gateway_process import free_port
+from tests.support.net import free_port
 from tests.upstream import FAIL, TEXT
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TOKEN, gateway_config
-from tests.gateway_process import free_port
+from tests.support.net import free_port
+from tests.support.poll import wait_for
 from tests.upstream import TEXT, TOOL, Script
 
 
@@ -361,13 +362,10 @@ async def test_claude_code_start_up_probes_are_answered(claude_bin, start_upstre
 
 async def _log_lines(log: Path, at_least: int, timeout: float = 5.0) -> list[dict]:
     """The request log once it holds `at_least` lines (it is written by a background thread)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        lines = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
-        if len(lines) >= at_least or loop.time() > deadline:
-            return lines
-        await asyncio.sleep(0.05)
+    def lines() -> list[dict]:
+        return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+
+    return await wait_for(lines, timeout, until=lambda got: len(got) >= at_least, interval=0.05)
 
 
 async def test_killing_claude_mid_stream_cancels_upstream(claude_bin, start_upstream, start_gateway, tmp_path):
@@ -392,10 +390,7 @@ async def test_killing_claude_mid_stream_cancels_upstream(claude_bin, start_upst
         assert up.completed == 0 and up.cancelled == 0
         proc.kill()
         await proc.wait()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 1.0
-        while up.cancelled == 0 and loop.time() < deadline:
-            await asyncio.sleep(0.02)
+        await wait_for(lambda: up.cancelled, 1.0)
         assert up.cancelled == 1, "the upstream kept generating after the client was killed"
         assert up.completed == 0
     finally:

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.config import ConfigError, parse_config
 from tests.conftest import gateway_config
-from tests.gateway_process import free_port
+from tests.support.net import free_port
 from tests.upstream import FAIL, TEXT
 
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}

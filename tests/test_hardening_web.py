@@ -24,7 +24,9 @@ from tests.compat_helpers import (
     with_server,
 )
 from tests.conftest import TOKEN, gateway_config
-from tests.gateway_process import free_port, run_cli, start_serve
+from tests.gateway_process import run_cli, start_serve
+from tests.support.net import free_port
+from tests.support.poll import wait_for
 from tests.raw_http import hostport, raw_request
 from tests.upstream import TEXT, Script, Upstream
 
@@ -228,12 +230,10 @@ async def test_health_reports_a_backend_going_down(start_upstream, start_gateway
     assert (await (await gw.get("/health")).json())["status"] == "ok"
     await up.stop()
     gw.gateway.health.refresh_s = 0
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        data = await (await gw.get("/health")).json()
-        if data["status"] == "degraded":
-            break
-        await asyncio.sleep(0.1)
+    async def health() -> dict:
+        return await (await gw.get("/health")).json()
+
+    data = await wait_for(health, 10, until=lambda d: d["status"] == "degraded", interval=0.1)
     assert data["status"] == "degraded" and not data["backends"]["up"]["ok"], data
 
 
@@ -317,10 +317,7 @@ async def test_idle_half_sent_and_slowloris_connections_are_closed(start_upstrea
         assert max(latencies) < 1.0, latencies
         for _, w in conns:
             w.close()
-        deadline = time.monotonic() + 5
-        while _open_fds(pid) > baseline + 5 and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        assert _open_fds(pid) <= baseline + 5
+        assert await wait_for(lambda: _open_fds(pid) <= baseline + 5, 5, interval=0.1)
         assert "Traceback" not in gp.stderr
     finally:
         await gp.stop()

@@ -28,14 +28,15 @@ from tests.compat_helpers import (
     start_stack,
     with_server,
 )
-from tests.conftest import gateway_config, parse_sse
+from tests.conftest import gateway_config
 from tests.gateway_process import (
     GatewayProcess,
     env_without_token,
-    free_port,
     start_serve,
 )
 from tests.sse_checks import open_stream
+from tests.support.net import free_port
+from tests.support.sse import parse_frames
 from tests.upstream import Script
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ async def post(gp: GatewayProcess, payload: dict) -> tuple[int, str, float]:
 
 
 def stream_error(text: str) -> dict:
-    frames = parse_sse(text)
+    frames = parse_frames(text)
     assert frames[-1][0] == "error", [n for n, _ in frames]
     return frames[-1][1]["error"]
 
@@ -310,7 +311,7 @@ async def test_large_tool_arguments_in_small_fragments_are_linear(start_upstream
     async with served(tmp_path, up) as gp, LoopProbe(gp.url) as probe:
         status, text, elapsed = await post(gp, body(stream=True))
     assert status == 200
-    frames = parse_sse(text)
+    frames = parse_frames(text)
     assert frames[-1][0] == "message_stop", frames[-1]
     args = "".join(d["delta"]["partial_json"] for name, d in frames
                    if name == "content_block_delta" and d["delta"]["type"] == "input_json_delta")

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import TOKEN, gateway_config
+from tests.support.poll import wait_for
 from tests.upstream import TEXT, TOOL
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
@@ -67,13 +68,9 @@ class Browser:
 
     async def wait(self, expression: str, timeout: float = 10):
         """Poll a JS expression until it is truthy; returns its value."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            value = await self.js(expression)
-            if value:
-                return value
-            assert asyncio.get_running_loop().time() < deadline, f"never true: {expression}"
-            await asyncio.sleep(0.1)
+        value = await wait_for(lambda: self.js(expression), timeout, interval=0.1)
+        assert value, f"never true: {expression}"
+        return value
 
     async def screenshot(self, path: Path) -> None:
         shot = await self.call("Page.captureScreenshot", format="png")

@@ -7,6 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import loopback
 from tests.conftest import gateway_config
+from tests.support.sse import read_until_event
 from tests.upstream import FAIL, TEXT, Script
 
 MODEL = "claude-opus-4-8"
@@ -84,9 +85,7 @@ async def test_in_flight_stream_gauge(start_upstream, start_gateway):
     resp = await gw.post("/v1/messages", {**_msg(), "stream": True})
     assert resp.status == 200
     # A relayed text delta: the gateway is mid-stream, and stays there until the upstream is released.
-    async for line in resp.content:
-        if line.startswith(b"event: content_block_delta"):
-            break
+    await read_until_event(resp.content, "content_block_delta")
     during = await scrape(gw)
     hold.set()
     rest = await resp.text()

@@ -21,8 +21,9 @@ import pytest
 
 from demo_model.generate import DEMO_SYSTEM, SCRIPTS
 from tests.conftest import engine_idle
-from tests.gateway_process import free_port
 from tests.logtools import wait_records
+from tests.support.net import free_port
+from tests.support.sse import read_until_event
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -300,11 +301,7 @@ async def test_concurrent_requests_are_served_together(mlx_gw):
     long_body = SCRIPTS["forever"].request(max_tokens=6000, stream=True)
     resp = await gw.post("/v1/messages", long_body)
     assert resp.status == 200
-    seen_long = []
-    async for line in resp.content:
-        seen_long.append(line)
-        if line.startswith(b"event: content_block_delta"):
-            break
+    await read_until_event(resp.content, "content_block_delta")
     # While the long answer is still being generated, other requests are answered in full.
     health = await gw.get("/health")
     assert health.status == 200 and (await health.json())["backends"]["m"]["ok"]
@@ -315,12 +312,8 @@ async def test_concurrent_requests_are_served_together(mlx_gw):
     # Served together, not one after another: the long answer is still being generated.
     detail = (await (await gw.get("/health")).json())["backends"]["m"]["detail"]
     assert "active requests: 1" in detail
-    more = 0
-    async for line in resp.content:  # and it keeps streaming
-        more += line.startswith(b"event: content_block_delta")
-        if more == 3:
-            break
-    assert more == 3
+    for _ in range(3):  # and it keeps streaming
+        await read_until_event(resp.content, "content_block_delta")
     resp.close()
 
 
@@ -328,9 +321,7 @@ async def test_client_disconnect_cancels_generation(mlx_gw):
     gw = await mlx_gw()
     body = SCRIPTS["forever"].request(max_tokens=6000, stream=True)
     resp = await gw.post("/v1/messages", body)
-    async for line in resp.content:
-        if line.startswith(b"event: content_block_delta"):
-            break
+    await read_until_event(resp.content, "content_block_delta")
     resp.close()  # the client goes away mid-answer
     assert "active requests: 0" in await engine_idle(gw)
     status, msg = await gw.messages(SCRIPTS["hello"].request())

@@ -26,7 +26,8 @@ from backends.mlx.engine import (
     LoadedModel,
     RequestFault,
 )
-from tests.conftest import gateway_config, parse_sse
+from tests.conftest import gateway_config
+from tests.support.sse import parse_frames, read_until_event
 
 ATTACK = {"model": "claude-x", "max_tokens": 5, "top_k": 100_000, "messages": [{"role": "user", "content": "hi"}]}
 # llguidance compiles this, then gives up after the first token ("Too many items"): a schema that
@@ -97,11 +98,7 @@ async def test_schema_that_breaks_decoding_fails_alone_in_a_shared_batch(mlx_gw)
     long_body = SCRIPTS["forever"].request(max_tokens=1500, stream=True)  # greedy: it never ends by itself
     resp = await gw.post("/v1/messages", long_body)
     assert resp.status == 200
-    head = b""
-    async for line in resp.content:
-        head += line
-        if line.startswith(b"event: content_block_delta"):
-            break
+    head = await read_until_event(resp.content, "content_block_delta")
 
     bad = {"model": "claude-haiku-4-5", "max_tokens": 50, "temperature": 0.7,
            "messages": [{"role": "user", "content": "Summarize this session in a title."}],
@@ -115,11 +112,11 @@ async def test_schema_that_breaks_decoding_fails_alone_in_a_shared_batch(mlx_gw)
 
     streamed = await gw.post("/v1/messages", {**bad, "stream": True})
     assert streamed.status == 200
-    frames = parse_sse(await streamed.text())
+    frames = parse_frames(await streamed.text())
     assert frames[-1][0] == "error" and frames[-1][1]["error"]["type"] == "invalid_request_error", frames[-3:]
 
     # The long answer was in the same batch all along; it runs to its full length.
-    frames = parse_sse((head + await resp.read()).decode())
+    frames = parse_frames((head + await resp.read()).decode())
     delta = [d for name, d in frames if name == "message_delta"]
     assert delta and delta[-1]["delta"]["stop_reason"] == "max_tokens", frames[-3:]
     assert delta[-1]["usage"]["output_tokens"] == 1500

@@ -4,7 +4,6 @@ the server listens, /health saying "loading" until they are resident. The hub is
 stand-in (tests/fake_hub.py) serving the generated demo model's files."""
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 
@@ -12,6 +11,7 @@ import pytest
 
 from tests.conftest import gateway_config
 from tests.fake_hub import FakeHub
+from tests.support.poll import wait_for
 
 HUB_REPO = "test-org/demo"
 
@@ -84,10 +84,7 @@ async def test_preload_loads_after_the_port_listens_and_health_says_loading_then
     assert health["status"] == "loading"
     assert HUB_REPO in health["backends"]["m"]["loading"]
     gate.set()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 120
-    while (health := await _health(gw))["status"] == "loading" and loop.time() < deadline:
-        await asyncio.sleep(0.1)
+    health = await wait_for(lambda: _health(gw), 120, until=lambda h: h["status"] != "loading", interval=0.1)
     assert health["status"] == "ok", health
     m = health["backends"]["m"]
     assert m["loading"] == [] and set(m["resident"]) == {str(demo_model), HUB_REPO}

@@ -10,7 +10,8 @@ import pytest
 
 from tests.conftest import TOKEN, gateway_config
 from tests.logtools import json_lines, run_cli, wait_records
-from tests.upstream import FAIL, FAIL_MID, TEXT, THINK, TOOL, TOOLS2, Script, wait_for
+from tests.support.poll import wait_for
+from tests.upstream import FAIL, FAIL_MID, TEXT, THINK, TOOL, TOOLS2, Script
 
 MODEL = "gpt-4o"
 USER = [{"role": "user", "content": "hi"}]

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.fake_hub import FakeHub
-from tests.gateway_process import ROOT, free_port
+from tests.gateway_process import ROOT
+from tests.support.net import free_port
 
 REPO = "test-org/tiny"
 WEIGHTS = 3_000_000

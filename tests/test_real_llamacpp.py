@@ -4,7 +4,7 @@ llama-server is built once per machine from the llama.cpp source vendored in the
 sdist (tests/real_servers/llamacpp_build.py; minutes, cached by version), and serves the generated
 demo model written as GGUF on the spot (tests/real_servers/gguf_export.py). These tests skip,
 saying why, where no C++ compiler or cmake is present. Every item of the real-server findings runs
-here against the real server; tests/test_server_findings.py has the vLLM-wire-format ones.
+here against the real server; tests/test_backend_quirks.py has the vLLM-wire-format ones.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import json
 import os
 
 from tests.conftest import TOKEN, gateway_config
-from tests.gateway_process import free_port
+from tests.support.net import free_port
 from tests.logtools import json_lines, read_records, run_cli, run_cli_tty, wait_records
 from tests.test_log_replay import OPUS, _answer, _answer_b, _backends, _msg, make_log
 from tests.upstream import TOOL, Script

@@ -9,9 +9,12 @@ import aiohttp
 import pytest
 
 from gateway.config import ConfigError, parse_config
-from tests.conftest import TOKEN, gateway_config, parse_sse
-from tests.gateway_process import free_port, run_cli, start_serve
-from tests.upstream import FAIL, FAIL_MID, TEXT, Script, UpstreamProcess, wait_for
+from tests.conftest import TOKEN, gateway_config
+from tests.gateway_process import run_cli, start_serve
+from tests.support.net import free_port
+from tests.support.sse import parse_frames
+from tests.support.poll import wait_for
+from tests.upstream import FAIL, FAIL_MID, TEXT, Script, UpstreamProcess
 
 HEADERS = {"anthropic-version": "2023-06-01", "content-type": "application/json", "x-api-key": TOKEN}
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
@@ -93,7 +96,7 @@ async def _stream(session: aiohttp.ClientSession, url: str, sid: str) -> dict:
     async with session.post(url + "/v1/messages", json={**BODY, "stream": True}, headers=headers) as resp:
         if resp.status != 200:
             return {"ok": False, "content": False, "status": resp.status, "error": await resp.text()}
-        frames = parse_sse(await resp.text())
+        frames = parse_frames(await resp.text())
     text = "".join(d["delta"].get("text", "") for name, d in frames if name == "content_block_delta")
     errors = [d for name, d in frames if name == "error"]
     return {"ok": not errors and frames[-1][0] == "message_stop", "content": bool(text), "who": _who(text),

@@ -10,7 +10,7 @@ import sys
 import aiohttp
 
 from tests.conftest import TOKEN, gateway_config
-from tests.gateway_process import free_port
+from tests.support.net import free_port
 from tests.logtools import (
     ROOT,
     OwnGateway,

@@ -18,7 +18,8 @@ from tests.compat_helpers import (
     with_server,
 )
 from tests.conftest import gateway_config
-from tests.gateway_process import env_without_token, free_port, start_serve
+from tests.gateway_process import env_without_token, start_serve
+from tests.support.net import free_port
 from tests.logtools import wait_records
 from tests.raw_http import post_request, raw_request
 from tests.sse_checks import open_stream

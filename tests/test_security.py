@@ -13,7 +13,8 @@ import pytest
 from gateway.config import parse_config
 from tests.compat_helpers import backend_table, body, start_stack, with_server
 from tests.conftest import TOKEN, gateway_config
-from tests.gateway_process import env_without_token, free_port, run_cli, start_serve
+from tests.gateway_process import env_without_token, run_cli, start_serve
+from tests.support.net import free_port
 from tests.raw_http import post_request, raw_request
 from tests.upstream import TEXT
 

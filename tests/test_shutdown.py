@@ -13,8 +13,11 @@ import pytest
 
 from tests.compat_helpers import backend_table, body, with_server
 from tests.conftest import TOKEN, gateway_config
-from tests.gateway_process import GatewayProcess, free_port, start_serve
-from tests.sse_checks import check_stream, parse_frames
+from tests.gateway_process import GatewayProcess, start_serve
+from tests.support.net import free_port
+from tests.sse_checks import check_stream
+from tests.support.poll import wait_for
+from tests.support.sse import parse_frames, read_until_event
 from tests.upstream import Script
 
 HEADERS = {"x-api-key": TOKEN, "anthropic-version": "2023-06-01"}
@@ -39,13 +42,7 @@ async def _refused(url: str) -> bool:
 
 
 async def _wait_refused(url: str, timeout: float = 3.0) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if await _refused(url):
-            return True
-        await asyncio.sleep(0.05)
-    return False
+    return await wait_for(lambda: _refused(url), timeout, interval=0.05)
 
 
 def _log_lines(log: Path) -> list[dict]:
@@ -64,7 +61,7 @@ async def test_signal_drains_in_flight_stream(start_upstream, tmp_path, sig):
         async with aiohttp.ClientSession() as session:
             resp = await session.post(gp.url + "/v1/messages", json=body(stream=True), headers=HEADERS)
             assert resp.status == 200
-            head = await resp.content.readuntil(b"content_block_delta")
+            head = await read_until_event(resp.content, "content_block_delta")
             gp.signal(sig)
             assert await _wait_refused(gp.url), "the gateway still accepts connections after the signal"
             assert up.completed == 0  # refused while the stream was still running
@@ -89,7 +86,7 @@ async def test_sigterm_grace_period_cuts_long_stream(start_upstream, tmp_path):
     try:
         async with aiohttp.ClientSession() as session:
             resp = await session.post(gp.url + "/v1/messages", json=body(stream=True), headers=HEADERS)
-            head = await resp.content.readuntil(b"content_block_delta")
+            head = await read_until_event(resp.content, "content_block_delta")
             gp.signal(signal.SIGTERM)
             rest = await asyncio.wait_for(resp.content.read(), 5)
         s = check_stream(parse_frames((head + rest).decode()), ok=False)

@@ -3,6 +3,7 @@ re-sends exactly the recorded request, and rotated logs keep the live log's perm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pty
@@ -11,7 +12,7 @@ import stat
 import sys
 
 from tests.conftest import TOKEN, gateway_config
-from tests.gateway_process import ROOT, free_port
+from tests.gateway_process import ROOT
 from tests.logtools import (
     log_has,
     read_records,
@@ -21,6 +22,8 @@ from tests.logtools import (
     wait_until,
 )
 from tests.raw_http import get_request, post_request, raw_request
+from tests.support.net import free_port
+from tests.support.poll import wait_for
 
 # Retitles the window, rings the bell, clears the screen; then a forged line; then C1 CSI and a bidi override.
 HOSTILE_PATH = "/v1/x%1b%5d0;PWNED%07%1b[2J%0aFORGED%20status=200%c2%9b31m%e2%80%aeevil"
@@ -49,13 +52,12 @@ async def test_console_log_on_a_terminal_escapes_paths_and_model_names(start_ups
     out = bytearray()
 
     async def read_until(needle: bytes, timeout: float = 20) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while needle not in out:
-            assert asyncio.get_running_loop().time() < deadline, out.decode(errors="replace")
-            try:
+        def drain() -> bool:
+            with contextlib.suppress(BlockingIOError):
                 out.extend(os.read(master, 65536))
-            except BlockingIOError:
-                await asyncio.sleep(0.05)
+            return needle in out
+
+        assert await wait_for(drain, timeout, interval=0.05), out.decode(errors="replace")
 
     try:
         await read_until(b"listening on")

@@ -11,7 +11,8 @@ import anthropic
 import pytest
 
 from tests.conftest import TOKEN, gateway_config
-from tests.gateway_process import free_port, run_cli, start_serve
+from tests.gateway_process import run_cli, start_serve
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 

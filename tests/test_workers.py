@@ -17,8 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.compat_helpers import backend_table, body, with_server
 from tests.conftest import TOKEN, gateway_config
-from tests.gateway_process import GatewayProcess, free_port, run_cli, start_serve
-from tests.sse_checks import check_stream, parse_frames
+from tests.gateway_process import GatewayProcess, run_cli, start_serve
+from tests.support.net import free_port
+from tests.sse_checks import check_stream
+from tests.support.poll import wait_for
+from tests.support.sse import parse_frames, read_until_event
 from tests.upstream import TEXT, Script
 
 HEADERS = {"x-api-key": TOKEN, "anthropic-version": "2023-06-01"}
@@ -65,11 +68,7 @@ def _alive(pid: int) -> bool:
 
 
 async def _until(check, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, what
-        await asyncio.sleep(0.1)
+    assert await wait_for(check, timeout, interval=0.1), what
 
 
 def _rundir(pid: int) -> Path:
@@ -189,7 +188,7 @@ async def test_sigterm_drains_an_in_flight_stream_then_all_exit(start_upstream, 
         async with aiohttp.ClientSession() as session:
             resp = await session.post(gp.url + "/v1/messages", json=body(stream=True), headers=HEADERS)
             assert resp.status == 200
-            head = await resp.content.readuntil(b"content_block_delta")
+            head = await read_until_event(resp.content, "content_block_delta")
             gp.signal(signal.SIGTERM)
             rest = await resp.content.read()
         s = check_stream(parse_frames((head + rest).decode()))

@@ -401,17 +401,6 @@ def _frame(obj: dict) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
 
 
-async def wait_for(predicate, timeout: float = 2.0) -> bool:
-    """Poll `predicate` every 20 ms until it holds (True) or `timeout` seconds pass (False)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
-
-
 class UpstreamProcess:
     """A scripted upstream in its own process (`python -m tests.upstream`), killable like a real server."""
 

@@ -15,6 +15,7 @@ import shutil
 import sys
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -64,7 +65,7 @@ def _config(path: str) -> dict:
 
 def _common(parser: argparse.ArgumentParser, suppress: bool, model_filter: bool = True) -> None:
     """Options accepted before and after the command (defaults filled in once, in main)."""
-    d = {"default": argparse.SUPPRESS} if suppress else {}
+    d: dict[str, Any] = {"default": argparse.SUPPRESS} if suppress else {}
     g = parser.add_argument_group("input and output")
     g.add_argument("--file", action="append", metavar="PATH", help="log file (repeatable); rotated PATH.N[.gz] "
                    "siblings are read too. Default: [log].requests of ./config.toml", **d)

@@ -310,7 +310,9 @@ def find_records(files: list[Path], prefix: str, warn: Warn = _stderr_warn, limi
     for line in iter_lines(files, warn):
         if needle in line:
             rec = decode(line)
-            rid = rec.get("request_id") if rec is not None else None
+            if rec is None:
+                continue
+            rid = rec.get("request_id")
             if not isinstance(rid, str) or not rid.startswith(prefix):
                 continue
             if rid == prefix:

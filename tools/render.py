@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shlex
 import uuid
+from collections.abc import Sequence
 from urllib.parse import quote
 
 import orjson
@@ -10,12 +11,12 @@ import orjson
 from gateway.terminal import escape_controls, escape_controls_in_json
 
 
-def table(rows: list[list[object]], header: list[str], width: int | None = None,
+def table(rows: Sequence[Sequence[object]], header: list[str], width: int | None = None,
           flexible: dict[str, int] | None = None, clip: tuple[str, ...] = ()) -> str:
     """Left-aligned columns separated by two spaces. With `width`, the `flexible` columns (name →
     narrowest width), widest first, are cut short with "…" until every line fits; `clip` columns
     are cut without the mark (an id prefix still works as an id)."""
-    cells = [[_cell(c) for c in row] for row in [header] + rows]
+    cells = [[_cell(c) for c in row] for row in [header, *rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     if width and flexible:
         floor = {i: max(len(h), flexible[h]) for i, h in enumerate(header) if h in flexible}
@@ -142,8 +143,10 @@ def curl_command(rec: dict, base_url: str) -> str:
 
 def brief(rec: dict) -> str:
     """One record for a person: what was asked, what was offered, what came back, how fast."""
-    body = rec.get("body") if isinstance(rec.get("body"), dict) else {}
-    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    raw_body = rec.get("body")
+    body: dict = raw_body if isinstance(raw_body, dict) else {}
+    raw_messages = body.get("messages")
+    messages: list = raw_messages if isinstance(raw_messages, list) else []
     tools = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
     system = body.get("system")
     system_chars = len(system) if isinstance(system, str) else len(_text_of(system))

@@ -35,7 +35,8 @@ class Outcome:
     @classmethod
     def recorded(cls, rec: dict) -> Outcome:
         """What the client of a logged request got, comparable with what a replay gets."""
-        err = rec.get("error") if isinstance(rec.get("error"), dict) else {}
+        raw_err = rec.get("error")
+        err: dict = raw_err if isinstance(raw_err, dict) else {}
         response = rec.get("response")
         content = response if isinstance(response, list) else None
         tool_names = list(rec.get("tool_names") or [])
@@ -169,7 +170,8 @@ def _read_json(raw: bytes, out: Outcome) -> None:
     if not isinstance(data, dict):
         return
     if data.get("type") == "error":
-        err = data.get("error") if isinstance(data.get("error"), dict) else {}
+        raw_err = data.get("error")
+        err: dict = raw_err if isinstance(raw_err, dict) else {}
         out.error = err.get("type") or f"http_{out.status}"
         out.error_message = err.get("message")
         return
@@ -179,7 +181,7 @@ def _read_json(raw: bytes, out: Outcome) -> None:
     if data.get("type") == "message":
         out.stop_reason = data.get("stop_reason")
         out.content = [b for b in data.get("content") or [] if isinstance(b, dict)]
-        out.tool_names = [b.get("name") for b in out.content if b.get("type") == "tool_use"]
+        out.tool_names = [b.get("name") or "" for b in out.content if b.get("type") == "tool_use"]
         usage = data.get("usage") or {}
         out.input_tokens, out.output_tokens = usage.get("input_tokens"), usage.get("output_tokens")
     elif "input_tokens" in data:  # count_tokens
@@ -227,7 +229,7 @@ def _sse_event(ev: dict, out: Outcome, start: float, partial: dict[int, str]) ->
         block = dict(ev.get("content_block") or {})
         blocks.append(block)
         if block.get("type") == "tool_use":
-            out.tool_names.append(block.get("name"))
+            out.tool_names.append(block.get("name") or "")
             partial[len(blocks) - 1] = ""
     elif kind == "content_block_delta":
         index, delta = ev.get("index"), ev.get("delta") or {}
@@ -255,7 +257,8 @@ def _sse_event(ev: dict, out: Outcome, start: float, partial: dict[int, str]) ->
         if usage.get("input_tokens") is not None:
             out.input_tokens = usage["input_tokens"]
     elif kind == "error":
-        err = ev.get("error") if isinstance(ev.get("error"), dict) else {}
+        raw_err = ev.get("error")
+        err: dict = raw_err if isinstance(raw_err, dict) else {}
         out.error = err.get("type") or "error"
         out.error_message = err.get("message")
 
@@ -331,7 +334,7 @@ def _openai_chunk(ev: dict, out: Outcome, start: float, partial: dict[int, str])
                     out.ttft_ms = round((time.perf_counter() - start) * 1000, 2)
                 partial[index] = ""
                 blocks.append({"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "call": index})
-                out.tool_names.append(fn.get("name"))
+                out.tool_names.append(fn.get("name") or "")
             partial[index] += str(fn.get("arguments") or "")
         if choice.get("finish_reason"):
             reason = choice["finish_reason"]

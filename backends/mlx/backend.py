@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,7 +197,7 @@ class MLXBackend(HubModels, Backend):
 
     # -- generation ---------------------------------------------------------------------------
 
-    async def stream(self, breq: BackendRequest) -> AsyncIterator[list[Event]]:
+    async def stream(self, breq: BackendRequest) -> AsyncGenerator[list[Event], None]:
         req = breq.request
         handle = await self._require(breq.model)
         # The gateway counted this request while fitting max_tokens to the window (gateway.max_tokens).

@@ -221,7 +221,8 @@ def _system(value: Any, seen: dict[str, None]) -> list[TextBlock]:
 
 def _image(block: dict, where: str) -> ImageBlock:
     source = block.get("source")
-    expect(isinstance(source, dict), f"{where}.source: expected an object")
+    if not isinstance(source, dict):
+        raise invalid(f"{where}.source: expected an object")
     kind = source.get("type")
     if kind == "base64":
         data = source.get("data")
@@ -263,23 +264,29 @@ def _tool_result_content(value: Any, where: str, seen: dict[str, None]) -> list[
 
 def _tool_reference(block: dict, where: str) -> ToolReferenceBlock:
     name = block.get("tool_name")
-    expect(isinstance(name, str) and name != "", f"{where}.tool_name: expected a non-empty string")
+    if not isinstance(name, str) or name == "":
+        raise invalid(f"{where}.tool_name: expected a non-empty string")
     return ToolReferenceBlock(name)
 
 
 def _tool_change(block: dict, where: str) -> ToolChangeBlock:
     """tool_addition {tool: tool_reference | tool_definition} or tool_removal {tool: tool_reference}."""
-    change = "addition" if block.get("type") == "tool_addition" else "removal"
+    change: Literal["addition", "removal"] = "addition" if block.get("type") == "tool_addition" else "removal"
     tool = block.get("tool")
-    expect(isinstance(tool, dict), f"{where}.tool: expected an object")
+    if not isinstance(tool, dict):
+        raise invalid(f"{where}.tool: expected an object")
     if tool.get("type") == "tool_definition" and change == "addition":
-        [definition] = _tools([tool.get("definition")], f"{where}.tool.definition") or [None]
-        expect(definition is not None, f"{where}.tool.definition: expected a tool with an input_schema")
+        # One definition in, at most one tool out: none when it is a schema-less server tool.
+        definitions = _tools([tool.get("definition")], f"{where}.tool.definition")
+        if not definitions:
+            raise invalid(f"{where}.tool.definition: expected a tool with an input_schema")
+        definition = definitions[0]
         return ToolChangeBlock(change, definition.name, definition)
     expect(tool.get("type") == "tool_reference", f"{where}.tool.type: expected 'tool_reference'"
             + (" or 'tool_definition'" if change == "addition" else ""))
     name = tool.get("name", tool.get("tool_name"))
-    expect(isinstance(name, str) and name != "", f"{where}.tool.name: expected a non-empty string")
+    if not isinstance(name, str) or name == "":
+        raise invalid(f"{where}.tool.name: expected a non-empty string")
     return ToolChangeBlock(change, name)
 
 
@@ -288,7 +295,7 @@ def _text_of(value: Any) -> str | None:
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        texts = [b.get("text") for b in value if isinstance(b, dict) and isinstance(b.get("text"), str)]
+        texts = [t for b in value if isinstance(b, dict) and isinstance(t := b.get("text"), str)]
         return "\n".join(texts) if texts else None
     return None
 

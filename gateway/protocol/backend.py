@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncGenerator
 
 from gateway.protocol.anthropic import MessagesRequest
 from gateway.protocol.backend_config import BackendConfig
@@ -104,7 +104,7 @@ class Backend(ABC):
         """Probe or load; raise BackendUnavailable for a server that is not there (yet)."""
 
     @abstractmethod
-    def stream(self, req: BackendRequest) -> AsyncIterator[list[Event]]:
+    def stream(self, req: BackendRequest) -> AsyncGenerator[list[Event], None]:
         """Generate: yields batches of events, each non-empty and written to the client in one go
         (e.g. one upstream read's). `[Started()]` alone comes first, then content events, usage, Stop."""
 

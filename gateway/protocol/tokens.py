@@ -31,17 +31,16 @@ def _text_tokens(text: str) -> float:
 def estimate_tokens(req: MessagesRequest) -> int:
     """Approximate prompt tokens of `req` (see the module docstring for the rule)."""
     total = 0.0
-    for b in req.system:
-        total += _text_tokens(b.text)
+    for s in req.system:
+        total += _text_tokens(s.text)
     for msg in req.messages:
         total += PER_MESSAGE
         for b in msg.content:
-            kind = type(b)
-            if kind is TextBlock:
+            if type(b) is TextBlock:
                 total += _text_tokens(b.text)
-            elif kind is ToolUseBlock:
+            elif type(b) is ToolUseBlock:
                 total += _text_tokens(b.name) + len(orjson.dumps(b.input)) / CHARS_PER_TOKEN
-            elif kind is ToolResultBlock:
+            elif type(b) is ToolResultBlock:
                 for c in b.content:
                     if type(c) is TextBlock:
                         total += _text_tokens(c.text)
@@ -49,7 +48,7 @@ def estimate_tokens(req: MessagesRequest) -> int:
                         total += PER_REFERENCE  # one short line (backends.translate)
                     else:
                         total += PER_IMAGE
-            elif kind is ThinkingBlock:
+            elif type(b) is ThinkingBlock:
                 total += _text_tokens(b.thinking)
             else:
                 total += PER_IMAGE

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.gateway_process import free_port
+from tests.support.net import free_port, wait_http_sync
 
 START_TIMEOUT_S = 60.0
 
@@ -60,16 +59,10 @@ def start_llama_server(binary: Path, model: Path, log: Path, *, ctx: int = 8192,
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     server = LlamaServer(proc, port, log, args)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama-server exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            if server.get("/health").get("status") == "ok":
-                return server
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"llama-server did not become healthy in {START_TIMEOUT_S:g} s:\n"
-                       f"{log.read_text(errors='replace')[-3000:]}")
+    try:  # /health answers 503 while the model loads, 200 once it serves
+        wait_http_sync(server.url + "/health", proc, timeout=START_TIMEOUT_S,
+                       log=lambda: log.read_text(errors="replace")[-3000:])
+    except RuntimeError:
+        server.stop()
+        raise
+    return server

@@ -1,4 +1,4 @@
-"""Upstream faults not covered by test_compat_g_stream_order.py / test_compat_j_failures.py: an
+"""Upstream faults not covered by test_stream_event_order.py / test_mid_stream_failures.py: an
 upstream that hangs (before the response headers, or after them before the first token, or in the
 middle of a stream) past the backend's timeout_s, one that accepts the connection and hangs up
 without a word, and one that answers 200 with something that is not an SSE stream at all."""
@@ -11,7 +11,8 @@ import pytest
 from tests.compat_helpers import assert_error, body, start_stack
 from tests.conftest import gateway_config
 from tests.sse_checks import open_stream
-from tests.upstream import TEXT, Script, wait_for
+from tests.support.poll import wait_for
+from tests.upstream import TEXT, Script
 
 TIMEOUT_S = 1.5  # backend timeout_s; the gateway pings every 0.5 s (conftest), so pings fit before it
 

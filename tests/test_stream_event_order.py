@@ -8,8 +8,9 @@ import anthropic
 import pytest
 
 from tests.conftest import gateway_config
-from tests.gateway_process import free_port
-from tests.sse_checks import check_stream, open_stream, parse_frames, read_stream
+from tests.sse_checks import check_stream, open_stream, read_stream
+from tests.support.net import free_port
+from tests.support.sse import parse_frames
 from tests.upstream import EMPTY, FAIL, LEN, STOPSEQ, TEXT, THINK, TOOL, TOOLS2, Script
 
 MODEL = "claude-opus-4-8"

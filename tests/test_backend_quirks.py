@@ -8,7 +8,8 @@ import json
 
 from tests.compat_helpers import MODEL, assert_error, body, sent, start_stack
 from tests.sse_checks import open_stream
-from tests.upstream import LEN, TEXT, Script, wait_for
+from tests.support.poll import wait_for
+from tests.upstream import LEN, TEXT, Script
 
 LATE_SYSTEM = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
                {"role": "system", "content": "Reminder: be brief."}, {"role": "user", "content": "again"}]

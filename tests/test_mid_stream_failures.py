@@ -8,7 +8,8 @@ import anthropic
 import pytest
 
 from tests.sse_checks import open_stream
-from tests.upstream import FAIL_MID, TEXT, Script, wait_for
+from tests.support.poll import wait_for
+from tests.upstream import FAIL_MID, TEXT, Script
 
 MODEL = "claude-opus-4-8"
 

@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 
 from tests.compat_helpers import MODEL, assert_error, body, post_raw, start_stack
-from tests.conftest import TOKEN, parse_sse
+from tests.conftest import TOKEN
+from tests.support.sse import parse_frames
 from tests.upstream import TEXT
 
 CLAUDE_CODE_BETAS = ["claude-code-20250219", "context-1m-2025-08-07", "interleaved-thinking-2025-05-14",
@@ -44,7 +45,7 @@ async def test_a2_beta_query_string_ignored(start_upstream, start_gateway):
     up.push(TEXT("streamed"))
     resp = await gw.post("/v1/messages?beta=true", body(stream=True))
     assert resp.status == 200
-    frames = parse_sse(await resp.text())
+    frames = parse_frames(await resp.text())
     assert "".join(d["delta"].get("text", "") for n, d in frames if n == "content_block_delta") == "streamed"
 
 
@@ -153,7 +154,7 @@ async def test_a8_claude_code_headers_and_accept_encoding(start_upstream, start_
         async with session.post(gw.url + "/v1/messages", data=json.dumps(body(stream=True)), headers=headers) as resp:
             assert resp.status == 200
             raw = _decode(await resp.read(), resp.headers.get("Content-Encoding", ""))
-            frames = parse_sse(raw.decode())
+            frames = parse_frames(raw.decode())
             assert frames[-1][0] == "message_stop"
         async with session.get(gw.url + "/v1/models", headers=headers) as resp:
             assert resp.status == 200

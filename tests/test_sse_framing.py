@@ -1,32 +1,12 @@
 """anthropic-compat.md section F: streaming transport (SSE framing)."""
 from __future__ import annotations
 
-import json
-
 from tests.compat_helpers import body, start_stack
+from tests.support.sse import parse_frames
 from tests.upstream import THINK, TOOL, Script
 
 WEATHER_TOOL = {"name": "get_weather", "input_schema": {"type": "object"}}
 
-
-def strict_frames(raw: bytes) -> list[tuple[str, dict]]:
-    """Split a raw SSE body, asserting F2/F3 on every frame: `event:` + one `data:` line of a JSON object."""
-    text = raw.decode("utf-8")  # F3: valid UTF-8 (raises otherwise)
-    assert text.endswith("\n\n"), repr(text[-40:])
-    frames = []
-    for chunk in text[:-2].split("\n\n"):
-        lines = chunk.split("\n")
-        assert len(lines) == 2, f"frame is not exactly `event:` + `data:`: {chunk!r}"
-        assert lines[0].startswith("event: "), f"frame without event line: {chunk!r}"
-        assert lines[1].startswith("data: "), f"frame without data line: {chunk!r}"
-        payload = lines[1][len("data: "):]
-        assert payload != "[DONE]"
-        data = json.loads(payload)
-        assert isinstance(data, dict)
-        name = lines[0][len("event: "):]
-        assert name == data["type"], chunk
-        frames.append((name, data))
-    return frames
 
 
 async def test_f1_headers_and_incremental_flush(stack):
@@ -46,7 +26,7 @@ async def test_f1_headers_and_incremental_flush(stack):
     # the first text is here while the backend is still generating the rest
     assert up.completed == 0
     rest = await resp.content.read()
-    frames = strict_frames(seen + rest)
+    frames = parse_frames(seen + rest)
     assert frames[-1][0] == "message_stop"
     assert up.completed == 1
 
@@ -59,7 +39,7 @@ async def test_f2_every_frame_has_matching_event_line(stack):
                     body(stream=True, tools=[WEATHER_TOOL])):
         resp = await gw.post("/v1/messages", payload)
         assert resp.status == 200
-        frames = strict_frames(await resp.read())
+        frames = parse_frames(await resp.read())
         names = {n for n, _ in frames}
         assert {"message_start", "content_block_start", "content_block_delta", "content_block_stop",
                 "message_delta", "message_stop"} <= names
@@ -73,7 +53,7 @@ async def test_f3_single_line_utf8_json_no_done(start_upstream, start_gateway):
     resp = await gw.post("/v1/messages", body(stream=True))
     raw = await resp.read()
     assert b"[DONE]" not in raw
-    frames = strict_frames(raw)
+    frames = parse_frames(raw)
     assert "".join(d["delta"]["text"] for n, d in frames if n == "content_block_delta") == text
 
 
@@ -83,7 +63,7 @@ async def test_f4_pings_only_after_message_start(start_upstream, start_gateway):
     # a long prefill (slow first token) is when pings are recommended
     up.push(Script(deltas=[{"content": "after "}, {"content": "prefill"}], first_delay_s=0.5, delay_s=0.25))
     resp = await gw.post("/v1/messages", body(stream=True))
-    frames = strict_frames(await resp.read())
+    frames = parse_frames(await resp.read())
     pings = [i for i, (n, _) in enumerate(frames) if n == "ping"]
     assert pings, "no ping during a 0.5 s prefill with ping_interval_s = 0.1"
     assert frames[0][0] == "message_start"
