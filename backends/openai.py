@@ -201,7 +201,8 @@ class OpenAIBackend(Backend):
         except openai.APIConnectionError as exc:
             raise GatewayError(500, f"backend '{self.name}' at {replica.api_base} is not reachable: "
                                     f"{_cause(exc)}") from None
-        whole = not body["stream"]
+        # A server that streams although asked not to (a proxy that always does) is read as a stream.
+        whole = not body["stream"] and not resp.headers.get("content-type", "").startswith("text/event-stream")
         yield [Started(whole=whole)]
         translator = ToolCallTranslator(ChunkTranslator(breq.request), breq.request, self.config.tool_parser, self.name)
         finished = ended = False

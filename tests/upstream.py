@@ -30,8 +30,9 @@ class Script:
     raw_lines: list[str] | None = None  # send these SSE lines verbatim instead
     die_mid: bool = False  # drop the connection after the deltas
     hold: asyncio.Event | None = None  # after the deltas, wait for this before finishing (a stream in flight)
-    # Hostile upstreams: the streamed body as raw byte pieces (a 50 MB line, an endless answer),
-    # produced lazily so the test never holds it whole; an error body sent verbatim; an error
+    # Hostile upstreams: the body as raw byte pieces (a 50 MB line, an endless answer), sent as
+    # they are whether or not a stream was asked for (an SSE body unless stream_headers say
+    # otherwise), produced lazily so the test never holds it whole; an error body sent verbatim; an error
     # message that quotes the Authorization header the request carried.
     body_pieces: Callable[[], Iterable[bytes]] | None = None
     fail_body: bytes | None = None
@@ -263,7 +264,7 @@ class Upstream:
         usage = script.usage or {"prompt_tokens": prompt_tokens,
                                  "completion_tokens": max(1, len(script.deltas)) if script.deltas else 0,
                                  "total_tokens": prompt_tokens + len(script.deltas)}
-        if not body.get("stream"):
+        if not body.get("stream") and script.body_pieces is None and script.raw_lines is None:
             return await self._answer_whole(request, script, body, usage)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **script.stream_headers})
         await resp.prepare(request)
