@@ -3,6 +3,8 @@
 the same scripted answer: content, stop, usage, errors, and the request log line."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 
 import pytest
@@ -11,6 +13,7 @@ from tests.compat_helpers import MODEL, backend_table
 from tests.conftest import gateway_config
 from tests.logtools import wait_records
 from tests.sse_checks import read_stream
+from tests.support.poll import wait_for
 from tests.upstream import EMPTY, FAIL, FAIL_MID, LEN, TEXT, THINK, TOOL, TOOLS2, Script, Upstream
 
 WEATHER = {"name": "get_weather", "description": "Current weather",
@@ -243,3 +246,15 @@ def test_the_scripted_upstream_writes_each_servers_shape():
     assert llama["usage"]["prompt_tokens_details"] == {"cached_tokens": 0} and "timings" in llama
     openai_ = Upstream("openai")._whole(script, body, usage)
     assert openai_["choices"][0]["message"]["refusal"] is None and openai_["object"] == "chat.completion"
+
+
+async def test_a_client_that_leaves_cancels_the_whole_answer(start_upstream, start_gateway, tmp_path):
+    """Waiting for a whole answer, the gateway still hangs up on the server when the client leaves."""
+    up, gw, _ = await _gateway(start_upstream, start_gateway, tmp_path, "vllm")
+    up.push(Script(deltas=[{"content": "never sent"}], hold=asyncio.Event()))
+    request = asyncio.ensure_future(gw.post("/v1/messages", _request()))
+    assert await wait_for(lambda: up.whole_answers == 1)
+    request.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await request
+    assert await wait_for(lambda: up.cancelled == 1, timeout=5)
