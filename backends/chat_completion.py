@@ -12,6 +12,8 @@ import httpx2
 
 from gateway.protocol.anthropic import MessagesRequest
 from gateway.protocol.errors import GatewayError
+from gateway.protocol.events import Event, TextDelta, ThinkingDelta, ToolCallDelta, UsageReport
+from gateway.protocol.tokens import estimate_text_tokens
 
 
 def answers_whole(req: MessagesRequest, reports_stop_string: bool) -> bool:
@@ -91,3 +93,20 @@ def _call(call: object, index: int) -> object:
         # A few servers send the arguments as an object here (a stream can only carry text).
         out["function"] = {**fn, "arguments": orjson.dumps(fn["arguments"]).decode()}
     return out
+
+
+def output_estimate(completion: dict, events: list[Event]) -> list[Event]:
+    """A usage report estimating the output of an answer whose server gave no `completion_tokens`
+    (streamed, the gateway counts deltas instead; one piece has a single delta), else nothing."""
+    usage = completion.get("usage")
+    if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+        return []
+    parts: list[str] = []
+    for ev in events:
+        if isinstance(ev, TextDelta):
+            parts.append(ev.text)
+        elif isinstance(ev, ThinkingDelta):
+            parts.append(ev.thinking)
+        elif isinstance(ev, ToolCallDelta):
+            parts.append(ev.partial_json)
+    return [UsageReport(output_tokens=estimate_text_tokens("".join(parts)))]

@@ -287,7 +287,8 @@ class OpenAIBackend(Backend):
         except httpx2.HTTPError as exc:
             raise GatewayError(500, f"backend '{self.name}' connection failed while sending its answer: "
                                     f"{exc or type(exc).__name__}") from None
-        chunk = chat_completion.as_chunk(chat_completion.decode(raw, self.name))
+        completion = chat_completion.decode(raw, self.name)
+        chunk = chat_completion.as_chunk(completion)
         _check_calls(chunk, self.name)
         try:
             events = translator.feed(chunk)
@@ -297,7 +298,7 @@ class OpenAIBackend(Backend):
         if _content_chars(translator.upstream_events) > MAX_ANSWER_CHARS:
             raise GatewayError(500, f"backend '{self.name}' sent an answer longer than "
                                     f"{MAX_ANSWER_CHARS} characters; it was refused")
-        return events + translator.finish()
+        return events + chat_completion.output_estimate(completion, translator.upstream_events) + translator.finish()
 
     def _decode_lenient(self, data: bytes) -> object:
         """A chunk that is not valid UTF-8 JSON: read it as a text decoder would (bad bytes → U+FFFD)."""

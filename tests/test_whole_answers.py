@@ -258,3 +258,16 @@ async def test_a_client_that_leaves_cancels_the_whole_answer(start_upstream, sta
     with contextlib.suppress(asyncio.CancelledError):
         await request
     assert await wait_for(lambda: up.cancelled == 1, timeout=5)
+
+
+async def test_an_answer_without_usage_gets_an_output_estimate(start_upstream, start_gateway, tmp_path):
+    """A server that reports no usage: the output is estimated from the answer's length (one piece
+    carries a single delta, which is what a stream's estimate counts)."""
+    up, gw, _ = await _gateway(start_upstream, start_gateway, tmp_path, "openai")
+    answer = {"id": "c", "object": "chat.completion", "created": 1, "model": "test-model",
+              "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "x" * 350}}]}
+    up.push(Script(body_pieces=lambda: [json.dumps(answer).encode()], stream_headers={"Content-Type": "application/json"}))
+    status, message = await gw.messages(_request())
+    assert status == 200, message
+    assert message["content"] == [{"type": "text", "text": "x" * 350}]
+    assert message["usage"]["output_tokens"] == 100  # 3.5 characters a token, as prompts are estimated
