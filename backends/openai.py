@@ -19,6 +19,7 @@ import orjson
 import structlog
 
 from gateway.protocol.backend import Backend, BackendHealth, BackendRequest, BackendUnavailable, ModelInfo, TokenCount
+from backends import chat_completion
 from backends.openai_passthrough import passthrough
 from backends.replicas import Replica, ReplicaPool, all_failed
 from backends.sse_reader import LineTooLong, sse_reads
@@ -49,6 +50,8 @@ MAX_CALLS_PER_CHUNK = 64  # tool-call entries in one chunk (servers send one, or
 MAX_ANSWER_CHARS = 4 * 1024 * 1024  # text, thinking and tool arguments together
 MAX_ERROR_BYTES = 64 * 1024  # of an error response body
 MAX_JSON_BYTES = 8 * 1024 * 1024  # of a /models, /props or /tokenize answer (token lists are long)
+# Of a non-streamed answer: its text as JSON escapes it, and llama.cpp's `__verbose` repeats it.
+MAX_COMPLETION_BYTES = 4 * MAX_ANSWER_CHARS + MAX_LINE_BYTES
 
 
 def split_base_url(url: str) -> tuple[str, str]:
@@ -163,6 +166,8 @@ class OpenAIBackend(Backend):
             extra.update(self.extra_fields(breq))
             body = (passthrough(breq, extra) if breq.openai_body is not None
                     else to_openai(breq, self.dialect, extra, await self.system_messages(breq.request, breq.model)))
+            if chat_completion.answers_whole(breq.request, self.dialect.reports_stop_string):
+                body = chat_completion.whole_body(body)
 
             def chosen(replica: Replica) -> None:
                 breq.replica = replica.url
@@ -196,11 +201,16 @@ class OpenAIBackend(Backend):
         except openai.APIConnectionError as exc:
             raise GatewayError(500, f"backend '{self.name}' at {replica.api_base} is not reachable: "
                                     f"{_cause(exc)}") from None
-        yield [Started()]
+        # A server that streams although asked not to (a proxy that always does) is read as a stream.
+        whole = not body["stream"] and not resp.headers.get("content-type", "").startswith("text/event-stream")
+        yield [Started(whole=whole)]
         translator = ToolCallTranslator(ChunkTranslator(breq.request), breq.request, self.config.tool_parser, self.name)
         finished = ended = False
         answer_chars = 0
         try:
+            if whole:
+                yield await self._whole_answer(resp, translator)
+                return
             # All complete lines of one network read are decoded together and their events go out
             # as one list (one socket write downstream): fewer generator hops and send() calls per
             # chunk, and nothing waits for a later read, so streaming latency is unchanged.
@@ -266,6 +276,29 @@ class OpenAIBackend(Backend):
         except (AttributeError, TypeError, KeyError, IndexError):  # e.g. a list where "delta" belongs
             raise GatewayError(500, f"backend '{self.name}' sent a malformed stream chunk: "
                                     f"{data[:200].decode(errors='replace')!r}") from None
+
+    async def _whole_answer(self, resp: httpx2.Response, translator: ToolCallTranslator) -> list[Event]:
+        """All events of a non-streamed answer, its stop included: one batch."""
+        try:
+            raw = await chat_completion.read_whole(resp, MAX_COMPLETION_BYTES, self.name)
+        except httpx2.TimeoutException:
+            raise GatewayError(500, f"backend '{self.name}' stopped sending its answer for "
+                                    f"{self.config.timeout_s:g} s") from None
+        except httpx2.HTTPError as exc:
+            raise GatewayError(500, f"backend '{self.name}' connection failed while sending its answer: "
+                                    f"{exc or type(exc).__name__}") from None
+        completion = chat_completion.decode(raw, self.name)
+        chunk = chat_completion.as_chunk(completion)
+        _check_calls(chunk, self.name)
+        try:
+            events = translator.feed(chunk)
+        except (AttributeError, TypeError, KeyError, IndexError):  # e.g. a list where "message" belongs
+            raise GatewayError(500, f"backend '{self.name}' sent a malformed answer: "
+                                    f"{raw[:200].decode(errors='replace')!r}") from None
+        if _content_chars(translator.upstream_events) > MAX_ANSWER_CHARS:
+            raise GatewayError(500, f"backend '{self.name}' sent an answer longer than "
+                                    f"{MAX_ANSWER_CHARS} characters; it was refused")
+        return events + chat_completion.output_estimate(completion, translator.upstream_events) + translator.finish()
 
     def _decode_lenient(self, data: bytes) -> object:
         """A chunk that is not valid UTF-8 JSON: read it as a text decoder would (bad bytes → U+FFFD)."""

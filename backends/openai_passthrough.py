@@ -3,8 +3,9 @@
 Translating it to the gateway's Anthropic-shaped request and back would lose what an OpenAI-style
 server understands and the gateway does not model (tool call ids, `logit_bias`, `presence_penalty`,
 `chat_template_kwargs`, vendor extras, content parts as sent). So the body goes on as the client
-wrote it; only what the gateway owns changes: the backend model, streaming with usage (the answer
-always comes back through the internal event stream), and the backend's configured extra fields.
+wrote it; only what the gateway owns changes: the backend model, streaming with usage (a
+non-streaming client's answer is then asked for in one piece: backends.chat_completion), and the
+backend's configured extra fields.
 """
 from __future__ import annotations
 

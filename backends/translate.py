@@ -187,7 +187,7 @@ def to_openai_tools(req: MessagesRequest) -> list[dict]:
 
 def to_openai(breq: BackendRequest, dialect: Dialect, extra_body: dict | None = None,
               system_messages: str = "keep") -> dict:
-    """The full chat-completions body (always streamed; non-streaming answers are aggregated)."""
+    """The full chat-completions body, streamed (backends.chat_completion.whole_body asks for one piece)."""
     req = breq.request
     body: dict = {
         "model": breq.model,

@@ -4,7 +4,8 @@ Run as its own process (`python bench/fake_upstream.py --port P`) so its CPU is 
 the gateway or the load generator. Each /v1/chat/completions request is parsed (like a real
 server would) and answered as `chat.completion.chunk` SSE: a role chunk at once, then one token
 per `--interval-ms` (deadline-scheduled, so sleeps do not drift), a finish chunk, the usage chunk
-when `stream_options.include_usage` is set, and `data: [DONE]`.
+when `stream_options.include_usage` is set, and `data: [DONE]`. Asked with `stream: false`, it
+answers the same tokens as one `chat.completion` object once the last one is due.
 """
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ class FakeUpstream:
         tokens = self.tokens
         if isinstance(body.get("max_tokens"), int):
             tokens = min(tokens, body["max_tokens"])
+        if not body.get("stream"):
+            return await self._whole(raw, model, tokens, t0)
         usage_wanted = bool((body.get("stream_options") or {}).get("include_usage"))
         head = (b'data: {"id":"chatcmpl-bench%d","object":"chat.completion.chunk","created":%d,"model":%s,'
                 % (self.requests, int(time.time()), orjson.dumps(model)))
@@ -82,6 +85,20 @@ class FakeUpstream:
         await resp.write(tail + b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+    async def _whole(self, raw: bytes, model: str, tokens: int, t0: float) -> web.Response:
+        if self.interval_s or self.prefill_s:
+            delay = t0 + self.prefill_s + max(0, tokens - 1) * self.interval_s - asyncio.get_running_loop().time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        prompt = max(1, len(raw) // 4)
+        answer = {"id": f"chatcmpl-bench{self.requests}", "object": "chat.completion", "created": int(time.time()),
+                  "model": model,
+                  "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                      "role": "assistant", "content": "".join(WORDS[i % len(WORDS)] for i in range(tokens))}}],
+                  "usage": {"prompt_tokens": prompt, "completion_tokens": tokens, "total_tokens": prompt + tokens}}
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
 
 def create_app(tokens: int = 64, interval_ms: float = 5.0, prefill_ms: float = 0.0) -> web.Application:

@@ -68,6 +68,7 @@ class Scenario:
     counts: dict[int, int]  # concurrency → requests per side (direct, gateway)
     judged: bool  # the issue's targets apply
     workers: int = 1  # `serve --workers N`
+    stream: bool = True  # False: non-streaming requests (JSON answers), both sides
 
 
 @dataclass
@@ -228,7 +229,7 @@ class Target:
     headers: dict[str, str]
     first: object  # bytes marker or compiled regex: the first text chunk
     done: bytes  # the stream's last frame
-    delta: bytes  # one occurrence per token
+    delta: bytes | None  # one occurrence per token (None: a JSON answer, one piece)
     session: aiohttp.ClientSession | None = None
 
     def found_first(self, buf: bytes) -> bool:
@@ -253,7 +254,7 @@ async def one_request(t: Target, tokens: int, side: Side) -> None:
         side.errors.append(f"{type(exc).__name__}: {exc}")
         return
     data = b"".join(parts)
-    deltas = data.count(t.delta)
+    deltas = data.count(t.delta) if t.delta is not None else tokens
     if ttft is None or t.done not in data[-200:] or not fewest_deltas(tokens) <= deltas <= tokens:
         side.errors.append(f"bad stream: {deltas} deltas, tail {data[-120:]!r}")
         return
@@ -278,6 +279,13 @@ async def run_round(t: Target, concurrency: int, n: int, tokens: int, side: Side
     side.gw_cpu_ticks += cpu_ticks(gw_pid) - g0
     side.up_cpu_ticks += cpu_ticks(up_pid) - u0
     side.gw_sched_ns += cpu_ns(gw_pid) - s0
+
+
+def whole(body: bytes) -> bytes:
+    """The same request without streaming (what a non-streaming client sends)."""
+    data = orjson.loads(body)
+    data.pop("stream_options", None)
+    return orjson.dumps({**data, "stream": False})
 
 
 def direct_body(body: dict) -> bytes:
@@ -307,12 +315,19 @@ async def run_scenario(sc: Scenario, args, tmp: Path, anthropic_body: bytes, ope
 
         conn = dict(limit=0, force_close=False)
         timeout = aiohttp.ClientTimeout(total=120)
-        direct = Target("direct", f"http://127.0.0.1:{up_port}/v1/chat/completions", openai_body,
-                        {"Authorization": "Bearer none", "Content-Type": "application/json"},
-                        _DIRECT_FIRST, b"data: [DONE]", b'"delta":{"content":"')
-        through = Target("gateway", f"http://127.0.0.1:{gw_port}/v1/messages?beta=true", anthropic_body,
-                         claude_code_headers(TOKEN), _GATEWAY_FIRST, b"event: message_stop",
-                         b"event: content_block_delta")
+        direct_headers = {"Authorization": "Bearer none", "Content-Type": "application/json"}
+        direct_url, gateway_url = f"http://127.0.0.1:{up_port}/v1/chat/completions", \
+            f"http://127.0.0.1:{gw_port}/v1/messages?beta=true"
+        if sc.stream:
+            direct = Target("direct", direct_url, openai_body, direct_headers,
+                            _DIRECT_FIRST, b"data: [DONE]", b'"delta":{"content":"')
+            through = Target("gateway", gateway_url, anthropic_body, claude_code_headers(TOKEN), _GATEWAY_FIRST,
+                             b"event: message_stop", b"event: content_block_delta")
+        else:  # one JSON answer each: its "first token" is the whole answer
+            direct = Target("direct", direct_url, whole(openai_body), direct_headers,
+                            b'"finish_reason":"stop"', b'"total_tokens"', None)
+            through = Target("gateway", gateway_url, whole(anthropic_body), claude_code_headers(TOKEN),
+                             b'"stop_reason":"end_turn"', b'"output_tokens"', None)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(**conn), timeout=timeout) as s1, \
                 aiohttp.ClientSession(connector=aiohttp.TCPConnector(**conn), timeout=timeout) as s2:
             direct.session, through.session = s1, s2
@@ -446,7 +461,8 @@ def render(results: list[dict], checks: list[dict]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="gateway vs direct-to-upstream benchmark")
     p.add_argument("--quick", action="store_true", help="fewer requests; finishes in under a minute")
-    p.add_argument("--scenario", choices=["both", "realistic", "cpu"], default="both")
+    p.add_argument("--scenario", choices=["both", "realistic", "cpu", "json"], default="both",
+                   help="both: realistic, cpu and json (cpu with non-streaming requests)")
     p.add_argument("--tokens", type=int, default=64, help="tokens per answer (default 64)")
     p.add_argument("--interval-ms", type=float, default=5.0, help="per-token interval of the realistic scenario")
     p.add_argument("--concurrency", default="1,8,32", help="comma-separated levels (default 1,8,32)")
@@ -481,6 +497,8 @@ def scenarios(args) -> list[Scenario]:
         out.append(Scenario("cpu", 0.0, {c: cpu.get(c, 60 * c) for c in levels}, False))
         if args.workers > 1 and 32 in levels and serve_has_workers(args.gateway_src):
             out.append(Scenario("cpu", 0.0, {32: cpu[32]}, False, workers=args.workers))
+    if args.scenario in ("both", "json"):
+        out.append(Scenario("json", 0.0, {c: cpu.get(c, 60 * c) // 2 for c in levels}, False, stream=False))
     return out
 
 

@@ -296,6 +296,7 @@ async def events_with_fallback(gw: Gateway, backend: Backend, breq: BackendReque
         try:
             async for item in events:
                 if type(item[0]) is Started:  # alone in the first batch (Backend.stream)
+                    record.came_whole(item[0].whole)  # of the backend that answers, after a fallback too
                     if started:
                         continue
                     started = True

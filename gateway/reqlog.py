@@ -44,11 +44,12 @@ class RequestRecord:
     """A request's outcome while it is learned: each step of the request adds what it found out
     (one method per step), and `finish` freezes it into the RequestOutcome that is logged."""
 
-    __slots__ = ("_facts", "started")
+    __slots__ = ("_facts", "_whole", "started")
 
     def __init__(self, request_id: str, method: str, path: str, query: str = "", *,
                  user_agent: str | None = None, raw_path: str | None = None, api: str = "anthropic"):
         self.started = time.perf_counter()
+        self._whole = False
         # Keyed by RequestOutcome's field names; what no step reported keeps the outcome's default.
         self._facts: dict[str, Any] = {"request_id": request_id, "method": method, "path": path, "query": query,
                                        "ts": now_iso(), "user_agent": user_agent, "raw_path": raw_path, "api": api}
@@ -110,8 +111,13 @@ class RequestRecord:
         self._facts["input_tokens"] = input_tokens
 
     def mark_first_token(self) -> None:
-        if "ttft_ms" not in self._facts:
+        if "ttft_ms" not in self._facts and not self._whole:
             self._facts["ttft_ms"] = round((time.perf_counter() - self.started) * 1000, 2)
+
+    def came_whole(self, whole: bool) -> None:
+        """Whether the backend's answer came in one piece (Started.whole): then there is no first token
+        to time, and ttft_ms stays null."""
+        self._whole = whole
 
     def answered(self, usage: Usage, tool_names: list[str] | None, response: list[dict] | None,
                  stats: EngineStats | None) -> None:

@@ -35,7 +35,7 @@ def test_run_quick(tmp_path):
     text = _bench("run.py", "--quick", "--concurrency", "1", "--rounds", "1", "--tokens", "8", "--out", str(out),
                   codes=(0, 1))
     data = json.loads(out.read_text())
-    assert data["quick"] is True and {r["scenario"] for r in data["results"]} == {"realistic", "cpu"}, text
+    assert data["quick"] is True and {r["scenario"] for r in data["results"]} == {"realistic", "cpu", "json"}, text
     for res in data["results"]:
         for row in res["rows"]:
             assert row["direct"]["requests"] == row["gateway"]["requests"] > 0, row

@@ -18,6 +18,7 @@ import pytest
 from backends.openai import (
     MAX_ANSWER_CHARS,
     MAX_CALLS_PER_CHUNK,
+    MAX_COMPLETION_BYTES,
     MAX_JSON_BYTES,
     MAX_LINE_BYTES,
 )
@@ -341,6 +342,78 @@ async def test_whitespace_only_answer_is_linear(start_upstream, tmp_path, lead):
         assert kinds == ["text"] and content[0]["text"] == " " * 1000 * frames + "end"
     assert elapsed < 10, elapsed
     probe.check()
+
+
+# -- non-streamed answers (a non-streaming request asks the server with stream=false) ---------------
+
+JSON_BODY = {"Content-Type": "application/json"}
+
+
+def _completion(message: dict) -> bytes:
+    return json.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": "test-model",
+                       "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}).encode()
+
+
+async def test_huge_whole_answer_is_refused_at_its_cap(start_upstream, tmp_path):
+    """A 200 MB non-streamed answer: reading stops at the cap, memory stays bounded, the loop free."""
+    up = await start_upstream("openai")
+    head = b'{"choices":[{"index":0,"message":{"role":"assistant","content":"'
+    up.push(Script(body_pieces=lambda: [head, *(b"y" * 65536 for _ in range(3200))], stream_headers=JSON_BODY))
+    async with served(tmp_path, up) as gp:
+        async with LoopProbe(gp.url) as probe:
+            status, text, elapsed = await post(gp, body())
+        rss = peak_rss_mb(gp)
+    assert status == 500, text[:300]
+    err = json.loads(text)["error"]
+    assert err["type"] == "api_error" and f"more than {MAX_COMPLETION_BYTES} bytes" in err["message"], err
+    assert up.streams == [False] and elapsed < 5, elapsed
+    probe.check()
+    assert rss < 250, rss
+
+
+@pytest.mark.parametrize("kind", ["text", "thinking", "tool_arguments"])
+async def test_whole_answer_past_the_answer_cap_is_refused(start_upstream, start_gateway, kind):
+    up, gw = await start_stack(start_upstream, start_gateway)
+    big = "y" * (MAX_ANSWER_CHARS + 1)
+    message = {"text": {"content": big}, "thinking": {"reasoning_content": big},
+               "tool_arguments": {"tool_calls": [{"id": "c", "type": "function",
+                                                  "function": {"name": "Write", "arguments": big}}]}}[kind]
+    up.push(Script(body_pieces=lambda: [_completion(message)], stream_headers=JSON_BODY))
+    resp = await gw.post("/v1/messages", body(thinking={"type": "enabled", "budget_tokens": 1024}, max_tokens=2048))
+    err = (await assert_error(resp, 500, "api_error"))["error"]
+    assert f"answer longer than {MAX_ANSWER_CHARS} characters" in err["message"], err
+
+
+async def test_tool_call_flood_in_a_whole_answer_is_refused(start_upstream, start_gateway):
+    up, gw = await start_stack(start_upstream, start_gateway)
+    calls = [{"id": "c", "type": "function", "function": {"name": "w", "arguments": "{}"}} for _ in range(10000)]
+    up.push(Script(body_pieces=lambda: [_completion({"tool_calls": calls})], stream_headers=JSON_BODY))
+    resp = await gw.post("/v1/messages", body())
+    err = (await assert_error(resp, 500, "api_error"))["error"]
+    assert f"more than {MAX_CALLS_PER_CHUNK}" in err["message"], err
+
+
+@pytest.mark.parametrize("answer", ['{"choices":["x"]}', '{"choices":[{"message":[1]}]}',
+                                    '{"choices":[{"message":{"content":5}}]}',
+                                    '{"choices":[{"message":{"tool_calls":["x"]}}]}', '{"choices":{"0":1}}',
+                                    "[1]", "not json", ""],
+                         ids=["choice-str", "message-list", "content-int", "call-str", "choices-object", "array",
+                              "text", "empty"])
+async def test_malformed_whole_answers_are_a_clear_error(start_upstream, start_gateway, answer):
+    up, gw = await start_stack(start_upstream, start_gateway)
+    up.push(Script(body_pieces=lambda: [answer.encode()], stream_headers=JSON_BODY))
+    resp = await gw.post("/v1/messages", body())
+    err = (await assert_error(resp, 500, "api_error"))["error"]
+    assert "malformed answer" in err["message"], err
+
+
+async def test_a_stream_sent_instead_of_a_whole_answer_is_read_as_a_stream(start_upstream, start_gateway):
+    """A server (or proxy) that streams although asked not to: its Content-Type says so."""
+    up, gw = await start_stack(start_upstream, start_gateway)
+    up.push(Script(body_pieces=lambda: [_frame({"content": "streamed "}), _frame({"content": "anyway"}), FINISH]))
+    status, msg = await gw.messages(body())
+    assert status == 200 and msg["content"] == [{"type": "text", "text": "streamed anyway"}], msg
+    assert up.streams == [False]
 
 
 # -- error bodies ----------------------------------------------------------------------------------

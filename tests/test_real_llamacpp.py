@@ -30,6 +30,7 @@ from tests.real_servers.llamacpp_build import (
     cache_root,
     ensure_llama_server,
 )
+from tests.logtools import wait_records
 from tests.sse_checks import open_stream
 from tests.test_e2e_claude_code import _claude_env, _log_lines, _run_claude
 
@@ -133,6 +134,46 @@ async def test_stop_sequence_is_reported(llama, start_gateway):
     status, msg = await gw.messages(SCRIPTS["count"].request(stop_sequences=["seven"]))
     assert (msg["stop_reason"], msg["stop_sequence"]) == ("end_turn", None)
     assert _text(msg) == SCRIPTS["count"].answer
+
+
+# -- 2b. non-streaming requests: llama-server answers with stream=false --------------------------
+
+WHOLE_CASES = {
+    "text": SCRIPTS["hello"].request(),
+    "repaired_tool_call": SCRIPTS["weather"].request(),
+    "invalid_tool_call": SCRIPTS["invalid"].request(),
+    "thinking": SCRIPTS["think"].request(),
+    "hidden_thinking": SCRIPTS["think_hidden"].request(),
+    "max_tokens": SCRIPTS["forever"].request(max_tokens=20),
+    "tool_call_cut": SCRIPTS["weather"].request(max_tokens=12),
+    "stop_sequence": SCRIPTS["count"].request(stop_sequences=["three"]),
+}
+
+
+@pytest.mark.parametrize("case", WHOLE_CASES)
+async def test_non_streaming_answer_equals_the_streamed_one(llama, start_gateway, tmp_path, case):
+    log = tmp_path / "requests.jsonl"
+    gw = await _gateway(start_gateway, llama, log)
+    body = WHOLE_CASES[case]
+    status, msg = await gw.messages(body)
+    assert status == 200, msg
+    s = await open_stream(gw, body)
+
+    def comparable(content: list[dict]) -> list[dict]:
+        return [{k: v for k, v in b.items() if k not in ("id", "signature")} for b in content]
+
+    assert comparable(msg["content"]) == comparable(s.content)
+    assert (msg["stop_reason"], msg["stop_sequence"]) == (s.stop_reason, s.stop_sequence)
+    # The second request reads the first one's prompt from the slot's cache: the prompt is the same.
+    def prompt(usage: dict) -> int:
+        return usage["input_tokens"] + usage["cache_read_input_tokens"]
+
+    assert (prompt(msg["usage"]), msg["usage"]["output_tokens"]) == (prompt(s.usage), s.usage["output_tokens"])
+    whole_rec, stream_rec = await wait_records(log, 2)
+    # The answer came in one piece (stream=false upstream): no time to first token.
+    assert whole_rec["ttft_ms"] is None and (stream_rec["ttft_ms"] is not None or case == "tool_call_cut")
+    assert (whole_rec["output_tokens"], whole_rec["stop_reason"]) == (stream_rec["output_tokens"],
+                                                                     stream_rec["stop_reason"])
 
 
 # -- 3. late system messages -----------------------------------------------------------------------

@@ -30,8 +30,9 @@ class Script:
     raw_lines: list[str] | None = None  # send these SSE lines verbatim instead
     die_mid: bool = False  # drop the connection after the deltas
     hold: asyncio.Event | None = None  # after the deltas, wait for this before finishing (a stream in flight)
-    # Hostile upstreams: the streamed body as raw byte pieces (a 50 MB line, an endless answer),
-    # produced lazily so the test never holds it whole; an error body sent verbatim; an error
+    # Hostile upstreams: the body as raw byte pieces (a 50 MB line, an endless answer), sent as
+    # they are whether or not a stream was asked for (an SSE body unless stream_headers say
+    # otherwise), produced lazily so the test never holds it whole; an error body sent verbatim; an error
     # message that quotes the Authorization header the request carried.
     body_pieces: Callable[[], Iterable[bytes]] | None = None
     fail_body: bytes | None = None
@@ -129,6 +130,8 @@ class Upstream:
         self.scripts: list[Script] = []
         self.default: Script | Callable[[dict], Script] = TEXT("Hello there!")
         self.received: list[dict] = []
+        self.streams: list[bool] = []  # per chat request: was it asked for a stream
+        self.whole_answers = 0
         self.headers: list[dict] = []
         self.cancelled = 0
         self.completed = 0
@@ -231,6 +234,7 @@ class Upstream:
             return resp
         body = await request.json()
         self.received.append(body)
+        self.streams.append(bool(body.get("stream")))
         self.headers.append(dict(request.headers))
         self.started.set()
         if (refused := self._template_refuses(body)) is not None:
@@ -260,8 +264,8 @@ class Upstream:
         usage = script.usage or {"prompt_tokens": prompt_tokens,
                                  "completion_tokens": max(1, len(script.deltas)) if script.deltas else 0,
                                  "total_tokens": prompt_tokens + len(script.deltas)}
-        if not body.get("stream"):
-            return web.json_response(self._whole(script, body, usage))
+        if not body.get("stream") and script.body_pieces is None and script.raw_lines is None:
+            return await self._answer_whole(request, script, body, usage)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **script.stream_headers})
         await resp.prepare(request)
         base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": int(time.time()),
@@ -304,9 +308,12 @@ class Upstream:
                 await resp.write_eof()
                 return resp
             choice = {"index": 0, "delta": {}, "finish_reason": script.finish_reason}
+            final = {**base, "choices": [choice]}
             if script.stop_reason is not None:
                 choice["stop_reason"] = script.stop_reason
-            await resp.write(_frame({**base, "choices": [choice]}))
+                if self.flavor == "llamacpp" and body.get("verbose"):  # where llama.cpp says it
+                    final["__verbose"] = {"stop": True, "stop_type": "word", "stopping_word": script.stop_reason}
+            await resp.write(_frame(final))
             if (body.get("stream_options") or {}).get("include_usage"):
                 await resp.write(_frame({**base, "choices": [], "usage": usage}))
             await resp.write(b"data: [DONE]\n\n")
@@ -317,9 +324,31 @@ class Upstream:
             raise
         return resp
 
+    async def _answer_whole(self, request: web.Request, script: Script, body: dict, usage: dict) -> web.Response:
+        """A non-streamed answer: the script's timing and failures, then the whole ChatCompletion."""
+        self.whole_answers += 1
+        try:
+            await asyncio.sleep(script.first_delay_s + script.delay_s * len(script.deltas))
+            if script.hold is not None:
+                await script.hold.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if script.die_mid:
+            request.transport.close()
+            return web.Response()
+        if script.fail_mid_status:  # a failure during generation is the answer's status here
+            return web.json_response({"error": {"message": script.fail_message, "type": "server_error",
+                                                "code": script.fail_mid_status}}, status=script.fail_mid_status)
+        self.completed += 1
+        return web.json_response(self._whole(script, body, usage))
+
     def _whole(self, script: Script, body: dict, usage: dict) -> dict:
+        """The ChatCompletion of `script` as this flavor's server writes it (fields, nulls and extras)."""
         text = "".join(d.get("content") or "" for d in script.deltas)
-        reasoning = "".join(d.get("reasoning_content") or "" for d in script.deltas)
+        reasoning_key = next((k for d in script.deltas for k in ("reasoning_content", "reasoning") if d.get(k)),
+                             "reasoning_content")
+        reasoning = "".join(d.get(reasoning_key) or "" for d in script.deltas)
         calls: dict[int, dict] = {}
         for d in script.deltas:
             for tc in d.get("tool_calls") or []:
@@ -328,16 +357,40 @@ class Upstream:
                 fn = tc.get("function") or {}
                 c["function"]["name"] += fn.get("name") or ""
                 c["function"]["arguments"] += fn.get("arguments") or ""
+        tool_calls = [calls[i] for i in sorted(calls)]
         message: dict = {"role": "assistant", "content": text or None}
-        if reasoning:
-            message["reasoning_content"] = reasoning
-        if calls:
-            message["tool_calls"] = [calls[i] for i in sorted(calls)]
-        self.completed += 1
-        return {"id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()),
-                "model": body.get("model"),
-                "choices": [{"index": 0, "message": message, "finish_reason": script.finish_reason}],
-                "usage": usage}
+        choice: dict = {"index": 0, "message": message, "finish_reason": script.finish_reason}
+        answer: dict = {"id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()),
+                        "model": body.get("model"), "choices": [choice], "usage": dict(usage)}
+        if self.flavor == "vllm":  # every field, null or empty when unused
+            message[reasoning_key] = reasoning or None
+            message["tool_calls"] = tool_calls
+            choice.update(logprobs=None, stop_reason=script.stop_reason)
+            answer["usage"].setdefault("prompt_tokens_details", None)
+            answer["prompt_logprobs"] = None
+        elif self.flavor == "llamacpp":  # only what is there; the stop string in the `verbose` block
+            if reasoning:
+                message["reasoning_content"] = reasoning
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+            answer["usage"].setdefault("prompt_tokens_details", {"cached_tokens": 0})
+            answer["system_fingerprint"] = "b1-fake"
+            answer["timings"] = {"prompt_n": usage.get("prompt_tokens"), "prompt_ms": 1.0,
+                                 "predicted_n": usage.get("completion_tokens"), "predicted_ms": 1.0}
+            if body.get("verbose"):
+                stopped = script.stop_reason is not None
+                answer["__verbose"] = {"content": text, "stop": True, "stop_type": "word" if stopped else "eos",
+                                       "stopping_word": script.stop_reason or ""}
+        else:  # OpenAI
+            message.update(refusal=None, annotations=[])
+            if reasoning:
+                message[reasoning_key] = reasoning
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+            choice["logprobs"] = None
+            answer["usage"].setdefault("prompt_tokens_details", {"cached_tokens": 0, "audio_tokens": 0})
+            answer.update(service_tier="default", system_fingerprint="fp_fake")
+        return answer
 
 
 def _llama_render(body: dict) -> str:

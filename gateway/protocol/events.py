@@ -9,7 +9,12 @@ from gateway.protocol.anthropic import StopReason
 
 @dataclass(slots=True)
 class Started:
-    """The backend accepted the request; content may still take a while (prefill)."""
+    """The backend accepted the request; content may still take a while (prefill).
+
+    `whole`: the answer then arrives in one piece (a server asked for a non-streamed answer), so
+    there is no first token to time."""
+
+    whole: bool = False
 
 
 @dataclass(slots=True)

@@ -28,6 +28,11 @@ def _text_tokens(text: str) -> float:
     return (len(text) - wide) / CHARS_PER_TOKEN + wide
 
 
+def estimate_text_tokens(text: str) -> int:
+    """Approximate tokens of generated text (the same rule)."""
+    return max(1, int(_text_tokens(text) + 0.999)) if text else 0
+
+
 def estimate_tokens(req: MessagesRequest) -> int:
     """Approximate prompt tokens of `req` (see the module docstring for the rule)."""
     total = 0.0
