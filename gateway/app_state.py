@@ -63,7 +63,7 @@ class Gateway:
         "loading") meanwhile, and the first request for such a model waits for its load, not a new one."""
         loop = asyncio.get_running_loop()
         self.preloads = [loop.create_task(b.preload(), name=f"preload-{n}") for n, b in self.backends.items()
-                         if b.config.preload]
+                         if b.preload_names()]
 
     def cut_inflight(self) -> None:
         """The shutdown grace period is over: cancel the /v1/messages handlers still running (each

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import re
 import sys
@@ -11,7 +10,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from gateway.protocol.backend_config import BACKEND_TYPES, BackendConfig, EosBias
+from backends import option_keys, parse_options
+from gateway.protocol.backend_config import BACKEND_TYPES, BackendConfig, OptionError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,10 +80,9 @@ _BACKEND_KEYS = {"type": str, "model": str, "base_url": (str, list), "api_key": 
                  "timeout_s": (int, float), "context_window": int, "max_output_tokens": int, "vision": bool,
                  "system_messages": str, "extra_body": dict, "model_mapping": dict, "fallback": str, "tool_parser": str,
                  "context_edits": list, "keep_tool_results": int, "fallback_on_overflow": str}
-_MLX_KEYS = {"max_resident_models": int, "cache_mb": (int, float), "cache_ttl_s": (int, float),
-             "max_batch": int, "cache_across_sessions": bool, "preload": (bool, list), "download_on_demand": bool,
-             "eos_bias": dict}
-_BACKEND_KEYS.update(_MLX_KEYS)
+_TYPE_KEYS = option_keys()  # backend type → the keys only it reads (each backend package owns its own)
+_BY_TYPE = {key for keys in _TYPE_KEYS.values() for key in keys}
+_BACKEND_KEYS.update({key: kinds for keys in _TYPE_KEYS.values() for key, kinds in keys.items()})
 _REMOTE_TYPES = ("vllm", "llamacpp", "openai")
 _TOOL_PARSERS = ("hermes", "qwen3_coder", "llama3_json", "mistral", "auto", "none")  # backends.tool_parsers.PARSERS
 _CONTEXT_EDITS = ("clear_tool_results",)
@@ -328,15 +327,15 @@ def _backend(name: str, table: Any, loc: _Locator) -> BackendConfig:
     if kind == "mlx" and not table.get("model"):
         raise ConfigError(f"{loc.where(where)}: backend '{name}' (type mlx) needs 'model': a Hugging Face id "
                           "or a local path.")
-    if kind != "mlx":
-        for key in _MLX_KEYS:
-            if key in table:
-                raise ConfigError(f"{loc.where(where, key)}: 'backends.{name}.{key}' only applies to type = \"mlx\" "
-                                  f"backends; backend '{name}' is type {kind}.")
-    if isinstance(table.get("preload"), list):
-        _check_preload(name, table, mapping, loc)
-    if "cache_mb" in table and table["cache_mb"] < 0:
-        raise ConfigError(f"{loc.where(where, 'cache_mb')}: 'backends.{name}.cache_mb' must be 0 (no cache) or more.")
+    for other, keys in _TYPE_KEYS.items():
+        for key in keys:
+            if other != kind and key in table:
+                raise ConfigError(f"{loc.where(where, key)}: 'backends.{name}.{key}' only applies to type = "
+                                  f"\"{other}\" backends; backend '{name}' is type {kind}.")
+    try:
+        options = parse_options(kind, name, table, [table.get("model") or "", *mapping.values()])
+    except OptionError as exc:
+        raise ConfigError(f"{loc.where(where, exc.key)}: {exc.message}") from None
     if "tool_parser" in table and table["tool_parser"].strip().lower().replace("-", "_") not in _TOOL_PARSERS:
         raise ConfigError(f"{loc.where(where, 'tool_parser')}: 'backends.{name}.tool_parser' must be one of "
                           f"{', '.join(_TOOL_PARSERS)}, got {table['tool_parser']!r}.")
@@ -350,16 +349,13 @@ def _backend(name: str, table: Any, loc: _Locator) -> BackendConfig:
     if table.get("keep_tool_results", 0) < 0:
         raise ConfigError(f"{loc.where(where, 'keep_tool_results')}: 'backends.{name}.keep_tool_results' "
                           "must be 0 or more.")
-    for key in ("timeout_s", "context_window", "max_output_tokens", "max_resident_models", "cache_ttl_s",
-                "max_batch"):
+    for key in ("timeout_s", "context_window", "max_output_tokens"):
         if key in table and table[key] <= 0:
             raise ConfigError(f"{loc.where(where, key)}: 'backends.{name}.{key}' must be positive.")
     if table.get("fallback") == name:
         raise ConfigError(f"{loc.where(where, 'fallback')}: 'backends.{name}.fallback' names the backend itself; "
                           "name another backend.")
-    fields = {k: v for k, v in table.items() if k not in ("model_mapping", "base_url")}
-    if "eos_bias" in table:
-        fields["eos_bias"] = _eos_bias(name, table["eos_bias"], loc)
+    fields = {k: v for k, v in table.items() if k not in ("model_mapping", "base_url") and k not in _BY_TYPE}
     split = [_split_credentials(u) for u in urls]
     auths = [auth for _, auth in split]
     if any(a is not None for a in auths) and (table.get("api_key") or table.get("api_key_env")):
@@ -368,39 +364,8 @@ def _backend(name: str, table: Any, loc: _Locator) -> BackendConfig:
                           "header, so keep one of them.")
     stripped = [u for u, _ in split]
     return BackendConfig(name=name, model_mapping=dict(mapping), base_url=stripped[0] if stripped else None,
-                         base_urls=stripped, url_auths=auths, url_auth=auths[0] if auths else None, **fields)
-
-
-def _eos_bias(name: str, value: dict, loc: _Locator) -> EosBias:
-    """`eos_bias = { start = N, factor = F }`: N generated tokens (0 or more), then EOS grows by F (> 1) a token."""
-    where = loc.where(("backends", name), "eos_bias")
-    example = "e.g. eos_bias = { start = 256, factor = 1.01 }"
-    unknown = sorted(set(value) - {"start", "factor"})
-    if unknown or len(value) != 2:
-        what = f"has unknown key(s) {', '.join(unknown)}" if unknown else "needs both 'start' and 'factor'"
-        raise ConfigError(f"{where}: 'backends.{name}.eos_bias' {what}; {example}.")
-    start, factor = value["start"], value["factor"]
-    if not isinstance(start, int) or isinstance(start, bool) or start < 0:
-        raise ConfigError(f"{where}: 'backends.{name}.eos_bias.start' must be a whole number of generated tokens, "
-                          f"0 or more; got {start!r} ({example}).")
-    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not 1.0 < factor < math.inf:
-        raise ConfigError(f"{where}: 'backends.{name}.eos_bias.factor' must be a number above 1 (the bias grows by "
-                          f"this factor per token past 'start'); got {factor!r} ({example}).")
-    return EosBias(start=start, factor=float(factor))
-
-
-def _check_preload(name: str, table: dict, mapping: dict, loc: _Locator) -> None:
-    """`preload = [...]` names models of this backend: its model or model_mapping values."""
-    where = loc.where(("backends", name), "preload")
-    known: list[str] = [table["model"], *mapping.values()]  # preload is mlx-only, and mlx requires model
-    for entry in table["preload"]:
-        if not isinstance(entry, str) or not entry:
-            raise ConfigError(f"{where}: 'backends.{name}.preload' entries must be model names (non-empty strings), "
-                              f"got {entry!r}; or set preload = true for every model of the backend.")
-        if entry not in known:
-            raise ConfigError(f"{where}: 'backends.{name}.preload' names {entry!r}, which is neither "
-                              f"'backends.{name}.model' nor a value of its model_mapping; preload loads models "
-                              f"that requests are routed to. Known here: {', '.join(dict.fromkeys(known))}.")
+                         base_urls=stripped, url_auths=auths, url_auth=auths[0] if auths else None, options=options,
+                         **fields)
 
 
 def _base_urls(name: str, kind: str, value: Any, loc: _Locator) -> list[str]:

@@ -103,7 +103,7 @@ def model_warnings(backends: dict[str, Backend], windows: dict[str, int | None])
     out = []
     for name, backend in backends.items():
         for model in backend.missing_models():
-            demand = backend.config.download_on_demand
+            demand = backend.downloads_on_demand()
             out.append(f"backend '{name}': {model} is not downloaded yet; run `claude-gateway pull {model}`"
                        + (" (download_on_demand is set: the first request for it downloads it)" if demand
                           else " (until then requests for it get 503)"))

@@ -442,8 +442,8 @@ def test_eos_bias_is_off_unless_configured():
     from gateway.config import parse_config
     cfg = parse_config('[backends.l]\ntype = "mlx"\nmodel = "x/y"\n'
                        '[backends.b]\ntype = "mlx"\nmodel = "x/y"\neos_bias = { start = 0, factor = 2 }\n')
-    assert cfg.backends["l"].eos_bias is None
-    assert (cfg.backends["b"].eos_bias.start, cfg.backends["b"].eos_bias.factor) == (0, 2.0)
+    assert cfg.backends["l"].options.eos_bias is None
+    assert (cfg.backends["b"].options.eos_bias.start, cfg.backends["b"].options.eos_bias.factor) == (0, 2.0)
 
 
 def test_mlx_only_keys_are_rejected_on_remote_backends():

@@ -27,7 +27,7 @@ from backends.mlx.engine import (
     LoadedModel,
     RequestFault,
 )
-from gateway.protocol.backend_config import EosBias
+from backends.mlx.options import EosBias
 from tests.conftest import gateway_config
 from tests.support.sse import parse_frames, read_until_event
 

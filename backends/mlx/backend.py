@@ -26,6 +26,7 @@ from gateway.protocol.backend import (
 )
 from backends.mlx.cache import PromptCache
 from backends.mlx.eos_bias import EosBiasProcessor
+from backends.mlx.options import MLXOptions
 from backends.mlx.engine import Engine, Job, JobResult, LoadedModel, RequestFault
 from backends.mlx.hub import (HubModels, ModelUnavailable, NotLocal, not_local_error, resolve_in_background,
                               window_on_disk)
@@ -66,6 +67,7 @@ class MLXBackend(HubModels, Backend):
 
     def __init__(self, config: BackendConfig):
         super().__init__(config)
+        self.options = config.options if isinstance(config.options, MLXOptions) else MLXOptions()
         self.engine: Engine | None = None
         self._handles: dict[str, ModelHandle] = {}
         self._loading: dict[str, asyncio.Lock] = {}
@@ -76,10 +78,10 @@ class MLXBackend(HubModels, Backend):
 
     def _engine(self) -> Engine:
         if self.engine is None:
-            cache = PromptCache(int(self.config.cache_mb * 1024 * 1024), self.config.cache_ttl_s,
-                                self.config.cache_across_sessions)
-            self.engine = Engine(cache, max_batch=self.config.max_batch, prefill_step=PREFILL_STEP,
-                                 max_resident=self.config.max_resident_models)
+            cache = PromptCache(int(self.options.cache_mb * 1024 * 1024), self.options.cache_ttl_s,
+                                self.options.cache_across_sessions)
+            self.engine = Engine(cache, max_batch=self.options.max_batch, prefill_step=PREFILL_STEP,
+                                 max_resident=self.options.max_resident_models)
         return self.engine
 
     async def start(self) -> None:
@@ -160,7 +162,7 @@ class MLXBackend(HubModels, Backend):
     async def _require(self, name: str) -> ModelHandle:
         """The model for a request; one that cannot be loaded now is a 500 with the reason."""
         try:
-            return await self._model(name, download=self.config.download_on_demand or name in self._preloading)
+            return await self._model(name, download=self.options.download_on_demand or name in self._preloading)
         except NotLocal as exc:
             raise not_local_error(self.name, name, exc) from None
         except ModelUnavailable as exc:
@@ -219,9 +221,9 @@ class MLXBackend(HubModels, Backend):
         if not engine.alive:
             raise GatewayError(500, f"backend '{self.name}': the MLX engine stopped ({engine.failed})")
         processors: list[Callable] = []
-        if self.config.eos_bias is not None:
+        if self.options.eos_bias is not None:
             # Ahead of the schema mask, so an EOS the schema forbids stays forbidden.
-            processors.append(EosBiasProcessor(handle.eos_ids, len(prompt.tokens), self.config.eos_bias))
+            processors.append(EosBiasProcessor(handle.eos_ids, len(prompt.tokens), self.options.eos_bias))
         if req.json_schema is not None:
             processors.append(await asyncio.to_thread(json_schema_processor, handle.tokenizer, req.json_schema))
         job = Job(model_key=handle.name, prompt=prompt.tokens, max_tokens=breq.max_tokens,

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import mlx.core as mx
 
-from gateway.protocol.backend_config import EosBias
+from backends.mlx.options import EosBias
 
 # The bias stops growing here: EOS is by then certain, and an unbounded power would overflow
 # half-precision logits.

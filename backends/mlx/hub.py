@@ -17,6 +17,7 @@ import orjson
 import structlog
 
 from backends.mlx import hub_file
+from backends.mlx.options import MLXOptions
 from gateway.protocol.backend import LocalModel, Pulled, PullFailed
 from gateway.protocol.backend_config import BackendConfig
 from gateway.protocol.errors import GatewayError
@@ -315,6 +316,7 @@ class _HubHost(Protocol):
     """What HubModels needs from the Backend it is mixed into (MLXBackend)."""
 
     config: BackendConfig
+    options: MLXOptions
     name: str
 
     @property
@@ -338,8 +340,12 @@ class HubModels:
 
     def preload_names(self: _HubHost) -> list[str]:
         """The models config `preload` names: true means every configured one."""
-        preload = self.config.preload
+        preload = self.options.preload
         return self.configured_models() if preload is True else list(preload or [])
+
+    def downloads_on_demand(self: _HubHost) -> bool:
+        """The backend's `download_on_demand`."""
+        return self.options.download_on_demand
 
     def check_names(self: _HubHost, names: list[str]) -> None:
         """Raise ModelUnavailable for a name that can be neither a directory here nor a hub id."""

@@ -141,6 +141,14 @@ class Backend(ABC):
     async def preload(self) -> None:
         """Load the models config `preload` names; runs once the server listens (a no-op for a remote server)."""
 
+    def preload_names(self) -> list[str]:
+        """The models `preload` loads once the server listens (none for a remote server)."""
+        return []
+
+    def downloads_on_demand(self) -> bool:
+        """A request for a model not downloaded yet downloads it, instead of a 503 (never for a remote server)."""
+        return False
+
     def missing_models(self) -> list[str]:
         """Configured models that need a download before they can serve (none for a remote server)."""
         return []

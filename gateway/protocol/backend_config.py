@@ -16,13 +16,18 @@ def images_hint(backend_type: str) -> str:
     return "set vision = true in its [backends.*] table if the model has vision"
 
 
-@dataclass(frozen=True)
-class EosBias:
-    """`eos_bias = { start, factor }`: after `start` generated tokens the end-of-sequence logits grow
-    by factor per token (Hugging Face's exponential_decay_length_penalty; backends.mlx.eos_bias)."""
+class BackendOptions:
+    """Base of a backend type's own config keys, typed by the backend package that reads them
+    (e.g. backends.mlx.options): the protocol core names no backend's keys."""
 
-    start: int
-    factor: float
+
+class OptionError(ValueError):
+    """A backend option's value is wrong: the key (for the file:line) and what to write instead."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+        self.message = message
 
 
 @dataclass
@@ -47,15 +52,7 @@ class BackendConfig:
     context_edits: list[str] = field(default_factory=list)  # "clear_tool_results"
     keep_tool_results: int = 3  # clear_tool_results keeps at least this many of the latest results
     fallback_on_overflow: str | None = None  # a backend with a larger window
-    # mlx only
-    max_resident_models: int = 1  # models kept loaded; the least recently used idle one is unloaded
-    cache_mb: float = 4096  # prompt-cache byte budget (MB)
-    cache_ttl_s: float = 1800  # prompt-cache entries unused this long are dropped
-    max_batch: int = 8  # requests decoded together
-    cache_across_sessions: bool = False  # any request may reuse any cached prefix (a gateway with one user)
-    preload: bool | list[str] = False  # models loaded once the server listens: true = every configured one
-    download_on_demand: bool = False  # a request for a hub model not downloaded yet downloads it (else 503)
-    eos_bias: EosBias | None = None  # a sampled answer ends instead of rambling to max_tokens; None: off
+    options: BackendOptions | None = None  # the keys only this backend type reads (None: its defaults)
     fallback: str | None = None  # the backend that answers when this one cannot (every replica down or overloaded)
     # Not keys: base_url as a list of replica URLs (credentials removed), and the user:password@
     # found in each, moved out of it so the URL can be shown (url_auth: the first replica's).
