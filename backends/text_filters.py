@@ -13,9 +13,14 @@ CLOSE_TAG = "</think>"
 
 def _partial_suffix(buf: str, tag: str) -> int:
     """Length of the longest suffix of `buf` that is a proper prefix of `tag`."""
-    for n in range(min(len(tag) - 1, len(buf)), 0, -1):
-        if buf.endswith(tag[:n]):
-            return n
+    # Only a suffix opening with the tag's first character can match: find those (in C) instead of
+    # trying every length, since this runs on every streamed text fragment.
+    first = tag[:1]
+    i = buf.find(first, max(0, len(buf) - len(tag) + 1)) if first else -1
+    while i >= 0:
+        if tag.startswith(buf[i:]):
+            return len(buf) - i
+        i = buf.find(first, i + 1)
     return 0
 
 
