@@ -59,6 +59,7 @@ class _WrappedQwen3Coder(Qwen3CoderParser):
 _AUTO_MARKERS: dict[str, type[ToolCallParser]] = {
     "<tool_call>": _WrappedQwen3Coder, "[TOOL_CALLS]": MistralParser, "<|python_tag|>": Llama3JsonParser,
 }
+assert {m[0] for m in _AUTO_MARKERS} == {"<", "["}  # AutoParser.feed's plain-text test relies on it
 
 
 class AutoParser(ToolCallParser):
@@ -82,6 +83,10 @@ class AutoParser(ToolCallParser):
         if self._ws:
             text, self._ws = "".join(self._ws) + text, []
         self._buf += text
+        if "<" not in self._buf and "[" not in self._buf:  # no marker, nor the start of one: plain text
+            safe = self._buf.rstrip()  # whitespace right before a call is noise the parser strips
+            self._buf = self._buf[len(safe):]
+            return [TextDelta(safe)] if safe else []
         found = [(pos, m) for m in _AUTO_MARKERS if (pos := self._buf.find(m)) >= 0]
         if found:
             _, marker = min(found)
