@@ -256,7 +256,7 @@ class OpenAIBackend(Backend):
             raise GatewayError(500, f"backend '{self.name}' stopped sending for "
                                     f"{self.config.timeout_s:g} s") from None
         except httpx2.HTTPError as exc:
-            raise GatewayError(500, f"backend '{self.name}' connection failed mid-stream: "
+            raise GatewayError(500, f"backend '{self.name}' connection failed while sending its answer: "
                                     f"{exc or type(exc).__name__}") from None
         finally:
             await resp.aclose()
@@ -280,13 +280,18 @@ class OpenAIBackend(Backend):
     async def _whole_answer(self, resp: httpx2.Response, translator: ToolCallTranslator) -> list[Event]:
         """All events of a non-streamed answer, its stop included: one batch."""
         try:
+            return await self._read_whole_answer(resp, translator)
+        except GatewayError as err:
+            # The answer arrived and was refused for what it holds (size, call count, shape): another
+            # replica or the fallback would only regenerate it, and this server is not at fault.
+            err.headers.setdefault("x-should-retry", "false")
+            raise
+
+    async def _read_whole_answer(self, resp: httpx2.Response, translator: ToolCallTranslator) -> list[Event]:
+        try:
             raw = await chat_completion.read_whole(resp, MAX_COMPLETION_BYTES, self.name)
-        except httpx2.TimeoutException:
-            raise GatewayError(500, f"backend '{self.name}' stopped sending its answer for "
-                                    f"{self.config.timeout_s:g} s") from None
-        except httpx2.HTTPError as exc:
-            raise GatewayError(500, f"backend '{self.name}' connection failed while sending its answer: "
-                                    f"{exc or type(exc).__name__}") from None
+        except (httpx2.TimeoutException, httpx2.HTTPError):
+            raise  # the connection failed, not the answer: _stream_from maps it, and another replica may answer
         completion = chat_completion.decode(raw, self.name)
         chunk = chat_completion.as_chunk(completion)
         _check_calls(chunk, self.name)
@@ -511,7 +516,7 @@ def _check_calls(chunk: dict, backend: str) -> None:
     delta = choices[0].get("delta")
     calls = delta.get("tool_calls") if isinstance(delta, dict) else None
     if isinstance(calls, list) and len(calls) > MAX_CALLS_PER_CHUNK:
-        raise GatewayError(500, f"backend '{backend}' sent a chunk with {len(calls)} tool calls "
+        raise GatewayError(500, f"backend '{backend}' sent {len(calls)} tool calls at once "
                                 f"(more than {MAX_CALLS_PER_CHUNK}); the answer was cut off there")
 
 

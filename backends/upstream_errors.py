@@ -133,7 +133,7 @@ def template_error(backend: str, message: str) -> GatewayError:
 
 
 def upstream_error(status: int, message: str, retry_after: str | None = None) -> GatewayError:
-    """The one mapping every upstream failure goes through: its status to the Anthropic error, then
+    """The one mapping every upstream error status goes through: its status to the Anthropic error, then
     the context-overflow rewrite."""
     return context_error(status_error(status, message, retry_after))
 

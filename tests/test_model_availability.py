@@ -72,6 +72,25 @@ async def test_a_model_not_downloaded_is_a_503_naming_pull(hub, demo_model, star
     assert line["status"] == 503 and line["error"]["type"] == "overloaded_error"
 
 
+async def test_a_corrupted_download_on_demand_says_so_and_the_next_request_fetches_again(hub, demo_model, start_gateway, tmp_path):
+    """A file whose checksum is not the hub's: the client hears what happened and what to do (the
+    same api_error as any failed download, not an internal error), and the next request (the hub
+    fixed) downloads it again."""
+    log = tmp_path / "requests.jsonl"
+    gw = await start_gateway(gateway_config({"m": {"type": "mlx", "model": str(demo_model), "download_on_demand": True,
+                                                   "model_mapping": {"claude-haiku-*": HUB_REPO}}},
+                                            default="m", log_path=str(log)))
+    hub.corrupt.add("model.safetensors")
+    resp = await gw.post("/v1/messages", hello("claude-haiku-4-5"))
+    body = await resp.json()
+    assert resp.status == 500 and body["error"]["type"] == "api_error", body
+    assert "arrived corrupted" in body["error"]["message"], body
+    assert f"run `claude-gateway pull {HUB_REPO}` again" in body["error"]["message"], body
+    hub.corrupt.clear()
+    status, msg = await gw.messages(hello("claude-haiku-4-5"))
+    assert status == 200, msg
+
+
 async def test_download_on_demand_downloads_inside_the_request(hub, demo_model, start_gateway):
     gw = await start_gateway(gateway_config({"m": {"type": "mlx", "model": str(demo_model), "download_on_demand": True,
                                                    "model_mapping": {"claude-haiku-*": HUB_REPO}}}, default="m"))

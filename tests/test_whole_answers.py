@@ -234,6 +234,27 @@ async def test_connection_lost_before_the_answer_moves_to_the_fallback(start_ups
     assert rec["backend"] == "spare" and rec["fallback"]["from"] == "main" and rec["fallback"]["reason"] == "unavailable"
 
 
+async def test_an_answer_refused_for_what_it_holds_is_not_asked_again_elsewhere(start_upstream, start_gateway,
+                                                                                tmp_path):
+    """A whole answer the gateway refuses (here: more tool calls at once than it takes) arrived from a
+    healthy server: no other replica or fallback regenerates it, and the client hears why."""
+    first, second = await start_upstream("vllm"), await start_upstream("vllm")
+    spare = await start_upstream("openai")
+    log = tmp_path / "requests.jsonl"
+    table = {**backend_table(first), "base_url": [first.url, second.url], "fallback": "spare"}
+    gw = await start_gateway(gateway_config(
+        {"up": table, "spare": {"type": "openai", "base_url": spare.url, "model": "spare-model"}},
+        default="up", log_path=str(log)))
+    calls = [{"tool_calls": [{"index": i, "id": f"call_{i}", "type": "function",
+                              "function": {"name": "get_time", "arguments": "{}"}}]} for i in range(65)]
+    first.default = second.default = lambda body: Script(deltas=list(calls), finish_reason="tool_calls")
+    status, err = await gw.messages(_request(**TOOLS))
+    assert status == 500 and "65 tool calls" in err["error"]["message"], err
+    assert len(first.streams + second.streams) == 1 and spare.streams == []
+    [rec] = await wait_records(log, 1)
+    assert rec["backend"] == "up" and "fallback" not in rec, rec
+
+
 def test_the_scripted_upstream_writes_each_servers_shape():
     """The fake's non-streamed answers carry what the real servers put there."""
     script = Script(deltas=[{"reasoning_content": "r"}, {"content": "t"}], stop_reason="END")

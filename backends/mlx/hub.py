@@ -102,7 +102,7 @@ def resolve_model_path(name: str, backend: str, download: bool = True, out: Text
     log.info("mlx_model_fetch", model=name, hint="not in the local cache: downloading from Hugging Face")
     try:
         return Path(pull(name, out=out if out is not None else sys.stderr).path)
-    except PullError as exc:
+    except PullFailed as exc:  # a failed or a corrupted download alike
         raise ModelUnavailable(
             f"cannot load MLX model '{name}' for backend '{backend}': it is not in the local Hugging Face cache "
             f"and downloading it failed: {exc} Alternatively set model = \"/path/to/model\" in "
@@ -361,17 +361,22 @@ class HubModels:
         in /health and on stderr, the others still load."""
         names = [n for n in self.preload_names() if n not in self._handles]
         self._preloading.update(names)
-        for name in names:
-            t0 = time.perf_counter()
-            try:
-                await self._model(name, download=True)
-            except ModelUnavailable as exc:
-                self._preload_failed[name] = str(exc)
-                log.error("mlx_preload_failed", backend=self.name, model=name, error=str(exc))
-            else:
-                log.info("mlx_preloaded", backend=self.name, model=name, seconds=round(time.perf_counter() - t0, 2))
-            finally:
-                self._preloading.discard(name)
+        try:
+            for name in names:
+                t0 = time.perf_counter()
+                try:
+                    await self._model(name, download=True)
+                except Exception as exc:  # noqa: BLE001 — one model's failure must not stop the others' preload
+                    message = str(exc) if isinstance(exc, ModelUnavailable) else f"{type(exc).__name__}: {exc}"
+                    self._preload_failed[name] = message
+                    log.error("mlx_preload_failed", backend=self.name, model=name, error=message)
+                else:
+                    log.info("mlx_preloaded", backend=self.name, model=name,
+                             seconds=round(time.perf_counter() - t0, 2))
+                finally:
+                    self._preloading.discard(name)
+        finally:  # cancelled at shutdown: nothing is loading any more
+            self._preloading.difference_update(names)
 
     def missing_models(self: _HubHost) -> list[str]:
         return [m for m in self.configured_models() if local_model(m) is None]
