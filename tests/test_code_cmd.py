@@ -122,6 +122,8 @@ async def test_code_starts_a_gateway_then_reuses_it_and_passes_the_routed_enviro
         assert got["ANTHROPIC_DEFAULT_SONNET_MODEL"] == "big-model"  # a glob: the backend model it routes to
         assert got["ANTHROPIC_DEFAULT_HAIKU_MODEL"] == "small-model"
         assert got["CLAUDE_CODE_AUTO_COMPACT_WINDOW"] == "16384"  # the smallest routed window
+        # below Claude Code's 100k floor: the lowest percentage, as no margin fits in 16k
+        assert got["CLAUDE_AUTOCOMPACT_PCT_OVERRIDE"] == "1"
         assert "ANTHROPIC_API_KEY" not in got
         assert (await _get_root(port)).startswith("claude-gateway")  # still serving after claude exited
 
