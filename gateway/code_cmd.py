@@ -102,7 +102,11 @@ def autocompact_pct(window: int) -> int | None:
     if window >= COMPACT_WINDOW_MIN:
         return None
     target = window - OUTPUT_RESERVE - SUMMARY_BUFFER  # the margin Claude Code keeps itself
-    return max(1, target * 100 // (COMPACT_WINDOW_MIN - OUTPUT_RESERVE))
+    if target <= 0:
+        # No threshold keeps that margin: a tiny one would compact every turn, so the server's
+        # context budget and its "prompt is too long" answer stay in charge.
+        return None
+    return target * 100 // (COMPACT_WINDOW_MIN - OUTPUT_RESERVE)
 
 
 def shell_line(env: dict[str, str]) -> str:
