@@ -83,7 +83,30 @@ def claude_env(url: str, token: str, families: list[FamilyRoute], contexts: dict
     if windows:
         # One value for every family: the smallest, so switching models never overflows first.
         env["CLAUDE_CODE_AUTO_COMPACT_WINDOW"] = str(min(windows))
+        pct = autocompact_pct(min(windows))
+        if pct is not None:
+            env["CLAUDE_AUTOCOMPACT_PCT_OVERRIDE"] = str(pct)
     return env
+
+
+# Claude Code 2.1.328 reads a window below COMPACT_WINDOW_MIN as that minimum, subtracts its
+# output reservation, and fires at min(window * pct / 100, window - SUMMARY_BUFFER); the
+# percentage is the only knob that still lowers the threshold for a smaller real window.
+COMPACT_WINDOW_MIN = 100_000
+OUTPUT_RESERVE = 20_000
+SUMMARY_BUFFER = 13_000
+
+
+def autocompact_pct(window: int) -> int | None:
+    """CLAUDE_AUTOCOMPACT_PCT_OVERRIDE that puts the threshold below `window`, or None if not needed."""
+    if window >= COMPACT_WINDOW_MIN:
+        return None
+    target = window - OUTPUT_RESERVE - SUMMARY_BUFFER  # the margin Claude Code keeps itself
+    if target <= 0:
+        # No threshold keeps that margin: a tiny one would compact every turn, so the server's
+        # context budget and its "prompt is too long" answer stay in charge.
+        return None
+    return target * 100 // (COMPACT_WINDOW_MIN - OUTPUT_RESERVE)
 
 
 def shell_line(env: dict[str, str]) -> str:

@@ -122,6 +122,8 @@ async def test_code_starts_a_gateway_then_reuses_it_and_passes_the_routed_enviro
         assert got["ANTHROPIC_DEFAULT_SONNET_MODEL"] == "big-model"  # a glob: the backend model it routes to
         assert got["ANTHROPIC_DEFAULT_HAIKU_MODEL"] == "small-model"
         assert got["CLAUDE_CODE_AUTO_COMPACT_WINDOW"] == "16384"  # the smallest routed window
+        # no threshold below 16k keeps Claude Code's own output and summary margin
+        assert "CLAUDE_AUTOCOMPACT_PCT_OVERRIDE" not in got
         assert "ANTHROPIC_API_KEY" not in got
         assert (await _get_root(port)).startswith("claude-gateway")  # still serving after claude exited
 
@@ -206,3 +208,13 @@ async def test_code_refuses_a_port_held_by_something_else(tmp_path):
     assert code == 1
     assert f"port {port} is taken by something that is not claude-gateway" in err and "some other service" in err
     assert not (tmp_path / "home" / "ran").exists()
+
+
+def test_autocompact_pct_lands_below_the_real_window():
+    from gateway.code_cmd import autocompact_pct
+    assert autocompact_pct(200_000) is None and autocompact_pct(100_000) is None
+    assert autocompact_pct(32_768) is None
+    pct = autocompact_pct(65_536)
+    assert pct == 40
+    # Claude Code's threshold: the 100k floor minus 20k output, times the percentage
+    assert (100_000 - 20_000) * pct // 100 <= 65_536 - 20_000 - 13_000
