@@ -183,7 +183,6 @@ class ReplicaPool(Generic[C, H]):
         sees) is marked and the next one in `order` is tried; after content, its error goes to the
         client. 4xx errors other than 429 are the request's fault and end the attempt at once. When
         every replica fails, the last error is raised (overloaded when each one said so)."""
-        started = False
         errors: list[GatewayError] = []
         for replica in self.order(session_id):
             delivered = False
@@ -196,11 +195,9 @@ class ReplicaPool(Generic[C, H]):
                 # must be released then, not when the garbage collector finds it.
                 async with contextlib.aclosing(attempt(replica)) as items:
                     async for item in items:
-                        if type(item[0]) is Started:  # alone in the first batch (Backend.stream)
-                            if started:
-                                continue  # a retry: the client already has its message_start
-                            started = True
-                        else:
+                        # Each attempt's Started goes on (alone in its batch, Backend.stream): it says how
+                        # that replica answers (whole or streamed); the consumer sends message_start once.
+                        if type(item[0]) is not Started:
                             delivered = True
                         yield item
             except GatewayError as err:

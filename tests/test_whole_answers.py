@@ -215,6 +215,32 @@ async def test_a_failing_replica_is_passed_over(start_upstream, start_gateway, t
     assert rec["replica"] == answered.url and rec["ttft_ms"] is None
 
 
+async def test_after_a_failover_the_log_times_the_replica_that_answered(start_upstream, start_gateway, tmp_path):
+    """The first replica accepts a whole answer that says it is overloaded; the second streams
+    (a proxy that always does): the answer came streamed, so its first token is timed."""
+    first, second = await start_upstream("vllm"), await start_upstream("vllm")
+    log = tmp_path / "requests.jsonl"
+    table = {**backend_table(first), "base_url": [first.url, second.url]}
+    gw = await start_gateway(gateway_config({"up": table}, default="up", log_path=str(log)))
+    tried: list[int] = []
+    sse = ['data: {"choices":[{"index":0,"delta":{"content":"streamed anyway"},"finish_reason":"stop"}]}',
+           "data: [DONE]"]
+
+    def script(body: dict) -> Script:
+        tried.append(1)
+        if len(tried) == 1:
+            return Script(body_pieces=lambda: [b'{"error": {"message": "server busy", "code": 503}}'],
+                          stream_headers={"Content-Type": "application/json"})
+        return Script(raw_lines=sse)
+
+    first.default = second.default = script
+    status, message = await gw.messages(_request())
+    assert status == 200, message
+    assert message["content"] == [{"type": "text", "text": "streamed anyway"}] and len(tried) == 2
+    [rec] = await wait_records(log, 1)
+    assert rec["ttft_ms"] is not None, rec
+
+
 async def test_connection_lost_before_the_answer_moves_to_the_fallback(start_upstream, start_gateway, tmp_path):
     """A server that drops the connection instead of answering: nothing reached the client, so the
     fallback backend answers (streamed, the partial answer would already have gone out)."""

@@ -107,7 +107,8 @@ class Backend(ABC):
     @abstractmethod
     def stream(self, req: BackendRequest) -> AsyncGenerator[list[Event], None]:
         """Generate: yields batches of events, each non-empty and written to the client in one go
-        (e.g. one upstream read's). `[Started()]` alone comes first, then content events, usage, Stop."""
+        (e.g. one upstream read's). `[Started()]` alone comes first, then content events, usage, Stop;
+        a backend that retries elsewhere before any content yields the retry's Started again."""
 
     @abstractmethod
     async def count_tokens(self, req: BackendRequest) -> TokenCount:
