@@ -463,16 +463,19 @@ async def test_plain_claude_code_on_serve_demo(claude_bin, tmp_path):
         out, err = await asyncio.wait_for(cli.communicate(), RUN_TIMEOUT_S)
         lines = await _log_lines(work / "logs" / "requests.jsonl", at_least=1)
         api = [ln for ln in lines if ln["path"].endswith("/messages")]
-        assert api and all(ln["status"] == 200 and ln["error"] is None for ln in api), api
+        # The CLI may close a side request of its own (a short one beside the main answer) when it is
+        # done: that is the client leaving, not a failure.
+        answered = [ln for ln in api if (ln["error"] or {}).get("type") != "client_disconnected"]
+        assert answered and all(ln["status"] == 200 and ln["error"] is None for ln in answered), api
         assert cli.returncode == 0, (out, err)
         assert out.decode().strip() and not out.decode().startswith("API Error"), out  # noise, but an answer
-        main = max(api, key=lambda ln: ln["input_tokens"])
+        main = max(answered, key=lambda ln: ln["input_tokens"])
         # Claude Code's own system prompt and tool definitions, whole (2.1.328 defers most tools, so its
         # prompt is the smaller one), in a small share of the window.
         assert 10_000 < main["input_tokens"] < 40_000 and main["ttft_ms"] < 30_000, main
         # The answers are the demo model's sampled noise, and each one ends by itself (the demo's
         # eos_bias) before the demo's output cap: none was cut, so the CLI had nothing to continue.
-        assert all(ln["stop_reason"] == "end_turn" for ln in api), api
+        assert all(ln["stop_reason"] == "end_turn" for ln in answered), api
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
