@@ -47,15 +47,21 @@ async def read_whole(resp: httpx2.Response, limit: int, backend: str) -> bytes:
     return bytes(raw)
 
 
+def loads_lenient(data: bytes) -> object:
+    """JSON from a server; bytes that are not valid UTF-8 are read as a text decoder would (bad bytes
+    → U+FFFD). Raises orjson.JSONDecodeError for what is not JSON either way."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return orjson.loads(data.decode("utf-8", "replace"))
+
+
 def decode(raw: bytes, backend: str) -> dict:
     """The ChatCompletion object of a body; a clear error for one that is not a JSON object."""
     try:
-        data = orjson.loads(raw)
+        data = loads_lenient(raw)
     except orjson.JSONDecodeError:
-        try:  # not valid UTF-8: read as a text decoder would (bad bytes → U+FFFD), as the stream path does
-            data = orjson.loads(raw.decode("utf-8", "replace"))
-        except orjson.JSONDecodeError:
-            data = None
+        data = None
     if not isinstance(data, dict):
         raise GatewayError(500, f"backend '{backend}' sent a malformed answer: "
                                 f"{raw[:200].decode(errors='replace')!r}")

@@ -264,9 +264,10 @@ class OpenAIBackend(Backend):
     def _events(self, translator: ToolCallTranslator, data: bytes) -> tuple[dict, list[Event]]:
         """One `data:` payload: the decoded chunk and its events; a clear error for a malformed one."""
         try:
-            chunk = orjson.loads(data)
+            chunk = chat_completion.loads_lenient(data)
         except orjson.JSONDecodeError:
-            chunk = self._decode_lenient(data)
+            raise GatewayError(500, f"backend '{self.name}' sent a malformed stream chunk: "
+                                    f"{data.decode('utf-8', 'replace')[:200]!r}") from None
         if not isinstance(chunk, dict):
             raise GatewayError(500, f"backend '{self.name}' sent a non-object stream chunk: "
                                     f"{data[:200].decode(errors='replace')!r}")
@@ -304,14 +305,6 @@ class OpenAIBackend(Backend):
             raise GatewayError(500, f"backend '{self.name}' sent an answer longer than "
                                     f"{MAX_ANSWER_CHARS} characters; it was refused")
         return events + chat_completion.output_estimate(completion, translator.upstream_events) + translator.finish()
-
-    def _decode_lenient(self, data: bytes) -> object:
-        """A chunk that is not valid UTF-8 JSON: read it as a text decoder would (bad bytes → U+FFFD)."""
-        text = data.decode("utf-8", "replace")
-        try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError:
-            raise GatewayError(500, f"backend '{self.name}' sent a malformed stream chunk: {text[:200]!r}") from None
 
     async def _refuse_status(self, response: httpx2.Response) -> None:
         """httpx response hook: an error (or redirect) status becomes the client's error, read from at
